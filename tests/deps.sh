@@ -1,0 +1,18 @@
+# Sourced by tests/run.sh and examples/demo.sh: installs the Debian packages
+# txmq needs to build, test and run, if any is missing.
+TXMQ_DEB_PACKAGES=(cmake make gcc pkg-config liblua5.4-dev lua5.4 libuv1-dev
+  libmsgpack-dev libcmocka-dev libjansson-dev lua-busted)
+
+txmq_install_deps() {
+  local need=() p
+  for p in "${TXMQ_DEB_PACKAGES[@]}" "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  if ((${#need[@]})); then
+    echo "== installing: ${need[*]}"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+}
