@@ -1,0 +1,167 @@
+/*
+ * txmq/script.h - the Lua handler host: one script per producer group,
+ * sandboxed, limited, run on worker threads, hot-reloaded.
+ *
+ * SCRIPTS
+ * <scripts dir>/<group>.lua defines executeLocalTransaction(msg, arg) and/or
+ * checkLocalTransaction(msg); a call to a handler the script does not define
+ * fails with TXMQ_ESCRIPT and a diagnostic naming the missing function.
+ * Results: txmq.COMMIT, txmq.ROLLBACK, txmq.UNKNOWN, or the RocketMQ strings
+ * "COMMIT_MESSAGE", "ROLLBACK_MESSAGE", "UNKNOW" (also "UNKNOWN"). Anything
+ * else, an error, a memory-cap hit or a timeout counts as UNKNOWN and is
+ * logged with the script's path, version and line.
+ *
+ * msg is a table: topic, tags, keys, body (string), properties (table),
+ * msg_id, tx_id, queue_id, born_at, stored_at (ms), and for checks
+ * check_count. A transaction of several messages passes its first message
+ * as msg, with msg.messages the array of all of them.
+ *
+ * CODEC (msgpack <-> Lua, one implementation for messages, args and host
+ * function values):
+ *   nil <-> nil (as a map value: the key is absent); txmq.null <-> msgpack nil
+ *   inside arrays and where nil must be explicit; booleans; integers stay
+ *   integers (msgpack int <-> Lua integer), floats stay floats; str and bin
+ *   -> Lua string, Lua string -> str; a table with the txmq.array marker or
+ *   whose keys are exactly 1..n -> array; an empty table -> map unless marked
+ *   with txmq.array(t); other tables -> map (keys: strings or integers);
+ *   depth limited to TXMQ_SCRIPT_MAX_DEPTH; functions, userdata, threads and
+ *   cyclic tables -> a clear error, never a silent skip.
+ *
+ * SANDBOX: each state's handlers run with an allow-list _ENV: assert, error,
+ * ipairs, next, pairs, pcall, select, tonumber, tostring, type, xpcall,
+ * rawequal/rawget/rawlen/rawset, setmetatable/getmetatable, string, table,
+ * math, utf8, os.time/os.clock/os.date/os.difftime, and the txmq table (log,
+ * the result constants, null, array, what the host registers under
+ * txmq.host). No io, os.execute, debug, load of bytecode (load/loadstring
+ * accept text chunks only and run in the sandbox), dofile, loadfile, or
+ * require - except require of modules found on the module paths the
+ * operator allowed (txmq_script_allow_path).
+ *
+ * LIMITS: a memory cap per group (own lua_Alloc; frees and shrinks never
+ * fail); a time budget per call enforced by a count hook checking a
+ * monotonic deadline, which once past re-arms on every instruction so that
+ * a pcall inside the script cannot swallow it; a shorter budget for loading.
+ *
+ * THREADS: handlers run on the host's worker threads, never on the loop; a
+ * group has STATES_PER_GROUP Lua states, each used by one thread at a time;
+ * results are posted back to the loop thread.
+ *
+ * HOT RELOAD: txmq_script_reload (or a change of the file, when WATCH is on)
+ * builds the new version in fresh states under the load budget; only if it
+ * loads and defines at least one handler does it replace the old one. Calls
+ * already running finish on the old version; new calls use the new one; the
+ * old states are closed when no call uses them. A reload while another
+ * reload of the same group runs fails with TXMQ_EBUSY. The version is a
+ * 64-bit FNV-1a hash of the file's bytes, printed as 16 hex digits: the same
+ * file always has the same version, and every decision records it.
+ */
+#ifndef TXMQ_SCRIPT_H
+#define TXMQ_SCRIPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <lua.h>
+#include <uv.h>
+
+#include "txmq/msg.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct txmq_script_host_s txmq_script_host_t;
+
+#define TXMQ_SCRIPT_MAX_DEPTH 32
+#define TXMQ_SCRIPT_VERSION_LEN 16
+
+typedef enum {
+  TXMQ_SCRIPT_OPT_WORKERS = 1,       /* worker threads, default 2 */
+  TXMQ_SCRIPT_OPT_STATES_PER_GROUP,  /* default 1 */
+  TXMQ_SCRIPT_OPT_MEMORY_LIMIT,      /* bytes per state, default 64 MiB */
+  TXMQ_SCRIPT_OPT_CALL_BUDGET_MS,    /* default 1000 */
+  TXMQ_SCRIPT_OPT_LOAD_BUDGET_MS,    /* default 200 */
+  TXMQ_SCRIPT_OPT_WATCH              /* 1: reload on file change (default 1) */
+} txmq_script_opt_t;
+
+typedef enum {
+  TXMQ_SCRIPT_COMMIT = 1,
+  TXMQ_SCRIPT_ROLLBACK = 2,
+  TXMQ_SCRIPT_UNKNOWN = 3
+} txmq_script_result_t;
+
+/* The outcome of one handler call, on the loop thread. status is 0 when the
+ * handler returned a valid result, else a TXMQ_E* code (ESCRIPT for an
+ * error, a wrong result or a missing handler; ETIMEDOUT; ENOMEM for the
+ * cap; ENOTFOUND for a group without a script) and result is UNKNOWN.
+ * version and diag are valid during the call; diag says what failed, with
+ * the script's path, version and line. */
+typedef void (*txmq_script_call_cb)(txmq_script_host_t* host, int status,
+                                    txmq_script_result_t result,
+                                    const char* version, const char* diag,
+                                    void* arg);
+typedef void (*txmq_script_reload_cb)(txmq_script_host_t* host, int status,
+                                      const char* group, const char* version,
+                                      const char* diag, void* arg);
+
+int txmq_script_host_new(txmq_script_host_t** out, uv_loop_t* loop,
+                         const char* scripts_dir);
+int txmq_script_host_set(txmq_script_host_t* host, txmq_script_opt_t opt,
+                         int64_t value);
+/* Allows require() from a Lua module path pattern, e.g.
+ * "/usr/lib/x86_64-linux-gnu/lua/5.4/?.so" (C modules) or
+ * "/usr/share/lua/5.4/?.lua" (Lua modules). Before start. */
+int txmq_script_allow_path(txmq_script_host_t* host, const char* pattern);
+/* Registers fn as txmq.host.<name> in every state created from now on. fn
+ * runs on worker threads, possibly concurrently for different states; arg
+ * is available to it through txmq_script_fn_arg(L). Before start. */
+int txmq_script_register(txmq_script_host_t* host, const char* name,
+                         lua_CFunction fn, void* arg);
+void* txmq_script_fn_arg(lua_State* L);
+/* Starts the worker threads and the file watch. */
+int txmq_script_host_start(txmq_script_host_t* host);
+
+/* Loads <dir>/<group>.lua synchronously-in-effect: cb reports the result.
+ * A group is loaded on first use too. */
+int txmq_script_reload(txmq_script_host_t* host, const char* group,
+                       txmq_script_reload_cb cb, void* arg);
+/* Non-zero if a script is loaded for group (or a file for it exists). */
+int txmq_script_has_group(txmq_script_host_t* host, const char* group);
+/* The loaded version of group, or NULL. */
+const char* txmq_script_version(txmq_script_host_t* host, const char* group);
+
+/* Runs executeLocalTransaction(msg, arg) of group on a worker. msgs are
+ * copied; arg (may be NULL) is a msgpack value decoded with the codec. If the
+ * call fails, cb is never called. */
+int txmq_script_execute(txmq_script_host_t* host, const char* group,
+                        const uint8_t* tx_id, const txmq_msg_t* const* msgs,
+                        size_t n, const void* arg, size_t arg_len,
+                        txmq_script_call_cb cb, void* cbarg);
+/* Runs checkLocalTransaction(msg) of group on a worker. */
+int txmq_script_check(txmq_script_host_t* host, const char* group,
+                      const uint8_t* tx_id, const txmq_msg_t* const* msgs,
+                      size_t n, uint32_t check_count, txmq_script_call_cb cb,
+                      void* cbarg);
+
+/* Counters per group for status and tests. */
+typedef struct {
+  uint64_t calls;
+  uint64_t failures;   /* errors, bad results, missing handlers */
+  uint64_t timeouts;
+  uint64_t oom;
+  uint64_t reloads;
+  uint64_t reload_failures;
+} txmq_script_stats_t;
+int txmq_script_stats(txmq_script_host_t* host, const char* group,
+                      txmq_script_stats_t* out);
+
+/* Stops accepting calls, lets running ones finish (their callbacks run),
+ * joins the workers, closes handles; cb on the loop when done; then free. */
+int txmq_script_host_close(txmq_script_host_t* host,
+                           void (*cb)(txmq_script_host_t* host, void* arg),
+                           void* arg);
+void txmq_script_host_free(txmq_script_host_t* host);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TXMQ_SCRIPT_H */
