@@ -1,0 +1,98 @@
+/*
+ * cli.h - shared pieces of the `txmq` command-line tool: the parsed command
+ * line, the exit codes, one-line error reporting and the text/JSON renderers
+ * used by the subcommands. Internal to the tool; not installed.
+ */
+#ifndef TXMQ_CLI_H
+#define TXMQ_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+/* Exit status of the tool (DESIGN §7: 0 on success, non-zero with a
+ * one-line reason on standard error). */
+enum {
+  CLI_EXIT_OK = 0,
+  CLI_EXIT_DATA = 1,   /* the data is damaged or unreadable */
+  CLI_EXIT_USAGE = 2   /* bad command line, or a command not available */
+};
+
+/* Options seen on the command line, one bit each, so that a command can
+ * refuse an option that does not apply to it. */
+enum {
+  CLI_OPT_SERVER = 1u << 0,
+  CLI_OPT_JSON = 1u << 1,
+  CLI_OPT_N = 1u << 2,
+  CLI_OPT_FROM = 1u << 3,
+  CLI_OPT_TAGS = 1u << 4,
+  CLI_OPT_KEYS = 1u << 5,
+  CLI_OPT_PROP = 1u << 6,
+  CLI_OPT_GROUP = 1u << 7,
+  CLI_OPT_ARG = 1u << 8,
+  CLI_OPT_TIMEOUT = 1u << 9
+};
+/* Options every command accepts. */
+#define CLI_OPTS_GLOBAL (CLI_OPT_SERVER | CLI_OPT_JSON)
+
+typedef struct {
+  unsigned seen;        /* CLI_OPT_* bits */
+  int json;
+  const char* server;   /* --server, else $TXMQ_SERVER, else the default */
+  const char* n;        /* -n, unparsed */
+  const char* from;     /* --from, unparsed */
+  const char* tags;
+  const char* keys;
+  const char* group;
+  const char* arg;
+  const char* timeout;
+  const char** props;   /* --prop K=V, in order */
+  size_t nprops;
+  char** pos;           /* positional arguments, in order */
+  size_t npos;
+} cli_args_t;
+
+/* Prints "txmq: <message>\n" to stderr as one line (newlines in the message
+ * become "; "). */
+void cli_err(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Refuses options outside allowed (plus the global ones) for command name:
+ * prints the reason and returns CLI_EXIT_USAGE, or returns 0. */
+int cli_check_opts(const cli_args_t* a, unsigned allowed, const char* name);
+
+/* Parses a non-negative decimal (or 0x hex) integer for option opt; prints
+ * the reason and returns CLI_EXIT_USAGE if malformed. */
+int cli_parse_u64(const char* opt, const char* s, uint64_t* out);
+
+/* `txmq log ...` (log_cmd.c). */
+int cli_cmd_log(const cli_args_t* a);
+void cli_usage_log(FILE* f);
+
+/* ---- renderers (render.c) ---- */
+
+/* Non-zero if s[0..len) is valid UTF-8 without control characters other
+ * than tab, newline and carriage return: what the tool shows as text. */
+int cli_is_text(const void* s, size_t len);
+/* Non-zero if s[0..len) is valid UTF-8 (any code points). */
+int cli_is_utf8(const void* s, size_t len);
+
+/* Writes s[0..len) as a double-quoted string with JSON-style escapes; bytes
+ * that are not valid UTF-8 are written as \xNN. */
+void cli_put_quoted(FILE* f, const void* s, size_t len);
+/* Writes len bytes as lowercase hex. */
+void cli_put_hex(FILE* f, const void* p, size_t len);
+/* Writes milliseconds since the epoch as 2006-01-02T15:04:05.000Z. */
+void cli_put_time_ms(FILE* f, int64_t ms);
+
+/* A new JSON string for s[0..len): the text itself when it is valid UTF-8,
+ * else with each invalid byte replaced by U+FFFD. NULL on out of memory. */
+json_t* cli_json_str(const void* s, size_t len);
+/* A new JSON string holding the base64 (RFC 4648, padded) of p[0..len). */
+json_t* cli_json_base64(const void* p, size_t len);
+/* Prints obj compactly on one line to stdout and releases it. Returns 0, or
+ * -1 if it could not be encoded (out of memory). */
+int cli_json_print(json_t* obj);
+
+#endif /* TXMQ_CLI_H */

@@ -1,0 +1,256 @@
+/*
+ * main.c - the `txmq` command-line tool: parses the command line (GNU
+ * style: options may stand anywhere, before or after the positional
+ * arguments; `--` ends them) and dispatches to a subcommand.
+ *
+ * Only the offline log commands exist so far (`txmq log dump|verify`). The
+ * commands that talk to txmqd are recognised and refused with exit status 2,
+ * because there is no daemon to talk to yet: the tool never pretends to
+ * have sent or consumed anything.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clients/cli/cli.h"
+
+#ifndef TXMQ_VERSION
+#define TXMQ_VERSION "unknown"
+#endif
+
+#define DEFAULT_SERVER "127.0.0.1:8967"
+
+void cli_err(const char* fmt, ...) {
+  char buf[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  /* One line, whatever the message holds: scripts read the first line. */
+  fputs("txmq: ", stderr);
+  for (const char* p = buf; *p; p++) {
+    if (*p == '\n') {
+      if (p[1]) fputs("; ", stderr);
+    } else {
+      fputc(*p, stderr);
+    }
+  }
+  fputc('\n', stderr);
+}
+
+static const struct {
+  unsigned bit;
+  const char* name;
+} opt_names[] = {
+    {CLI_OPT_SERVER, "--server"}, {CLI_OPT_JSON, "--json"},
+    {CLI_OPT_N, "-n"},            {CLI_OPT_FROM, "--from"},
+    {CLI_OPT_TAGS, "--tags"},     {CLI_OPT_KEYS, "--keys"},
+    {CLI_OPT_PROP, "--prop"},     {CLI_OPT_GROUP, "--group"},
+    {CLI_OPT_ARG, "--arg"},       {CLI_OPT_TIMEOUT, "--timeout"},
+};
+
+int cli_check_opts(const cli_args_t* a, unsigned allowed, const char* name) {
+  unsigned extra = a->seen & ~(allowed | CLI_OPTS_GLOBAL);
+  for (size_t i = 0; i < sizeof opt_names / sizeof opt_names[0]; i++) {
+    if (extra & opt_names[i].bit) {
+      cli_err("option '%s' does not apply to '%s' (see 'txmq --help')",
+              opt_names[i].name, name);
+      return CLI_EXIT_USAGE;
+    }
+  }
+  return 0;
+}
+
+int cli_parse_u64(const char* opt, const char* s, uint64_t* out) {
+  const char* digits = s;
+  int base = 10;
+  if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+    digits = s + 2;
+    base = 16;
+  }
+  /* strtoull accepts signs and spaces; a position or count never has them. */
+  int ok = *digits != '\0';
+  for (const char* p = digits; *p && ok; p++) {
+    if (base == 10 ? !(*p >= '0' && *p <= '9')
+                   : !strchr("0123456789abcdefABCDEF", *p))
+      ok = 0;
+  }
+  char* end = NULL;
+  unsigned long long v = 0;
+  if (ok) {
+    errno = 0;
+    v = strtoull(digits, &end, base);
+    ok = errno == 0 && *end == '\0';
+  }
+  if (!ok) {
+    cli_err("%s '%s': expected a non-negative integer", opt, s);
+    return CLI_EXIT_USAGE;
+  }
+  *out = v;
+  return 0;
+}
+
+static void usage(FILE* f) {
+  fputs(
+      "usage: txmq [--server HOST:PORT] [--json] COMMAND [ARGS]\n"
+      "\n"
+      "Offline commands (work on the files, no txmqd needed):\n"
+      "  txmq log dump DIR [--from POS] [-n N]   print segments and records\n"
+      "  txmq log verify DIR                     check every record\n"
+      "\n"
+      "Commands that talk to txmqd (not available yet: txmqd is not built):\n"
+      "  txmq send TOPIC [BODY|-] [--tags T] [--keys K] [--prop K=V]...\n"
+      "  txmq tx send --group G TOPIC [BODY|-] [--arg A]\n"
+      "  txmq consume TOPIC --group G [--tags 'A || B'] [-n N] [--timeout S]\n"
+      "  txmq tx list [--group G] | tx show TXID | tx resume TXID\n"
+      "  txmq status\n"
+      "  txmq reload GROUP\n"
+      "\n"
+      "Options may stand anywhere on the line; '--' ends them.\n"
+      "  --json            one JSON object per line, for scripts\n"
+      "  --server H:P      txmqd address (default " DEFAULT_SERVER
+      ", or $TXMQ_SERVER)\n"
+      "  -h, --help        this help; --version prints the version\n"
+      "\n"
+      "Exit status: 0 ok, 1 the data is corrupt or unreadable, 2 usage error\n"
+      "or command not available. Errors are one line on standard error.\n",
+      f);
+}
+
+enum {
+  LONG_SERVER = 256,
+  LONG_JSON,
+  LONG_FROM,
+  LONG_TAGS,
+  LONG_KEYS,
+  LONG_PROP,
+  LONG_GROUP,
+  LONG_ARG,
+  LONG_TIMEOUT,
+  LONG_VERSION
+};
+
+static const struct option long_opts[] = {
+    {"server", required_argument, NULL, LONG_SERVER},
+    {"json", no_argument, NULL, LONG_JSON},
+    {"from", required_argument, NULL, LONG_FROM},
+    {"tags", required_argument, NULL, LONG_TAGS},
+    {"keys", required_argument, NULL, LONG_KEYS},
+    {"prop", required_argument, NULL, LONG_PROP},
+    {"group", required_argument, NULL, LONG_GROUP},
+    {"arg", required_argument, NULL, LONG_ARG},
+    {"timeout", required_argument, NULL, LONG_TIMEOUT},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, LONG_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+static const char* long_name(int val) {
+  for (const struct option* o = long_opts; o->name; o++)
+    if (o->val == val) return o->name;
+  return "?";
+}
+
+/* Commands that need the daemon. */
+static int not_built(const cli_args_t* a) {
+  const char* cmd = a->pos[0];
+  if (strcmp(cmd, "tx") == 0 && a->npos > 1) {
+    cli_err("'tx %s' needs txmqd, which is not built yet", a->pos[1]);
+  } else {
+    cli_err("'%s' needs txmqd, which is not built yet", cmd);
+  }
+  return CLI_EXIT_USAGE;
+}
+
+int main(int argc, char** argv) {
+  cli_args_t a;
+  memset(&a, 0, sizeof a);
+  int help = 0, version = 0, rc = CLI_EXIT_USAGE;
+
+  a.pos = calloc((size_t)argc + 1, sizeof *a.pos);
+  a.props = calloc((size_t)argc + 1, sizeof *a.props);
+  if (!a.pos || !a.props) {
+    cli_err("out of memory");
+    goto done;
+  }
+
+  /* "-" first: non-options come back in order as option 1, so options may
+   * stand anywhere even when POSIXLY_CORRECT is set. ":" next: we print our
+   * own one-line errors. */
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, "-:hn:", long_opts, NULL)) != -1) {
+    switch (c) {
+      case 1: a.pos[a.npos++] = optarg; break;
+      case 'h': help = 1; break;
+      case LONG_VERSION: version = 1; break;
+      case LONG_SERVER: a.server = optarg; a.seen |= CLI_OPT_SERVER; break;
+      case LONG_JSON: a.json = 1; a.seen |= CLI_OPT_JSON; break;
+      case 'n': a.n = optarg; a.seen |= CLI_OPT_N; break;
+      case LONG_FROM: a.from = optarg; a.seen |= CLI_OPT_FROM; break;
+      case LONG_TAGS: a.tags = optarg; a.seen |= CLI_OPT_TAGS; break;
+      case LONG_KEYS: a.keys = optarg; a.seen |= CLI_OPT_KEYS; break;
+      case LONG_PROP: a.props[a.nprops++] = optarg; a.seen |= CLI_OPT_PROP; break;
+      case LONG_GROUP: a.group = optarg; a.seen |= CLI_OPT_GROUP; break;
+      case LONG_ARG: a.arg = optarg; a.seen |= CLI_OPT_ARG; break;
+      case LONG_TIMEOUT: a.timeout = optarg; a.seen |= CLI_OPT_TIMEOUT; break;
+      case ':':
+        if (optopt >= 256)
+          cli_err("option '--%s' needs a value", long_name(optopt));
+        else
+          cli_err("option '-%c' needs a value", optopt);
+        goto done;
+      default:
+        if (optopt > 0 && optopt < 256)
+          cli_err("unknown option '-%c' (see 'txmq --help')", optopt);
+        else
+          cli_err("unknown option '%s' (see 'txmq --help')", argv[optind - 1]);
+        goto done;
+    }
+  }
+  /* Everything after "--" is positional. */
+  while (optind < argc) a.pos[a.npos++] = argv[optind++];
+
+  if (!a.server) a.server = getenv("TXMQ_SERVER");
+  if (!a.server || !*a.server) a.server = DEFAULT_SERVER;
+
+  if (version) {
+    printf("txmq %s\n", TXMQ_VERSION);
+    rc = CLI_EXIT_OK;
+    goto done;
+  }
+  if (help) {
+    if (a.npos > 0 && strcmp(a.pos[0], "log") == 0)
+      cli_usage_log(stdout);
+    else
+      usage(stdout);
+    rc = CLI_EXIT_OK;
+    goto done;
+  }
+  if (a.npos == 0) {
+    cli_err("no command given (see 'txmq --help')");
+    goto done;
+  }
+
+  const char* cmd = a.pos[0];
+  if (strcmp(cmd, "log") == 0) {
+    rc = cli_cmd_log(&a);
+  } else if (strcmp(cmd, "send") == 0 || strcmp(cmd, "tx") == 0 ||
+             strcmp(cmd, "consume") == 0 || strcmp(cmd, "status") == 0 ||
+             strcmp(cmd, "reload") == 0) {
+    rc = not_built(&a);
+  } else {
+    cli_err("unknown command '%s' (see 'txmq --help')", cmd);
+  }
+
+done:
+  if (fflush(stdout) != 0 && rc == CLI_EXIT_OK) {
+    cli_err("writing standard output failed");
+    rc = CLI_EXIT_DATA;
+  }
+  free(a.pos);
+  free(a.props);
+  return rc;
+}

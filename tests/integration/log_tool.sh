@@ -1,0 +1,402 @@
+#!/usr/bin/env bash
+# log_tool.sh - black-box test of `txmq log dump` and `txmq log verify`.
+#
+# Writes logs with the log-demo example (through the store, and raw records
+# through the log API), then runs the tool on them, on damaged copies
+# (truncated tail, zeros after the tail, a flipped byte in the middle of a
+# segment, a missing segment, a record that is not a message) and with bad
+# command lines, and checks exit codes, the exact error lines and, through
+# --json (parsed with Lua 5.4 and dkjson), what was read.
+#
+#   bash tests/integration/log_tool.sh BUILD/bin
+set -euo pipefail
+
+bin="${1:?usage: log_tool.sh BIN_DIR, the bin directory of a build}"
+bin="$(cd "$bin" && pwd)"
+txmq="$bin/txmq"
+demo="$bin/log-demo"
+for b in "$txmq" "$demo"; do
+  [ -x "$b" ] || { echo "FAIL: $b is not built"; exit 1; }
+done
+command -v lua5.4 >/dev/null || { echo "FAIL: lua5.4 is not installed"; exit 1; }
+lua5.4 -e 'require "dkjson"' 2>/dev/null ||
+  { echo "FAIL: the Lua module dkjson (Debian lua-dkjson, pulled in by lua-busted) is missing"; exit 1; }
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/txmq-log-tool.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+passed=0
+failures=()
+ok() { passed=$((passed + 1)); echo "ok     $1"; }
+not_ok() { failures+=("$1"); echo "FAIL   $1"; }
+
+# run CMD... : stdout to $out, stderr to $err, exit status to $rc.
+out="$work/out"
+err="$work/err"
+rc=0
+run() {
+  set +e
+  timeout 60 "$@" >"$out" 2>"$err"
+  rc=$?
+  set -e
+}
+first_err() { head -n 1 "$err"; }
+err_lines() { wc -l <"$err" | tr -d ' '; }
+
+# expect NAME RC [EXACT_STDERR_LINE]: the last run's exit status and, when
+# given, its whole standard error (exactly one line).
+expect() {
+  local name=$1 want=$2
+  if [ "$rc" != "$want" ]; then
+    not_ok "$name: exit $rc, want $want (stderr: $(head -c 300 "$err"))"
+  elif [ $# -ge 3 ] && { [ "$(err_lines)" != 1 ] || [ "$(first_err)" != "$3" ]; }; then
+    not_ok "$name: stderr is '$(head -c 300 "$err")', want exactly '$3'"
+  else
+    ok "$name"
+  fi
+}
+# expect_err_prefix NAME RC PREFIX: exit status and a one-line stderr that
+# starts with PREFIX.
+expect_err_prefix() {
+  local name=$1 want=$2 prefix=$3
+  if [ "$rc" != "$want" ]; then
+    not_ok "$name: exit $rc, want $want (stderr: $(head -c 300 "$err"))"
+  elif [ "$(err_lines)" != 1 ] || [[ "$(first_err)" != "$prefix"* ]]; then
+    not_ok "$name: stderr is '$(head -c 400 "$err")', want one line starting '$prefix'"
+  else
+    ok "$name"
+  fi
+}
+# check NAME COMMAND...: passes if COMMAND succeeds.
+check() {
+  local name=$1
+  shift
+  if "$@"; then ok "$name"; else not_ok "$name"; fi
+}
+
+# jl FILE CODE: runs Lua CODE with `lines` = the JSON objects of FILE (one
+# per line) and kind(k) = those of that kind; prints what CODE prints.
+cat >"$work/prelude.lua" <<'LUA'
+local json = require "dkjson"
+lines = {}
+for l in io.lines(arg[1]) do
+  local o, _, e = json.decode(l)
+  if type(o) ~= "table" then
+    io.stderr:write("not a JSON object: " .. l .. " (" .. tostring(e) .. ")\n")
+    os.exit(3)
+  end
+  lines[#lines + 1] = o
+end
+function kind(k)
+  local t = {}
+  for _, o in ipairs(lines) do if o.kind == k then t[#t + 1] = o end end
+  return t
+end
+LUA
+jl() {
+  { cat "$work/prelude.lua"; printf '%s\n' "$2"; } >"$work/q.lua"
+  lua5.4 "$work/q.lua" "$1"
+}
+
+flip_byte() { # flip_byte FILE OFFSET: inverts one byte in place
+  local f=$1 off=$2 b
+  b=$(od -An -tu1 -j "$off" -N1 "$f" | tr -d ' ')
+  # shellcheck disable=SC2059
+  printf "$(printf '\\%03o' $((b ^ 0xff)))" |
+    dd of="$f" bs=1 seek="$off" conv=notrunc status=none
+}
+
+# ---------------------------------------------------------------------------
+echo "# writing logs with log-demo"
+data="$work/data"
+"$demo" put "$data" --count 60 --segment-size 4096 >/dev/null
+"$demo" put "$data" --count 5 --binary --segment-size 4096 >/dev/null
+logdir="$data/log"
+# The damage tests below need a newest segment holding at least 3 records
+# (corruption there with valid records after it is not a torn tail): add
+# orders until it does.
+nmsg_written=65
+for _ in 1 2 3 4 5 6 7 8; do
+  "$txmq" log dump --json "$data" >"$work/probe.json"
+  in_last=$(jl "$work/probe.json" '
+    local segs, n = kind("segment"), 0
+    for _, r in ipairs(kind("record")) do if r.segment == segs[#segs].file then n = n + 1 end end
+    print(n)')
+  [ "$in_last" -ge 3 ] && break
+  "$demo" put "$data" --count 2 --segment-size 4096 >/dev/null
+  nmsg_written=$((nmsg_written + 2))
+done
+nseg_files=$(find "$logdir" -name '[0-9]*.log' | wc -l | tr -d ' ')
+check "the store wrote several segments ($nseg_files)" test "$nseg_files" -ge 3
+
+# --- dump --json: structure, density of positions, decoded messages ---------
+run "$txmq" log dump "$data" --json
+expect "dump --json of a data directory exits 0" 0
+cp "$out" "$work/dump.json"
+res=$(jl "$work/dump.json" '
+  local log, segs, recs = kind("log")[1], kind("segment"), kind("record")
+  local problems = {}
+  local function bad(m) problems[#problems + 1] = m end
+  if not log then bad("no log object") end
+  if lines[1] ~= log then bad("the log object is not first") end
+  if log.segments ~= #segs then bad("log.segments ~= segment lines") end
+  local msgs, topics = 0, 0
+  for i, r in ipairs(recs) do
+    if i == 1 and r.pos ~= log.begin then bad("first pos ~= begin") end
+    if recs[i + 1] and r.next ~= recs[i + 1].pos then bad("positions not dense at " .. r.pos) end
+    if r.next ~= r.pos + 12 + r.len then bad("next ~= pos + 12 + len at " .. r.pos) end
+    local seg
+    for _, s in ipairs(segs) do if s.base <= r.pos then seg = s end end
+    if not seg or seg.file ~= r.segment then bad("wrong segment for " .. r.pos) end
+    if r.type == "msg" then msgs = msgs + 1 end
+    if r.type == "topic" then topics = topics + 1 end
+  end
+  if recs[#recs].next ~= log["end"] then bad("last next ~= end") end
+  local m1
+  for _, r in ipairs(recs) do if r.type == "msg" then m1 = r.msg break end end
+  if not (m1 and m1.topic == "orders" and m1.keys == "order-1" and m1.tags == "paid"
+          and m1.props.source == "log-demo" and m1.body_encoding == "text"
+          and m1.body == "{\"order\":1,\"amount_cents\":7919,\"status\":\"paid\"}"
+          and #m1.id == 32 and m1.qid >= 0) then bad("first message not decoded as written") end
+  local bin
+  for _, r in ipairs(recs) do if r.type == "msg" and r.msg.keys == "order-65" then bin = r.msg end end
+  if not (bin and bin.body_encoding == "base64" and bin.body_len == 24 and #bin.body == 32) then
+    bad("binary body not base64")
+  end
+  for _, t in ipairs(recs) do
+    if t.type == "topic" and not (t.topic.name == "orders" and t.topic.queues >= 1) then bad("topic record") end
+  end
+  print(#problems == 0 and "ok" or table.concat(problems, "; "))
+  print(#segs, #recs, msgs, topics, log.begin, log["end"])
+')
+verdict=$(sed -n 1p <<<"$res")
+read -r nseg nrec nmsg ntopic lbegin lend <<<"$(sed -n 2p <<<"$res")"
+check "dump --json: one log object, segments, dense records, decoded messages ($verdict)" \
+  test "$verdict" = ok
+check "dump --json lists every segment file" test "$nseg" = "$nseg_files"
+check "dump --json: every message and 1 topic record" \
+  test "$nmsg/$ntopic/$nrec" = "$nmsg_written/1/$((nmsg_written + 1))"
+
+# --- plain dump -----------------------------------------------------------
+run "$txmq" log dump "$data"
+expect "plain dump exits 0 with nothing on stderr" 0
+cp "$out" "$work/dump.txt"
+check "plain dump: one line per segment" test "$(grep -c '^segment ' "$work/dump.txt")" = "$nseg"
+check "plain dump: one line per record" test "$(grep -c '^record ' "$work/dump.txt")" = "$nrec"
+check "plain dump: a text body is shown as text" \
+  grep -qF 'keys="order-1" props={"source":"log-demo"} born=' "$work/dump.txt"
+check "plain dump: text body quoted" \
+  grep -qF 'body=text:"{\"order\":1,\"amount_cents\":7919,\"status\":\"paid\"}"' "$work/dump.txt"
+check "plain dump: a binary body is shown as hex and says so" \
+  grep -qE 'keys="order-65" .*body_len=24 body=hex:ff[0-9a-f]{46}$' "$work/dump.txt"
+check "plain dump: the topic record is decoded" \
+  grep -qE '^record pos=[0-9]+ type=topic len=[0-9]+ next=[0-9]+ topic=orders queues=[0-9]+$' "$work/dump.txt"
+run "$txmq" log dump "$logdir"
+check "dump of the log directory equals dump of the data directory" cmp -s "$out" "$work/dump.txt"
+
+# --- --from and -n, options anywhere -------------------------------------
+read -r p3 p4 <<<"$(jl "$work/dump.json" 'local r = kind("record"); print(r[3].pos, r[4].pos)')"
+run "$txmq" --json log dump -n 2 "$data" --from "$p3"
+expect "options before and after the positionals" 0
+check "--from POS -n 2 gives the 2 records from POS" \
+  test "$(jl "$out" 'local r = kind("record"); print(#r, r[1].pos)')" = "2	$p3"
+run "$txmq" log dump "$data" --from=$((p3 + 1)) --json -n1
+check "--from inside a record starts at the next record" \
+  test "$(jl "$out" 'local r = kind("record"); print(#r, r[1].pos)')" = "1	$p4"
+run "$txmq" log dump -- "$data" -n 0
+expect "'--' ends the options" 2 "txmq: 'log dump' takes one directory; unexpected '-n'"
+run "$txmq" log dump -n 0 "$data"
+check "-n 0 prints no record" test "$rc/$(grep -c '^record ' "$out" || true)" = "0/0"
+run "$txmq" log dump "$data" --from "$lend" --json
+check "--from the end prints no record" \
+  test "$rc/$(jl "$out" 'print(#kind("record"))')" = "0/0"
+
+# --- verify: clean ---------------------------------------------------------
+run "$txmq" log verify "$data"
+expect "verify of a clean log exits 0 with nothing on stderr" 0
+check "verify prints the counts" grep -qxF \
+  "$logdir: ok, $nseg segments, $nrec records ($nmsg msg, $ntopic topic, 0 other), $((lend - lbegin)) bytes, positions $lbegin..$lend" "$out"
+run "$txmq" log verify --json "$data"
+check "verify --json: status ok and the same counts as dump" \
+  test "$(jl "$out" 'local v = kind("verify")[1]; print(#lines, v.status, v.segments, v.records, v.msgs, v.bytes)')" \
+  = "1	ok	$nseg	$nrec	$nmsg	$((lend - lbegin))"
+
+# Facts about the records, for the damage below.
+last_seg=$(ls "$logdir" | grep -E '^[0-9]{20}\.log$' | sort | tail -n 1)
+first_seg=$(ls "$logdir" | grep -E '^[0-9]{20}\.log$' | sort | head -n 1)
+# A record in the middle of the first segment, and the first record of the
+# last segment when another follows it.
+read -r mid_i mid_pos mid_len mid_base <<<"$(jl "$work/dump.json" '
+  local segs, recs = kind("segment"), kind("record")
+  local inseg = {}
+  for i, r in ipairs(recs) do if r.segment == segs[1].file then inseg[#inseg + 1] = i end end
+  local i = inseg[math.max(2, #inseg // 2)]
+  print(i - 1, recs[i].pos, recs[i].len, segs[1].base)')"
+read -r ls_i ls_pos ls_len ls_base <<<"$(jl "$work/dump.json" '
+  local segs, recs = kind("segment"), kind("record")
+  local last = segs[#segs]
+  for i, r in ipairs(recs) do
+    if r.segment == last.file and recs[i + 1] then print(i - 1, r.pos, r.len, last.base) break end
+  end')"
+read -r tail_pos tail_len <<<"$(jl "$work/dump.json" 'local r = kind("record"); print(r[#r].pos, r[#r].len)')"
+
+snapshot() { (cd "$1" && find . -type f -exec md5sum {} + | sort); }
+
+# --- torn tail: the last record cut short ------------------------------------
+torn="$work/torn"
+cp -r "$data" "$torn"
+size=$(stat -c %s "$torn/log/$last_seg")
+truncate -s $((size - 5)) "$torn/log/$last_seg"
+before=$(snapshot "$torn")
+run "$txmq" log verify "$torn"
+expect_err_prefix "verify of a cut last record: exit 0, one-line torn-tail note" 0 \
+  "txmq: torn tail: $torn/log/$last_seg: $((tail_len + 12 - 5)) bytes after position $tail_pos are an incomplete write"
+check "verify says torn tail, not corrupt, and counts the records before it" \
+  grep -qF "$torn/log: torn tail, $nseg segments, $((nrec - 1)) records" "$out"
+run "$txmq" log verify --json "$torn"
+check "verify --json: status torn_tail at the cut record" \
+  test "$(jl "$out" 'local v = kind("verify")[1]; print(v.status, v.pos, v.torn_bytes, v.segment_file, v.records)')" \
+  = "torn_tail	$tail_pos	$((tail_len + 12 - 5))	$last_seg	$((nrec - 1))"
+run "$txmq" log dump --json "$torn"
+check "dump of a torn log exits 0 and shows every complete record" \
+  test "$rc/$(jl "$out" 'print(#kind("record"))')" = "0/$((nrec - 1))"
+check "dump and verify leave a torn log untouched (read-only)" test "$(snapshot "$torn")" = "$before"
+
+# --- torn tail: the only record of the newest segment cut short -------------
+lone="$work/lone"
+"$demo" append "$lone" --type 42 --count 3 --size 2000 --segment-size 4096 >/dev/null
+lone_last=$(ls "$lone" | grep -E '^[0-9]{20}\.log$' | sort | tail -n 1)
+lone_base=$((10#${lone_last%.log}))
+truncate -s $((32 + 2012 - 5)) "$lone/$lone_last"
+run "$txmq" log verify "$lone"
+expect_err_prefix "verify: a torn lone record names the newest segment file" 0 \
+  "txmq: torn tail: $lone/$lone_last: 2007 bytes after position $lone_base are an incomplete write"
+check "...and counts both segment files and the 2 complete records" \
+  grep -qF "$lone: torn tail, 2 segments, 2 records (0 msg, 0 topic, 2 other)" "$out"
+
+# --- torn tail: zeros after the last record (preallocated, never written) ----
+zeros="$work/zeros"
+cp -r "$data" "$zeros"
+head -c 100 /dev/zero >>"$zeros/log/$last_seg"
+run "$txmq" log verify --json "$zeros"
+check "zeros after the last record are a torn tail, every record intact" \
+  test "$rc/$(jl "$out" 'local v = kind("verify")[1]; print(v.status, v.records, v.pos)')" \
+  = "0/torn_tail	$nrec	$lend"
+
+# --- corruption in the middle of an earlier segment -------------------------
+mid="$work/mid"
+cp -r "$data" "$mid"
+flip_byte "$mid/log/$first_seg" $((32 + mid_pos - mid_base + 12 + mid_len / 2))
+run "$txmq" log verify "$mid"
+expect_err_prefix "verify: a flipped byte in $first_seg exits 1 naming file and position" 1 \
+  "txmq: corrupt log: $mid/log/$first_seg at position $mid_pos (file offset $((32 + mid_pos - mid_base))): "
+check "...and says how many records before it are valid" \
+  grep -qE "; $mid_i records before it are valid\$" "$err"
+run "$txmq" log verify --json "$mid"
+check "verify --json: status corrupt, segment file and position" \
+  test "$rc/$(jl "$out" 'local v = kind("verify")[1]; print(v.status, v.segment_file, v.pos, v.records)')" \
+  = "1/corrupt	$first_seg	$mid_pos	$mid_i"
+run "$txmq" log dump --json "$mid"
+check "dump exits 1 after printing every record before the corruption" \
+  test "$rc/$(jl "$out" 'print(#kind("record"))')" = "1/$mid_i"
+check "dump names the corruption on one stderr line" \
+  test "$(err_lines)" = 1 -a "$(grep -c "^txmq: corrupt log: $mid/log/$first_seg at position $mid_pos " "$err")" = 1
+
+# --- corruption in the last segment with valid records after it --------------
+lastc="$work/lastc"
+cp -r "$data" "$lastc"
+flip_byte "$lastc/log/$last_seg" $((32 + ls_pos - ls_base + 12 + ls_len / 2))
+run "$txmq" log verify "$lastc"
+expect_err_prefix "verify: corruption in the last segment is not taken for a torn tail" 1 \
+  "txmq: corrupt log: $lastc/log/$last_seg at position $ls_pos "
+run "$txmq" log verify --json "$lastc"
+check "verify --json: corrupt at the first record of the last segment" \
+  test "$(jl "$out" 'local v = kind("verify")[1]; print(v.status, v.pos, v.records)')" \
+  = "corrupt	$ls_pos	$ls_i"
+
+# --- a missing segment -------------------------------------------------------
+miss="$work/miss"
+cp -r "$data" "$miss"
+second_seg=$(ls "$miss/log" | grep -E '^[0-9]{20}\.log$' | sort | sed -n 2p)
+rm "$miss/log/$second_seg"
+run "$txmq" log verify "$miss"
+expect_err_prefix "verify: a missing segment is corruption" 1 "txmq: corrupt log: "
+
+# --- a record whose checksum is fine but is not a message --------------------
+badmsg="$work/badmsg"
+"$demo" append "$badmsg" --type 1 --count 2 --size 8 >/dev/null
+run "$txmq" log verify "$badmsg"
+expect_err_prefix "verify: a type-1 record that is not a message exits 1" 1 \
+  "txmq: corrupt log: $badmsg/00000000000000000000.log at position 0 (file offset 32): the record's checksum is valid but its payload is not a message"
+
+# --- records of other types --------------------------------------------------
+raw="$work/raw"
+"$demo" append "$raw" --type 42 --count 3 --size 10 >/dev/null
+run "$txmq" log dump "$raw"
+check "dump shows an unknown type by number, payload as hex" \
+  test "$rc/$(grep -cE '^record pos=[0-9]+ type=42 len=10 next=[0-9]+ payload=hex:[0-9a-f]{20}$' "$out")" = "0/3"
+run "$txmq" log dump --json "$raw"
+check "dump --json: type_id 42, payload base64" \
+  test "$(jl "$out" 'local r = kind("record")[1]; print(r.type, r.type_id, r.payload_encoding, #r.payload)')" \
+  = "42	42	base64	16"
+run "$txmq" log verify "$raw"
+check "verify counts other record types" \
+  test "$rc/$(grep -c '3 records (0 msg, 0 topic, 3 other)' "$out")" = "0/1"
+
+# --- command line --------------------------------------------------------------
+run "$txmq"
+expect "no command: exit 2" 2 "txmq: no command given (see 'txmq --help')"
+run "$txmq" --help
+check "--help: exit 0, usage on stdout" test "$rc/$(grep -c 'txmq log dump DIR' "$out")" = "0/1"
+run "$txmq" log --help
+check "log --help: exit 0" test "$rc/$(grep -c '^usage: txmq log dump' "$out")" = "0/1"
+run "$txmq" --version
+check "--version" test "$rc/$(grep -cE '^txmq [0-9]+\.[0-9]+\.[0-9]+$' "$out")" = "0/1"
+run "$txmq" send orders hello
+expect "send needs txmqd" 2 "txmq: 'send' needs txmqd, which is not built yet"
+check "send prints nothing on stdout" test ! -s "$out"
+run "$txmq" tx send --group g orders hello
+expect "tx send needs txmqd" 2 "txmq: 'tx send' needs txmqd, which is not built yet"
+run "$txmq" tx list
+expect "tx list needs txmqd" 2 "txmq: 'tx list' needs txmqd, which is not built yet"
+run "$txmq" consume orders --group g -n 1
+expect "consume needs txmqd" 2 "txmq: 'consume' needs txmqd, which is not built yet"
+run "$txmq" --server 127.0.0.1:1 status
+expect "status needs txmqd" 2 "txmq: 'status' needs txmqd, which is not built yet"
+run "$txmq" reload order-payment
+expect "reload needs txmqd" 2 "txmq: 'reload' needs txmqd, which is not built yet"
+run "$txmq" frobnicate
+expect "unknown command" 2 "txmq: unknown command 'frobnicate' (see 'txmq --help')"
+run "$txmq" log
+expect "log without subcommand" 2 \
+  "txmq: 'log' needs a subcommand: txmq log dump DIR | txmq log verify DIR"
+run "$txmq" log fix "$data"
+expect "unknown log subcommand" 2 "txmq: unknown log subcommand 'fix' (expected dump or verify)"
+run "$txmq" log dump
+expect "log dump without DIR" 2 "txmq: 'log dump' needs a directory: txmq log dump DIR"
+run "$txmq" log verify "$work/nope"
+expect "missing directory" 2 "txmq: $work/nope: No such file or directory"
+mkdir "$work/empty"
+run "$txmq" log verify "$work/empty"
+expect_err_prefix "a directory without segments" 2 "txmq: $work/empty: no log segments here"
+run "$txmq" log verify "$data" -n 3
+expect "an option that does not apply" 2 \
+  "txmq: option '-n' does not apply to 'log verify' (see 'txmq --help')"
+run "$txmq" log dump "$data" -n x
+expect "a malformed -n" 2 "txmq: -n 'x': expected a non-negative integer"
+run "$txmq" log dump "$data" --from -5
+expect "a negative --from" 2 "txmq: --from '-5': expected a non-negative integer"
+run "$txmq" log dump "$data" --bogus
+expect "an unknown option" 2 "txmq: unknown option '--bogus' (see 'txmq --help')"
+run "$txmq" log dump "$data" --from
+expect "an option without its value" 2 "txmq: option '--from' needs a value"
+
+# ---------------------------------------------------------------------------
+echo
+if [ "${#failures[@]}" -eq 0 ]; then
+  echo "PASS: log_tool: all $passed checks passed"
+else
+  echo "FAIL: log_tool: ${#failures[@]} of $((passed + ${#failures[@]})) checks failed:"
+  for f in "${failures[@]}"; do echo "  - $f"; done
+  exit 1
+fi
