@@ -1,0 +1,114 @@
+/*
+ * store_int.h - internals of the store part shared with the other parts of
+ * libtxmq (tx, net, clients). Not installed, not part of the ABI.
+ *
+ * It provides: the setters of the fields only the store may assign, a
+ * bounded msgpack unpacker for hostile input, the message codec at the
+ * msgpack_object level (for records and frames that embed messages), the
+ * msg id generator, and the hook through which other parts teach
+ * txmq_store_get() to read messages out of their own records.
+ */
+#ifndef TXMQ_STORE_INT_H
+#define TXMQ_STORE_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+
+#include "txmq/msg.h"
+#include "txmq/store.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- message fields assigned by the store ---- */
+
+void txmq__msg_set_id(txmq_msg_t* m, const uint8_t id[TXMQ_MSG_ID_LEN]);
+void txmq__msg_set_store_ms(txmq_msg_t* m, int64_t ms);
+void txmq__msg_set_queue_offset(txmq_msg_t* m, int64_t offset);
+
+/* ---- bounded msgpack unpacking ----
+ *
+ * msgpack-c allocates a container's element array as soon as it reads the
+ * container's header, before it knows whether the elements are there: five
+ * hostile bytes (array32 of 2^32-1) ask for ~100 GB. txmq__mp_check walks
+ * the bytes first without allocating and refuses a container that declares
+ * more elements than bytes remain, nesting deeper than max_depth, more than
+ * max_items objects in all, or an object that runs past the end. Only then
+ * does txmq__mp_unpack hand the bytes to msgpack-c, so its allocations are
+ * bounded by the input's size. Use it for everything read from a wire or a
+ * file. */
+#define TXMQ__MP_MAX_DEPTH 24 /* below msgpack-c's own limit of 32 */
+
+/* Checks that buf starts with exactly one well-formed object within the
+ * limits; *used (if not NULL) gets its size. 0 or TXMQ_EPROTO. */
+int txmq__mp_check(const void* buf, size_t len, unsigned max_depth,
+                   size_t max_items, size_t* used);
+/* Checks, then unpacks exactly one object filling all of buf (trailing bytes
+ * are TXMQ_EPROTO) into out, which the caller initialised with
+ * msgpack_unpacked_init() and destroys with msgpack_unpacked_destroy() in
+ * every case. Strings and bins in out->data point into buf. */
+int txmq__mp_unpack(const void* buf, size_t len, unsigned max_depth,
+                    size_t max_items, msgpack_unpacked* out);
+
+/* ---- message codec at the object level ---- */
+
+/* Packs m as the map txmq_msg_encode() produces. TXMQ_EINVAL without a
+ * topic, TXMQ_ENOMEM if the packer's buffer failed. */
+int txmq__msg_pack(msgpack_packer* pk, const txmq_msg_t* m);
+/* Builds a new message from a map object, with every check of
+ * txmq_msg_decode(). 0, TXMQ_EPROTO or TXMQ_ENOMEM. */
+int txmq__msg_from_object(const msgpack_object* o, txmq_msg_t** out);
+
+/* ---- msg ids ----
+ *
+ * 16 bytes, big-endian: 48 bits of unix time in ms, 32 bits of a random
+ * number drawn once per generator (getrandom), 48 bits of a counter that
+ * starts at a random value below 2^47 and grows by one per id. Ids of one
+ * generator therefore strictly increase even within a millisecond or when
+ * the wall clock steps back (the time part never decreases); ids of two
+ * generators differ in their random part. The generator lives in the store:
+ * no global state. */
+typedef struct {
+  uint64_t last_ms;
+  uint64_t seq;
+  uint32_t node;
+} txmq__idgen_t;
+
+void txmq__idgen_init(txmq__idgen_t* g);
+void txmq__idgen_next(txmq__idgen_t* g, int64_t now_ms,
+                      uint8_t out[TXMQ_MSG_ID_LEN]);
+/* Wall clock in unix milliseconds. */
+int64_t txmq__now_ms(void);
+
+/* ---- reading messages out of foreign records ----
+ *
+ * txmq_store_get() reads the record an index entry points at. For
+ * TXMQ_REC_MSG the payload is the message; for the records of other parts
+ * (a transaction's records carry several messages) the part that owns the
+ * record type registers a decoder that returns message number sub of the
+ * record as a new message (0 or a TXMQ_E* code; TXMQ_EPROTO for a record
+ * that cannot hold such a message). Without a decoder, get fails with
+ * TXMQ_EPROTO and a diagnostic. */
+typedef int (*txmq__rec_decode_cb)(void* arg, const txmq_log_entry_t* e,
+                                   uint32_t sub, txmq_msg_t** out);
+/* type must be >= TXMQ_REC_FIRST_FOREIGN; fn NULL removes the decoder. */
+int txmq__store_set_decoder(txmq_store_t* st, uint8_t type,
+                            txmq__rec_decode_cb fn, void* arg);
+
+/* Entries per new index file (default TXMQ_STORE_INDEX_FILE_ENTRIES). Files
+ * already on disk keep their size: a file's entry count is read from its
+ * length. Only for tests that want to see a queue grow to several files
+ * without writing a million messages; call before open. */
+int txmq__store_set_index_file_entries(txmq_store_t* st, uint32_t n);
+
+/* The tags hash function (FNV-1a 32), used by txmq_store_tags_hash() and by
+ * tag filters on (ptr, len) without a NUL. Never 0 for a non-empty input. */
+uint32_t txmq__tags_hash(const char* s, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TXMQ_STORE_INT_H */
