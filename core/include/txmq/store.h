@@ -137,8 +137,10 @@ const char* txmq_store_topic_name(const txmq_store_t* st, size_t i);
 int txmq_store_prepare(txmq_store_t* st, txmq_msg_t* msg);
 
 /* Stores a plain message: prepares it, appends a TXMQ_REC_MSG record and,
- * when the append completes, indexes it (visible) and calls cb. msg is only
- * read during the call. If the call fails, cb is never called. */
+ * when the append completes, indexes it (visible) and calls cb. Like
+ * txmq_store_prepare, it writes the id, store time and queue id into msg;
+ * msg is not used after the call returns (cb gets its own view of the
+ * stored message). If the call fails, cb is never called. */
 int txmq_store_put(txmq_store_t* st, txmq_msg_t* msg, txmq_store_put_cb cb,
                    void* arg);
 
