@@ -62,8 +62,17 @@
  * published again, exactly once. A crash between "half stored" and
  * "decision stored" leaves the transaction PENDING: a check decides it.
  *
- * RETENTION: the engine installs the log's keep hook so that no segment that
- * holds a PENDING or PARKED transaction's half record is deleted.
+ * RETENTION: no segment that holds a PENDING or PARKED transaction's half
+ * record is deleted: the store's keep hook on the log keeps every segment
+ * from the replay floor on, and the engine's floor is its oldest undecided
+ * half record. (The store owns the log's keep hook; the engine does not
+ * replace it.)
+ *
+ * IDEMPOTENCE ACROSS RESTARTS: decided transactions are remembered in memory
+ * (DECIDED_WINDOW). After a restart only those that replay covers are known
+ * (their half record lies after the replay floor of the last checkpoint);
+ * a repeat for an older one gives TXMQ_ENOTFOUND, and nothing is made
+ * visible twice.
  *
  * THREADING: loop thread only, like the store.
  */
@@ -177,12 +186,14 @@ typedef struct {
 } txmq_tx_clock_t;
 
 /* Creates the engine over an unopened store and makes itself the store's
- * record handler and replay floor, and the log's keep hook. Call before
+ * record handler and replay floor, and the decoder of the messages inside
+ * TXMQ_REC_TX_HALF records (for txmq_store_get). Call before
  * txmq_store_open; then txmq_tx_start after the store opened. */
 int txmq_tx_new(txmq_tx_t** out, uv_loop_t* loop, txmq_store_t* st);
 int txmq_tx_set(txmq_tx_t* tx, txmq_tx_opt_t opt, int64_t value);
-/* clock is copied; NULL restores the real clocks (uv_now-based monotonic and
- * the system wall clock). */
+/* clock is copied; NULL restores the real clocks (the loop's monotonic clock
+ * read fresh with uv_hrtime, since uv_now goes stale while the loop thread
+ * works, and the system wall clock). */
 void txmq_tx_set_clock(txmq_tx_t* tx, const txmq_tx_clock_t* clock);
 /* Adds a check target (the struct and arg must outlive the engine). */
 int txmq_tx_add_target(txmq_tx_t* tx, const txmq_tx_target_t* target,
@@ -267,7 +278,11 @@ typedef struct {
 
 /* Looks a transaction up (any state within the window) and calls fn for each
  * event of its history, oldest first, reading the chained log records.
- * TXMQ_ENOTFOUND if unknown. info may be NULL. */
+ * TXMQ_ENOTFOUND if unknown. info may be NULL. TXMQ_EAGAIN if its newest
+ * event is accepted but not yet written (ask again after its callback). If
+ * the chain cannot be followed to the half record (retention deleted it, or
+ * it is damaged), fn still gets the events that were read and the read's
+ * code is returned. */
 int txmq_tx_show(txmq_tx_t* tx, const uint8_t* tx_id, txmq_tx_info_t* info,
                  void (*fn)(void* arg, const txmq_tx_event_t* ev), void* arg);
 
@@ -300,9 +315,12 @@ char* txmq_tx_id_str(const uint8_t* id, char buf[TXMQ_TX_ID_STRLEN + 1]);
 const char* txmq_tx_state_name(txmq_tx_state_t s);     /* "pending", ... */
 const char* txmq_tx_source_name(txmq_tx_source_t s);   /* "producer", ... */
 
-/* Stops the timer and fails nothing already durable; pending callbacks of
- * accepted requests still run (the store's close flushes them). cb runs when
- * the timer handle is closed; then txmq_tx_free (before freeing the store). */
+/* Stops the timer and refuses new requests (TXMQ_ECLOSED); fails nothing
+ * already accepted: cb runs once every accepted request's callback has run
+ * and the engine's handles are closed. Then close the store, and after its
+ * close callback call txmq_tx_free, then txmq_store_free: the store's final
+ * checkpoint still asks the engine for the replay floor, and without it the
+ * undecided transactions would not be replayed at the next open. */
 int txmq_tx_close(txmq_tx_t* tx, void (*cb)(txmq_tx_t* tx, void* arg),
                   void* arg);
 void txmq_tx_free(txmq_tx_t* tx);

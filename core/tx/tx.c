@@ -1,0 +1,1604 @@
+/*
+ * tx.c - the transaction engine: half messages, decisions, the check
+ * scheduler, parking, audit chains and recovery (see txmq/tx.h).
+ *
+ * What it provides: the state machine of txmq/tx.h on top of the store's
+ * log. Every state change is first appended as a log record (so a refused
+ * append changes nothing), then applied in memory at once (so a racing,
+ * conflicting request is refused immediately), and reported to the caller
+ * when the record is durable. A COMMIT publishes all the transaction's
+ * messages inside the one append callback of its record, so consumers on
+ * the loop see all of them or none.
+ *
+ * What it does not do: talk to producers or run scripts. Those are check
+ * targets added by the runtime; the engine only offers checks to them in
+ * order and takes their answers.
+ *
+ * Event names in the audit chain: "half" (the half record), "commit",
+ * "rollback", "unknown" (an UNKNOWN answer; from a check or script it counts
+ * a check), "check" (a check that counted without an answer: it timed out),
+ * "park" (the budget ran out), "resume" (an operator gave a fresh budget).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_int.h"
+#include "txmq/error.h"
+#include "txmq/log.h"
+#include "tx/tx_int.h"
+
+#define MAX_TARGETS 64
+/* Bound on the strings a caller passes for the audit trail (who, version)
+ * and on producer ids: they are copied into every event record. */
+#define MAX_LABEL 1024
+/* Options that are durations: an upper bound that keeps due-time arithmetic
+ * far from overflow (about 35 years). */
+#define MAX_DURATION_MS (INT64_C(1) << 40)
+
+typedef struct waiter_s {
+  txmq_tx_end_cb cb;
+  void* arg;
+  struct waiter_s* next;
+} waiter_t;
+
+/* A COMMIT or ROLLBACK waiting for its record to be durable. Repeats of the
+ * same decision (and UNKNOWNs) meanwhile join as waiters. */
+typedef struct {
+  txmq_tx_t* tx;
+  uint32_t idx;
+  uint8_t state;
+  waiter_t* head;
+  waiter_t* tail;
+} decide_op_t;
+
+/* A half record waiting for durability. */
+typedef struct {
+  txmq_tx_t* tx;
+  uint8_t id[TXMQ_TX_ID_LEN];
+  int64_t immunity_ms;
+  txmq_tx_begin_cb cb;
+  void* arg;
+  size_t n;
+  txmq_msg_t* msgs[];
+} begin_op_t;
+
+/* A producer's UNKNOWN or an operator's resume waiting for durability. */
+enum { EVOP_UNKNOWN, EVOP_RESUME };
+typedef struct {
+  txmq_tx_t* tx;
+  uint8_t id[TXMQ_TX_ID_LEN];
+  int kind;
+  uint16_t prev_count;
+  txmq_tx_end_cb cb;
+  void* arg;
+} event_op_t;
+
+/* A callback to run from the loop, for requests answered without a write
+ * (a repeat of a decision that is already durable). libuv never calls a
+ * callback from inside the call that was given it, and neither do we. */
+typedef struct defer_s {
+  txmq_tx_end_cb cb;
+  void* arg;
+  txmq_tx_state_t state;
+  struct defer_s* next;
+} defer_t;
+
+struct txmq_tx_s {
+  uv_loop_t* loop;
+  txmq_store_t* st;
+
+  int64_t timeout_ms, interval_ms, backoff_pct, interval_max_ms;
+  int64_t check_timeout_ms, retry_ms;
+  uint32_t max_checks;
+  int manual;
+  txmq_tx_clock_t clock;
+  int has_clock;
+
+  struct {
+    const txmq_tx_target_t* t;
+    void* arg;
+  } targets[MAX_TARGETS];
+  size_t ntargets;
+
+  txmq__itab_t strs;
+  txmq__txtab_t txs;
+  txmq__heap_t heap;
+  txmq__dtab_t dec;
+  uint32_t age_head, age_tail; /* live entries in half_pos order */
+  txmq__idgen_t idgen;
+  txmq_tx_metrics_t m;
+  msgpack_sbuffer sb; /* reused for every record we encode */
+
+  uv_timer_t timer;
+  uv_idle_t idle;
+  int handles;        /* timer and idle initialised */
+  int handles_closed; /* how many close callbacks ran */
+  int armed;
+  uint64_t armed_due;
+  int dispatching;    /* inside a target's check() */
+
+  defer_t* dq_head;
+  defer_t* dq_tail;
+  int idle_on;
+
+  int started, closing, close_started;
+  uint64_t inflight; /* appends whose callback has not run yet */
+  void (*close_cb)(txmq_tx_t* tx, void* arg);
+  void* close_arg;
+
+  /* txmq_tx_show() hands out strings of decided transactions from here. */
+  char* show_group;
+  char* show_producer;
+};
+
+/* ---- clocks ---- */
+
+static uint64_t mono_now(txmq_tx_t* tx) {
+  if (tx->has_clock) return tx->clock.mono_ms(tx->clock.arg);
+  /* uv_hrtime rather than uv_now: the loop's cached time goes stale while
+   * the loop thread works, and due times computed from a stale clock would
+   * fire checks early. Both are the same monotonic clock. */
+  return uv_hrtime() / 1000000u;
+}
+
+static int64_t wall_now(txmq_tx_t* tx) {
+  if (tx->has_clock) return tx->clock.wall_ms(tx->clock.arg);
+  return txmq__now_ms();
+}
+
+/* ---- small helpers ---- */
+
+static txmq__txe_t* E(txmq_tx_t* tx, uint32_t i) {
+  return txmq__txe(&tx->txs, i);
+}
+
+static int label_ok(const char* s) {
+  return s == NULL || strlen(s) <= MAX_LABEL;
+}
+
+/* Interval before the check after `count` counted checks. */
+static int64_t interval_for(const txmq_tx_t* tx, uint32_t count) {
+  int64_t iv = tx->interval_ms;
+  for (uint32_t k = 1; k < count && iv < tx->interval_max_ms; k++) {
+    if (tx->backoff_pct <= 100) break;
+    iv = iv * tx->backoff_pct / 100;
+  }
+  return iv < tx->interval_max_ms ? iv : tx->interval_max_ms;
+}
+
+/* Pending-per-topic counts: every topic of the entry's set, +1 or -1. */
+static void topics_adjust(txmq_tx_t* tx, txmq__txe_t* e, int delta) {
+  const char* s = e->topics->s;
+  const char* end = s + e->topics->len;
+  while (s < end) {
+    const char* nl = memchr(s, '\n', (size_t)(end - s));
+    size_t len = nl ? (size_t)(nl - s) : (size_t)(end - s);
+    txmq__istr_t* t = txmq__istr_find(&tx->strs, s, len);
+    if (t != NULL) t->pending += (uint64_t)(int64_t)delta;
+    s += len + 1;
+  }
+}
+
+/* Counts a state in the gauges (delta +1 entering, -1 leaving). */
+static void gauge(txmq_tx_t* tx, txmq__txe_t* e, int delta) {
+  if (e->state == TXMQ_TX_PENDING) {
+    tx->m.pending += (uint64_t)(int64_t)delta;
+    topics_adjust(tx, e, delta);
+  } else if (e->state == TXMQ_TX_PARKED) {
+    tx->m.parked += (uint64_t)(int64_t)delta;
+  }
+}
+
+static void set_state(txmq_tx_t* tx, txmq__txe_t* e, txmq_tx_state_t s) {
+  if (e->state == s) return;
+  gauge(tx, e, -1);
+  e->state = (uint8_t)s;
+  gauge(tx, e, +1);
+}
+
+static void undeliv_remove(txmq_tx_t* tx, uint32_t i) {
+  txmq__txe_t* e = E(tx, i);
+  if (!(e->flags & TXE_UNDELIV)) return;
+  e->flags &= (uint8_t)~TXE_UNDELIV;
+  if (e->u.ul.prev != TXMQ__NIL) E(tx, e->u.ul.prev)->u.ul.next = e->u.ul.next;
+  else e->group->undeliv_head = e->u.ul.next;
+  if (e->u.ul.next != TXMQ__NIL) E(tx, e->u.ul.next)->u.ul.prev = e->u.ul.prev;
+  e->u.ul.prev = e->u.ul.next = TXMQ__NIL;
+}
+
+static void undeliv_add(txmq_tx_t* tx, uint32_t i) {
+  txmq__txe_t* e = E(tx, i);
+  if (e->flags & TXE_UNDELIV) return;
+  e->flags |= TXE_UNDELIV;
+  e->u.ul.prev = TXMQ__NIL;
+  e->u.ul.next = e->group->undeliv_head;
+  if (e->u.ul.next != TXMQ__NIL) E(tx, e->u.ul.next)->u.ul.prev = i;
+  e->group->undeliv_head = i;
+}
+
+static void age_append(txmq_tx_t* tx, uint32_t i) {
+  txmq__txe_t* e = E(tx, i);
+  e->age_prev = tx->age_tail;
+  e->age_next = TXMQ__NIL;
+  if (tx->age_tail != TXMQ__NIL) E(tx, tx->age_tail)->age_next = i;
+  else tx->age_head = i;
+  tx->age_tail = i;
+}
+
+static void age_unlink(txmq_tx_t* tx, uint32_t i) {
+  txmq__txe_t* e = E(tx, i);
+  if (e->age_prev != TXMQ__NIL) E(tx, e->age_prev)->age_next = e->age_next;
+  else tx->age_head = e->age_next;
+  if (e->age_next != TXMQ__NIL) E(tx, e->age_next)->age_prev = e->age_prev;
+  else tx->age_tail = e->age_prev;
+}
+
+/* Releases the per-topic references an entry holds (see attach_strings). */
+static void topics_unref(txmq_tx_t* tx, txmq__istr_t* set) {
+  if (set == NULL) return;
+  if (memchr(set->s, '\n', set->len) != NULL) {
+    const char* s = set->s;
+    const char* end = s + set->len;
+    while (s < end) {
+      const char* nl = memchr(s, '\n', (size_t)(end - s));
+      size_t len = nl ? (size_t)(nl - s) : (size_t)(end - s);
+      txmq__istr_unref(&tx->strs, txmq__istr_find(&tx->strs, s, len));
+      s += len + 1;
+    }
+  }
+  txmq__istr_unref(&tx->strs, set);
+}
+
+/* Interns the entry's group, producer and topic set. A set of several
+ * topics also holds one reference on each topic, so that counting pending
+ * transactions per topic later never allocates. */
+static int attach_strings(txmq_tx_t* tx, txmq__txe_t* e, const char* group,
+                          size_t glen, const char* prod, size_t plen,
+                          const char* topics, size_t tlen) {
+  e->group = txmq__intern(&tx->strs, group, glen);
+  e->producer = prod ? txmq__intern(&tx->strs, prod, plen) : NULL;
+  e->topics = txmq__intern(&tx->strs, topics, tlen);
+  int ok = e->group && (prod == NULL || e->producer) && e->topics;
+  if (ok && memchr(topics, '\n', tlen) != NULL) {
+    const char* s = topics;
+    const char* end = s + tlen;
+    const char* first = s;
+    while (ok && s < end) {
+      const char* nl = memchr(s, '\n', (size_t)(end - s));
+      size_t len = nl ? (size_t)(nl - s) : (size_t)(end - s);
+      if (txmq__intern(&tx->strs, s, len) == NULL) {
+        /* Undo the ones taken so far, then the set itself. */
+        for (const char* u = first; u < s;) {
+          const char* unl = memchr(u, '\n', (size_t)(end - u));
+          size_t ul = (size_t)(unl - u);
+          txmq__istr_unref(&tx->strs, txmq__istr_find(&tx->strs, u, ul));
+          u += ul + 1;
+        }
+        txmq__istr_unref(&tx->strs, e->topics);
+        e->topics = NULL;
+        ok = 0;
+      }
+      s += len + 1;
+    }
+  }
+  if (!ok) {
+    txmq__istr_unref(&tx->strs, e->group);
+    txmq__istr_unref(&tx->strs, e->producer);
+    txmq__istr_unref(&tx->strs, e->topics);
+    e->group = e->producer = e->topics = NULL;
+    return TXMQ_ENOMEM;
+  }
+  return 0;
+}
+
+/* Forgets a live entry entirely (after its decision, or a failed half). */
+static void remove_entry(txmq_tx_t* tx, uint32_t i) {
+  txmq__txe_t* e = E(tx, i);
+  txmq__heap_del(&tx->heap, &tx->txs, i);
+  undeliv_remove(tx, i);
+  age_unlink(tx, i);
+  if (!(e->flags & TXE_DECIDING)) gauge(tx, e, -1);
+  topics_unref(tx, e->topics);
+  txmq__istr_unref(&tx->strs, e->group);
+  txmq__istr_unref(&tx->strs, e->producer);
+  txmq__txtab_del(&tx->txs, i);
+}
+
+/* Builds the distinct topics of msgs, sorted and joined with '\n' (names
+ * cannot contain it), so that equal sets intern to one string. */
+static char* topic_set(txmq_msg_t* const* msgs, size_t n, size_t* len) {
+  const char* t[TXMQ_TX_MAX_MSGS];
+  size_t k = 0, total = 0;
+  for (size_t i = 0; i < n; i++) {
+    const char* s = txmq_msg_topic(msgs[i]);
+    size_t j = 0;
+    while (j < k && strcmp(t[j], s) < 0) j++;
+    if (j < k && strcmp(t[j], s) == 0) continue;
+    memmove(&t[j + 1], &t[j], (k - j) * sizeof *t);
+    t[j] = s;
+    k++;
+    total += strlen(s) + 1;
+  }
+  char* out = malloc(total);
+  if (out == NULL) return NULL;
+  char* p = out;
+  for (size_t j = 0; j < k; j++) {
+    size_t l = strlen(t[j]);
+    memcpy(p, t[j], l);
+    p += l;
+    *p++ = '\n';
+  }
+  *len = total - 1;
+  return out;
+}
+
+/* ---- the timer and deferred callbacks ---- */
+
+static void on_timer(uv_timer_t* h);
+
+static void arm(txmq_tx_t* tx) {
+  if (tx->manual || !tx->started || tx->closing || !tx->handles) return;
+  if (tx->heap.n == 0) {
+    if (tx->armed) uv_timer_stop(&tx->timer);
+    tx->armed = 0;
+    return;
+  }
+  uint64_t due = tx->heap.a[0].due;
+  if (tx->armed && tx->armed_due == due) return;
+  uint64_t now = mono_now(tx);
+  uv_timer_start(&tx->timer, on_timer, due > now ? due - now : 0, 0);
+  tx->armed = 1;
+  tx->armed_due = due;
+}
+
+static void maybe_finish_close(txmq_tx_t* tx);
+
+static void on_idle(uv_idle_t* h) {
+  txmq_tx_t* tx = h->data;
+  defer_t* d = tx->dq_head;
+  tx->dq_head = tx->dq_tail = NULL;
+  uv_idle_stop(&tx->idle);
+  tx->idle_on = 0;
+  while (d != NULL) {
+    defer_t* next = d->next;
+    d->cb(tx, 0, d->state, d->arg);
+    free(d);
+    d = next;
+  }
+  maybe_finish_close(tx);
+}
+
+static int defer_cb(txmq_tx_t* tx, txmq_tx_end_cb cb, void* arg,
+                    txmq_tx_state_t state) {
+  if (cb == NULL) return 0;
+  defer_t* d = malloc(sizeof *d);
+  if (d == NULL) return TXMQ_ENOMEM;
+  *d = (defer_t){cb, arg, state, NULL};
+  if (tx->dq_tail) tx->dq_tail->next = d;
+  else tx->dq_head = d;
+  tx->dq_tail = d;
+  if (!tx->idle_on) {
+    uv_idle_start(&tx->idle, on_idle);
+    tx->idle_on = 1;
+  }
+  return 0;
+}
+
+static void on_handle_closed(uv_handle_t* h) {
+  txmq_tx_t* tx = h->data;
+  if (++tx->handles_closed == 2 && tx->close_cb) tx->close_cb(tx, tx->close_arg);
+}
+
+static void maybe_finish_close(txmq_tx_t* tx) {
+  if (!tx->closing || tx->close_started || tx->inflight > 0 ||
+      tx->dq_head != NULL)
+    return;
+  tx->close_started = 1;
+  if (!tx->handles) {
+    if (tx->close_cb) tx->close_cb(tx, tx->close_arg);
+    return;
+  }
+  uv_timer_stop(&tx->timer);
+  uv_idle_stop(&tx->idle);
+  uv_close((uv_handle_t*)&tx->timer, on_handle_closed);
+  uv_close((uv_handle_t*)&tx->idle, on_handle_closed);
+}
+
+/* ---- appending records ---- */
+
+static void on_plain_done(txmq_log_t* log, int status, uint64_t pos,
+                          void* arg) {
+  (void)log;
+  (void)status;
+  (void)pos;
+  txmq_tx_t* tx = arg;
+  tx->inflight--;
+  maybe_finish_close(tx);
+}
+
+/* Appends an event of entry i chained to its previous record, with the
+ * entry's current count; on success the entry's chain head moves to it. cb
+ * NULL: nobody waits for it. */
+static int append_event(txmq_tx_t* tx, uint32_t i, txmq__ev_t ev,
+                        txmq_tx_source_t src, const char* ver,
+                        const char* who, txmq_log_append_cb cb, void* arg) {
+  txmq__txe_t* e = E(tx, i);
+  txmq__event_t rec = {
+      .ev = ev,
+      .src = src,
+      .ver = ver,
+      .ver_len = ver ? (uint32_t)strlen(ver) : 0,
+      .who = who,
+      .who_len = who ? (uint32_t)strlen(who) : 0,
+      .count = e->count,
+      .at = wall_now(tx),
+      .prev = e->last_pos,
+  };
+  memcpy(rec.id, e->id, TXMQ_TX_ID_LEN);
+  tx->sb.size = 0;
+  int rc = txmq__event_encode(&tx->sb, &rec);
+  if (rc != 0) return rc;
+  txmq_log_rec_t r = {TXMQ_REC_TX_EVENT, tx->sb.data, (uint32_t)tx->sb.size};
+  uint64_t pos = 0;
+  rc = txmq_store_append(tx->st, &r, 1, &pos, cb ? cb : on_plain_done,
+                         cb ? arg : tx);
+  if (rc != 0) return rc;
+  tx->inflight++;
+  e->last_pos = pos;
+  return 0;
+}
+
+/* ---- publishing ---- */
+
+/* Makes every message of entry i's half record visible, in one go: they
+ * are all decoded first so that nothing is published if any fails. */
+static int publish_all(txmq_tx_t* tx, uint64_t half_pos) {
+  txmq_log_entry_t le;
+  int rc = txmq_log_read(txmq_store_log(tx->st), half_pos, &le);
+  if (rc != 0) return rc;
+  if (le.type != TXMQ_REC_TX_HALF) return TXMQ_ECORRUPT;
+  uint32_t len = le.len;
+  txmq__half_t h;
+  rc = txmq__half_decode(le.data, le.len, &h);
+  if (rc != 0) return rc;
+  txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
+  uint32_t n = h.msgs->size, k;
+  for (k = 0; k < n && rc == 0; k++) rc = txmq__half_msg(&h, k, &msgs[k]);
+  txmq__half_done(&h);
+  if (rc != 0) k--;
+  for (uint32_t j = 0; j < k; j++) {
+    if (rc == 0) rc = txmq_store_publish(tx->st, half_pos, len, j, msgs[j], NULL);
+    txmq_msg_free(msgs[j]);
+  }
+  return rc;
+}
+
+/* ---- decisions ---- */
+
+static void add_waiter(decide_op_t* op, waiter_t* w) {
+  if (op->tail) op->tail->next = w;
+  else op->head = w;
+  op->tail = w;
+}
+
+static int latency_bucket(int64_t ms) {
+  if (ms < 1) return 0;
+  int b = 0;
+  while (ms > 0 && b < TXMQ_TX_LATENCY_BUCKETS - 1) {
+    ms >>= 1;
+    b++;
+  }
+  return b;
+}
+
+static void on_decided(txmq_log_t* log, int status, uint64_t pos, void* arg) {
+  (void)log;
+  (void)pos;
+  decide_op_t* op = arg;
+  txmq_tx_t* tx = op->tx;
+  uint32_t i = op->idx;
+  txmq__txe_t* e = E(tx, i);
+  txmq_tx_state_t st = (txmq_tx_state_t)op->state;
+  tx->inflight--;
+  e->u.op = NULL;
+  int rc = status;
+  if (status == 0) {
+    if (st == TXMQ_TX_COMMITTED) {
+      rc = publish_all(tx, e->half_pos);
+      tx->m.commits++;
+    } else {
+      tx->m.rollbacks++;
+    }
+    if (!(e->flags & TXE_HALF_PENDING)) {
+      int64_t lat = (int64_t)mono_now(tx) - e->half_mono;
+      tx->m.decision_latency_ms[latency_bucket(lat)]++;
+    }
+    txmq__dtab_add(&tx->dec, e->id, st, e->last_pos);
+    remove_entry(tx, i);
+  } else if (e->flags & TXE_HALF_FAILED) {
+    st = TXMQ_TX_PENDING;
+    remove_entry(tx, i);
+  } else {
+    /* The decision never became durable: as if it was never made. */
+    e->flags &= (uint8_t)~TXE_DECIDING;
+    e->state = TXMQ_TX_PENDING;
+    gauge(tx, e, +1);
+    st = TXMQ_TX_PENDING;
+    if (!(e->flags & TXE_HALF_PENDING))
+      txmq__heap_set(&tx->heap, &tx->txs, i, mono_now(tx) + (uint64_t)tx->retry_ms);
+    arm(tx);
+  }
+  waiter_t* w = op->head;
+  free(op);
+  while (w != NULL) {
+    waiter_t* next = w->next;
+    w->cb(tx, rc, st, w->arg);
+    free(w);
+    w = next;
+  }
+  maybe_finish_close(tx);
+}
+
+/* Decides pending entry i. The record goes first: if it cannot be appended
+ * nothing changes. */
+static int decide(txmq_tx_t* tx, uint32_t i, txmq_tx_decision_t d,
+                  txmq_tx_source_t src, const char* ver, const char* who,
+                  txmq_tx_end_cb cb, void* arg) {
+  decide_op_t* op = calloc(1, sizeof *op);
+  waiter_t* w = cb ? calloc(1, sizeof *w) : NULL;
+  if (op == NULL || (cb && w == NULL)) {
+    free(op);
+    free(w);
+    return TXMQ_ENOMEM;
+  }
+  op->tx = tx;
+  op->idx = i;
+  op->state = d == TXMQ_TX_COMMIT ? TXMQ_TX_COMMITTED : TXMQ_TX_ROLLED_BACK;
+  int rc = append_event(tx, i,
+                        d == TXMQ_TX_COMMIT ? TXMQ__EV_COMMIT : TXMQ__EV_ROLLBACK,
+                        src, ver, who, on_decided, op);
+  if (rc != 0) {
+    free(op);
+    free(w);
+    return rc;
+  }
+  if (w) {
+    w->cb = cb;
+    w->arg = arg;
+    add_waiter(op, w);
+  }
+  txmq__txe_t* e = E(tx, i);
+  /* From here no check is offered or answered for it. */
+  e->flags &= (uint8_t)~TXE_IN_FLIGHT;
+  undeliv_remove(tx, i);
+  txmq__heap_del(&tx->heap, &tx->txs, i);
+  gauge(tx, e, -1);
+  e->state = op->state;
+  e->flags |= TXE_DECIDING;
+  e->u.op = op;
+  arm(tx);
+  return 0;
+}
+
+static void park(txmq_tx_t* tx, uint32_t i) {
+  txmq__txe_t* e = E(tx, i);
+  txmq__heap_del(&tx->heap, &tx->txs, i);
+  undeliv_remove(tx, i);
+  e->flags &= (uint8_t)~TXE_IN_FLIGHT;
+  set_state(tx, e, TXMQ_TX_PARKED);
+  tx->m.parks++;
+  /* Best effort: if the log refuses, the park is redone after a restart
+   * from the counted checks that were recorded. */
+  (void)append_event(tx, i, TXMQ__EV_PARK, TXMQ_TX_SRC_MAX_CHECKS, NULL, NULL,
+                     NULL, NULL);
+}
+
+/* A check completed and counts: answered UNKNOWN (ev "unknown") or timed
+ * out (ev "check"). force: count it even if the record cannot be written
+ * (a timeout has nobody to report to). */
+static int counted_check(txmq_tx_t* tx, uint32_t i, txmq__ev_t ev,
+                         txmq_tx_source_t src, const char* ver,
+                         const char* who, int force) {
+  txmq__txe_t* e = E(tx, i);
+  uint16_t prev = e->count;
+  if (e->count < UINT16_MAX) e->count++;
+  int rc = append_event(tx, i, ev, src, ver, who, NULL, NULL);
+  if (rc != 0 && !force) {
+    e->count = prev;
+    return rc;
+  }
+  e->flags &= (uint8_t)~TXE_IN_FLIGHT;
+  e->target = 0;
+  if (e->count >= tx->max_checks) {
+    park(tx, i);
+  } else {
+    txmq__heap_set(&tx->heap, &tx->txs, i,
+                   mono_now(tx) + (uint64_t)interval_for(tx, e->count));
+  }
+  arm(tx);
+  return 0;
+}
+
+/* ---- checks ---- */
+
+/* Offers a due check of entry i to the targets. Returns 1 if one took it. */
+static int dispatch(txmq_tx_t* tx, uint32_t i, uint64_t now) {
+  txmq__txe_t* e = E(tx, i);
+  undeliv_remove(tx, i);
+  txmq_log_entry_t le;
+  txmq__half_t h;
+  txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
+  uint32_t n = 0;
+  int rc = txmq_log_read(txmq_store_log(tx->st), e->half_pos, &le);
+  if (rc == 0 && le.type != TXMQ_REC_TX_HALF) rc = TXMQ_ECORRUPT;
+  if (rc == 0) rc = txmq__half_decode(le.data, le.len, &h);
+  if (rc == 0) {
+    for (; n < h.msgs->size && rc == 0; n++) rc = txmq__half_msg(&h, n, &msgs[n]);
+    if (rc != 0) n--;
+    txmq__half_done(&h);
+  }
+  if (rc != 0) {
+    /* The half record cannot be read now; try again later rather than
+     * offering a check without its messages. */
+    for (uint32_t k = 0; k < n; k++) txmq_msg_free(msgs[k]);
+    txmq__heap_set(&tx->heap, &tx->txs, i, now + (uint64_t)tx->retry_ms);
+    tx->m.checks_undeliverable++;
+    return 0;
+  }
+
+  uint8_t id[TXMQ_TX_ID_LEN];
+  memcpy(id, e->id, sizeof id);
+  txmq_tx_check_t chk = {
+      .tx_id = id,
+      .group = e->group->s,
+      .producer = e->producer ? e->producer->s : NULL,
+      .check_count = e->count,
+      .half_pos = e->half_pos,
+      .born_wall_ms = e->born_wall,
+      .msgs = (const txmq_msg_t* const*)msgs,
+      .nmsgs = n,
+  };
+  int taken = 0;
+  size_t nt = tx->ntargets;
+  size_t start = nt ? e->target % nt : 0;
+  for (size_t k = 0; k < nt && !taken; k++) {
+    size_t t = (start + k) % nt;
+    /* Pool entries never move, but re-read the state: an earlier target
+     * may have answered from inside its call. */
+    if (e->state != TXMQ_TX_PENDING || (e->flags & TXE_DECIDING)) break;
+    uint32_t seq = ++e->seq;
+    e->flags |= TXE_IN_FLIGHT;
+    e->target = (uint8_t)t;
+    txmq__heap_set(&tx->heap, &tx->txs, i, now + (uint64_t)tx->check_timeout_ms);
+    chk.seq = seq;
+    tx->dispatching++;
+    rc = tx->targets[t].t->check(tx->targets[t].arg, tx, &chk);
+    tx->dispatching--;
+    if (rc == 0 || !(e->flags & TXE_IN_FLIGHT) || e->seq != seq) {
+      taken = 1;
+    } else {
+      e->flags &= (uint8_t)~TXE_IN_FLIGHT;
+    }
+  }
+  for (uint32_t k = 0; k < n; k++) txmq_msg_free(msgs[k]);
+  if (taken) {
+    tx->m.checks_sent++;
+    return 1;
+  }
+  if (e->state == TXMQ_TX_PENDING && !(e->flags & TXE_DECIDING)) {
+    /* Nobody could take it: not a check, so not counted. */
+    e->target = 0;
+    tx->m.checks_undeliverable++;
+    txmq__heap_set(&tx->heap, &tx->txs, i, now + (uint64_t)tx->retry_ms);
+    undeliv_add(tx, i);
+  }
+  return 0;
+}
+
+static size_t run_due(txmq_tx_t* tx) {
+  if (!tx->started || tx->closing) return 0;
+  uint64_t now = mono_now(tx);
+  size_t offered = 0;
+  /* Each pass takes the earliest entry and either removes it from the heap
+   * or moves its due time past now, so the loop only visits due entries. */
+  while (tx->heap.n > 0 && tx->heap.a[0].due <= now) {
+    uint32_t i = tx->heap.a[0].tx;
+    txmq__txe_t* e = E(tx, i);
+    if (e->state != TXMQ_TX_PENDING || (e->flags & (TXE_DECIDING | TXE_HALF_PENDING))) {
+      /* Never offer a check for a decided transaction. */
+      txmq__heap_del(&tx->heap, &tx->txs, i);
+      continue;
+    }
+    if (e->flags & TXE_IN_FLIGHT) {
+      tx->m.checks_timed_out++;
+      const txmq_tx_target_t* t =
+          e->target < tx->ntargets ? tx->targets[e->target].t : NULL;
+      counted_check(tx, i, TXMQ__EV_CHECK, TXMQ_TX_SRC_TIMEOUT, NULL,
+                    t ? t->name : NULL, 1);
+      continue;
+    }
+    offered += (size_t)dispatch(tx, i, now);
+  }
+  arm(tx);
+  return offered;
+}
+
+static void on_timer(uv_timer_t* h) {
+  txmq_tx_t* tx = h->data;
+  tx->armed = 0;
+  run_due(tx);
+}
+
+size_t txmq_tx_tick(txmq_tx_t* tx) {
+  return run_due(tx);
+}
+
+/* ---- recovery ---- */
+
+static int on_record(txmq_store_t* st, const txmq_log_entry_t* le,
+                     int already_applied, void* arg);
+static uint64_t replay_floor(txmq_store_t* st, void* arg);
+
+static int decode_foreign(void* arg, const txmq_log_entry_t* le, uint32_t sub,
+                          txmq_msg_t** out) {
+  (void)arg;
+  txmq__half_t h;
+  int rc = txmq__half_decode(le->data, le->len, &h);
+  if (rc != 0) return TXMQ_EPROTO;
+  rc = txmq__half_msg(&h, sub, out);
+  txmq__half_done(&h);
+  return rc;
+}
+
+/* While replaying, heap keys are wall-clock due times: the mapping to the
+ * monotonic clock happens once in txmq_tx_start, and since it never
+ * reorders two times, the heap stays valid through it. */
+static void replay_due(txmq_tx_t* tx, uint32_t i, int64_t due_wall) {
+  txmq__heap_set(&tx->heap, &tx->txs, i, due_wall > 0 ? (uint64_t)due_wall : 0);
+}
+
+static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
+  txmq__half_t h;
+  if (txmq__half_decode(le->data, le->len, &h) != 0) return;
+  if (txmq__txtab_find(&tx->txs, h.id) != TXMQ__NIL ||
+      txmq__dtab_find(&tx->dec, h.id, NULL, NULL) == 0) {
+    txmq__half_done(&h);
+    return;
+  }
+  /* The topic set, as topic_set() builds it for a new transaction. */
+  const char* t[TXMQ_TX_MAX_MSGS];
+  uint32_t tl[TXMQ_TX_MAX_MSGS];
+  size_t k = 0, total = 0;
+  for (uint32_t m = 0; m < h.msgs->size; m++) {
+    const char* s;
+    uint32_t len;
+    if (txmq__half_topic(&h, m, &s, &len) != 0) {
+      txmq__half_done(&h);
+      return;
+    }
+    size_t j = 0;
+    int c = 1;
+    while (j < k) {
+      size_t ml = len < tl[j] ? len : tl[j];
+      c = memcmp(t[j], s, ml);
+      if (c == 0) c = (tl[j] > len) - (tl[j] < len);
+      if (c >= 0) break;
+      j++;
+    }
+    if (j < k && c == 0) continue;
+    memmove(&t[j + 1], &t[j], (k - j) * sizeof *t);
+    memmove(&tl[j + 1], &tl[j], (k - j) * sizeof *tl);
+    t[j] = s;
+    tl[j] = len;
+    k++;
+    total += len + 1;
+  }
+  char buf[TXMQ_TX_MAX_MSGS * (TXMQ_NAME_MAX + 1)];
+  char* p = buf;
+  for (size_t j = 0; j < k; j++) {
+    if (tl[j] > TXMQ_NAME_MAX) {
+      txmq__half_done(&h);
+      return;
+    }
+    memcpy(p, t[j], tl[j]);
+    p += tl[j];
+    *p++ = '\n';
+  }
+  uint32_t i = txmq__txtab_add(&tx->txs, h.id);
+  if (i == TXMQ__NIL) {
+    txmq__half_done(&h);
+    return;
+  }
+  txmq__txe_t* e = E(tx, i);
+  if (attach_strings(tx, e, h.group, h.group_len, h.producer, h.producer_len,
+                     buf, total - 1) != 0) {
+    txmq__txtab_del(&tx->txs, i);
+    txmq__half_done(&h);
+    return;
+  }
+  e->half_pos = e->last_pos = le->pos;
+  e->born_wall = h.at;
+  e->half_mono = (int64_t)mono_now(tx) - (wall_now(tx) - h.at);
+  e->nmsgs = (uint8_t)h.msgs->size;
+  e->flags = 0;
+  e->state = TXMQ_TX_PENDING;
+  gauge(tx, e, +1);
+  age_append(tx, i);
+  replay_due(tx, i, h.at + (h.immunity_ms > 0 ? h.immunity_ms : tx->timeout_ms));
+  txmq__half_done(&h);
+}
+
+static void replay_event(txmq_tx_t* tx, const txmq_log_entry_t* le,
+                         int already_applied) {
+  txmq__event_t ev;
+  if (txmq__event_decode(le->data, le->len, &ev) != 0) return;
+  uint32_t i = txmq__txtab_find(&tx->txs, ev.id);
+  /* Its half record lies before the replay floor: it was decided before
+   * the last checkpoint, nothing to rebuild. */
+  if (i == TXMQ__NIL) return;
+  txmq__txe_t* e = E(tx, i);
+  e->last_pos = le->pos;
+  uint16_t count = ev.count > UINT16_MAX ? UINT16_MAX : (uint16_t)ev.count;
+  switch (ev.ev) {
+    case TXMQ__EV_UNKNOWN:
+      /* An UNKNOWN that answered a check counted it (its record carries
+       * the raised count) and moved the schedule; one given through
+       * txmq_tx_end (producer, or the script's execute) did neither. */
+      if (count <= e->count) break;
+      /* fall through */
+    case TXMQ__EV_CHECK:
+      e->count = count;
+      if (e->state == TXMQ_TX_PENDING)
+        replay_due(tx, i, ev.at + interval_for(tx, e->count));
+      break;
+    case TXMQ__EV_PARK:
+      e->count = count;
+      txmq__heap_del(&tx->heap, &tx->txs, i);
+      set_state(tx, e, TXMQ_TX_PARKED);
+      break;
+    case TXMQ__EV_RESUME:
+      e->count = 0;
+      set_state(tx, e, TXMQ_TX_PENDING);
+      replay_due(tx, i, ev.at);
+      break;
+    case TXMQ__EV_COMMIT:
+    case TXMQ__EV_ROLLBACK:
+      /* A commit durable but not yet applied to the indexes at the last
+       * checkpoint is published now, exactly once: later checkpoints cover
+       * it and replay then passes it with already_applied set. */
+      if (ev.ev == TXMQ__EV_COMMIT && !already_applied)
+        (void)publish_all(tx, e->half_pos);
+      txmq__dtab_add(&tx->dec, ev.id,
+                     ev.ev == TXMQ__EV_COMMIT ? TXMQ_TX_COMMITTED
+                                              : TXMQ_TX_ROLLED_BACK,
+                     le->pos);
+      remove_entry(tx, i);
+      break;
+    default:
+      break;
+  }
+}
+
+static int on_record(txmq_store_t* st, const txmq_log_entry_t* le,
+                     int already_applied, void* arg) {
+  (void)st;
+  txmq_tx_t* tx = arg;
+  /* A record of ours that does not decode is skipped rather than failing
+   * the open: the log's checksum vouched for the bytes, so it was written
+   * by a different version, and refusing to start would stop every other
+   * transaction too. */
+  if (le->type == TXMQ_REC_TX_HALF) replay_half(tx, le);
+  else if (le->type == TXMQ_REC_TX_EVENT) replay_event(tx, le, already_applied);
+  return 0;
+}
+
+/* The floor is also what keeps half records from retention: the store's
+ * keep hook on the log keeps every segment at or after the lowest of its
+ * own checkpoint floor and ours, so a segment holding a live half record
+ * is never deleted. (The store owns the log's one keep hook; installing a
+ * second one here would replace its own rules.) */
+static uint64_t replay_floor(txmq_store_t* st, void* arg) {
+  (void)st;
+  txmq_tx_t* tx = arg;
+  /* Live entries (pending, parked, or with a decision not yet durable) are
+   * kept in half_pos order, so the oldest is the head: O(1). */
+  return tx->age_head != TXMQ__NIL ? E(tx, tx->age_head)->half_pos : UINT64_MAX;
+}
+
+/* ---- lifecycle ---- */
+
+int txmq_tx_new(txmq_tx_t** out, uv_loop_t* loop, txmq_store_t* st) {
+  if (out == NULL || loop == NULL || st == NULL) return TXMQ_EINVAL;
+  txmq_tx_t* tx = calloc(1, sizeof *tx);
+  if (tx == NULL) return TXMQ_ENOMEM;
+  tx->loop = loop;
+  tx->st = st;
+  tx->timeout_ms = 6000;
+  tx->interval_ms = 30000;
+  tx->backoff_pct = 100;
+  tx->interval_max_ms = 300000;
+  tx->max_checks = 15;
+  tx->check_timeout_ms = 5000;
+  tx->retry_ms = 1000;
+  tx->dec.window = 1000000;
+  tx->txs.free_head = TXMQ__NIL;
+  tx->age_head = tx->age_tail = TXMQ__NIL;
+  msgpack_sbuffer_init(&tx->sb);
+  txmq__idgen_init(&tx->idgen);
+  int rc = txmq__store_set_decoder(st, TXMQ_REC_TX_HALF, decode_foreign, NULL);
+  if (rc != 0) {
+    free(tx);
+    return rc;
+  }
+  txmq_store_set_record_handler(st, on_record, tx);
+  txmq_store_set_replay_floor_cb(st, replay_floor, tx);
+  *out = tx;
+  return 0;
+}
+
+int txmq_tx_set(txmq_tx_t* tx, txmq_tx_opt_t opt, int64_t v) {
+  if (tx == NULL) return TXMQ_EINVAL;
+  switch (opt) {
+    case TXMQ_TX_OPT_TIMEOUT_MS:
+      if (v < 0 || v > MAX_DURATION_MS) return TXMQ_EINVAL;
+      tx->timeout_ms = v;
+      return 0;
+    case TXMQ_TX_OPT_CHECK_INTERVAL_MS:
+      if (v < 1 || v > MAX_DURATION_MS) return TXMQ_EINVAL;
+      tx->interval_ms = v;
+      return 0;
+    case TXMQ_TX_OPT_CHECK_BACKOFF_PCT:
+      if (v < 100 || v > 10000) return TXMQ_EINVAL;
+      tx->backoff_pct = v;
+      return 0;
+    case TXMQ_TX_OPT_CHECK_INTERVAL_MAX_MS:
+      if (v < 1 || v > MAX_DURATION_MS) return TXMQ_EINVAL;
+      tx->interval_max_ms = v;
+      return 0;
+    case TXMQ_TX_OPT_MAX_CHECKS:
+      if (v < 1 || v > UINT16_MAX) return TXMQ_EINVAL;
+      tx->max_checks = (uint32_t)v;
+      return 0;
+    case TXMQ_TX_OPT_CHECK_TIMEOUT_MS:
+      if (v < 1 || v > MAX_DURATION_MS) return TXMQ_EINVAL;
+      tx->check_timeout_ms = v;
+      return 0;
+    case TXMQ_TX_OPT_RETRY_MS:
+      if (v < 1 || v > MAX_DURATION_MS) return TXMQ_EINVAL;
+      tx->retry_ms = v;
+      return 0;
+    case TXMQ_TX_OPT_DECIDED_WINDOW:
+      if (v < 0 || v > (INT64_C(1) << 30)) return TXMQ_EINVAL;
+      txmq__dtab_set_window(&tx->dec, (uint32_t)v);
+      return 0;
+    case TXMQ_TX_OPT_MANUAL_CLOCK:
+      if (v != 0 && v != 1) return TXMQ_EINVAL;
+      if (tx->started) return TXMQ_EBUSY;
+      tx->manual = (int)v;
+      return 0;
+  }
+  return TXMQ_EINVAL;
+}
+
+void txmq_tx_set_clock(txmq_tx_t* tx, const txmq_tx_clock_t* clock) {
+  if (clock == NULL || clock->mono_ms == NULL || clock->wall_ms == NULL) {
+    tx->has_clock = 0;
+    return;
+  }
+  tx->clock = *clock;
+  tx->has_clock = 1;
+}
+
+int txmq_tx_add_target(txmq_tx_t* tx, const txmq_tx_target_t* target,
+                       void* arg) {
+  if (tx == NULL || target == NULL || target->check == NULL) return TXMQ_EINVAL;
+  if (tx->ntargets == MAX_TARGETS) return TXMQ_ERANGE;
+  tx->targets[tx->ntargets].t = target;
+  tx->targets[tx->ntargets].arg = arg;
+  tx->ntargets++;
+  return 0;
+}
+
+int txmq_tx_start(txmq_tx_t* tx) {
+  if (tx == NULL) return TXMQ_EINVAL;
+  if (tx->closing) return TXMQ_ECLOSED;
+  if (tx->started) return TXMQ_EBUSY;
+  if (txmq_store_log(tx->st) == NULL) return TXMQ_EINVAL;
+  uv_timer_init(tx->loop, &tx->timer);
+  uv_idle_init(tx->loop, &tx->idle);
+  tx->timer.data = tx;
+  tx->idle.data = tx;
+  tx->handles = 1;
+  /* Recovered due times are wall-clock times from the records; map them
+   * onto the monotonic clock, clamping the past to now. */
+  uint64_t now = mono_now(tx);
+  int64_t wall = wall_now(tx);
+  for (uint32_t k = 0; k < tx->heap.n; k++) {
+    int64_t d = (int64_t)tx->heap.a[k].due - wall;
+    tx->heap.a[k].due = now + (uint64_t)(d > 0 ? d : 0);
+  }
+  tx->started = 1;
+  arm(tx);
+  return 0;
+}
+
+int txmq_tx_close(txmq_tx_t* tx, void (*cb)(txmq_tx_t* tx, void* arg),
+                  void* arg) {
+  if (tx == NULL) return TXMQ_EINVAL;
+  if (tx->closing) return TXMQ_ECLOSED;
+  tx->closing = 1;
+  tx->close_cb = cb;
+  tx->close_arg = arg;
+  if (tx->handles) uv_timer_stop(&tx->timer);
+  tx->armed = 0;
+  maybe_finish_close(tx);
+  return 0;
+}
+
+void txmq_tx_free(txmq_tx_t* tx) {
+  if (tx == NULL) return;
+  /* Leave nothing in the store that points at us. */
+  txmq__store_set_decoder(tx->st, TXMQ_REC_TX_HALF, NULL, NULL);
+  txmq_store_set_record_handler(tx->st, NULL, NULL);
+  txmq_store_set_replay_floor_cb(tx->st, NULL, NULL);
+  while (tx->dq_head) {
+    defer_t* d = tx->dq_head;
+    tx->dq_head = d->next;
+    free(d);
+  }
+  txmq__itab_free(&tx->strs);
+  txmq__txtab_free(&tx->txs);
+  txmq__heap_free(&tx->heap);
+  txmq__dtab_free(&tx->dec);
+  msgpack_sbuffer_destroy(&tx->sb);
+  free(tx->show_group);
+  free(tx->show_producer);
+  free(tx);
+}
+
+/* ---- begin ---- */
+
+static void on_half(txmq_log_t* log, int status, uint64_t pos, void* arg) {
+  (void)log;
+  (void)pos;
+  begin_op_t* op = arg;
+  txmq_tx_t* tx = op->tx;
+  tx->inflight--;
+  uint32_t i = txmq__txtab_find(&tx->txs, op->id);
+  if (i != TXMQ__NIL) {
+    txmq__txe_t* e = E(tx, i);
+    e->flags &= (uint8_t)~TXE_HALF_PENDING;
+    if (status == 0) {
+      uint64_t now = mono_now(tx);
+      e->half_mono = (int64_t)now;
+      if (e->state == TXMQ_TX_PENDING && !(e->flags & TXE_DECIDING)) {
+        int64_t delay = op->immunity_ms > 0 ? op->immunity_ms : tx->timeout_ms;
+        txmq__heap_set(&tx->heap, &tx->txs, i, now + (uint64_t)delay);
+        arm(tx);
+      }
+    } else if (e->flags & TXE_DECIDING) {
+      e->flags |= TXE_HALF_FAILED; /* its decision's callback drops it */
+    } else {
+      remove_entry(tx, i);
+    }
+  }
+  if (status == 0) tx->m.begun++;
+  if (op->cb)
+    op->cb(tx, status, op->id, status == 0 ? (const txmq_msg_t* const*)op->msgs : NULL,
+           status == 0 ? op->n : 0, op->arg);
+  for (size_t k = 0; k < op->n; k++) txmq_msg_free(op->msgs[k]);
+  free(op);
+  maybe_finish_close(tx);
+}
+
+int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
+                  txmq_msg_t* const* msgs, size_t n, int64_t immunity_ms,
+                  txmq_tx_begin_cb cb, void* arg) {
+  if (tx == NULL || msgs == NULL || n == 0 || n > TXMQ_TX_MAX_MSGS ||
+      immunity_ms < 0 || immunity_ms > MAX_DURATION_MS)
+    return TXMQ_EINVAL;
+  if (tx->closing) return TXMQ_ECLOSED;
+  if (!tx->started) return TXMQ_EINVAL;
+  if (group == NULL || !txmq_name_valid(group)) return TXMQ_EBADNAME;
+  if (producer != NULL && (*producer == '\0' || !label_ok(producer)))
+    return TXMQ_EINVAL;
+  for (size_t k = 0; k < n; k++)
+    if (msgs[k] == NULL || txmq_msg_topic(msgs[k]) == NULL) return TXMQ_EINVAL;
+
+  begin_op_t* op = calloc(1, sizeof *op + n * sizeof(txmq_msg_t*));
+  if (op == NULL) return TXMQ_ENOMEM;
+  op->tx = tx;
+  op->immunity_ms = immunity_ms;
+  op->cb = cb;
+  op->arg = arg;
+  int rc = 0;
+  /* The caller's messages are only read: we prepare copies, which are also
+   * what the callback reports as stored. */
+  for (; op->n < n; op->n++) {
+    op->msgs[op->n] = txmq_msg_clone(msgs[op->n]);
+    if (op->msgs[op->n] == NULL) {
+      rc = TXMQ_ENOMEM;
+      break;
+    }
+    rc = txmq_store_prepare(tx->st, op->msgs[op->n]);
+    if (rc != 0) {
+      op->n++;
+      break;
+    }
+  }
+  size_t tlen = 0;
+  char* topics = rc == 0 ? topic_set(op->msgs, n, &tlen) : NULL;
+  if (rc == 0 && topics == NULL) rc = TXMQ_ENOMEM;
+  int64_t at = wall_now(tx);
+  txmq__idgen_next(&tx->idgen, at, op->id);
+  if (rc == 0) {
+    tx->sb.size = 0;
+    rc = txmq__half_encode(&tx->sb, op->id, group, producer, immunity_ms, at,
+                           op->msgs, n);
+  }
+  if (rc == 0 && tx->sb.size > TXMQ_LOG_MAX_RECORD) rc = TXMQ_ETOOBIG;
+  uint32_t i = TXMQ__NIL;
+  if (rc == 0) {
+    i = txmq__txtab_add(&tx->txs, op->id);
+    if (i == TXMQ__NIL) rc = TXMQ_ENOMEM;
+  }
+  if (rc == 0) {
+    rc = attach_strings(tx, E(tx, i), group, strlen(group), producer,
+                        producer ? strlen(producer) : 0, topics, tlen);
+    if (rc != 0) {
+      txmq__txtab_del(&tx->txs, i);
+      i = TXMQ__NIL;
+    }
+  }
+  free(topics);
+  uint64_t pos = 0;
+  if (rc == 0) {
+    txmq_log_rec_t r = {TXMQ_REC_TX_HALF, tx->sb.data, (uint32_t)tx->sb.size};
+    rc = txmq_store_append(tx->st, &r, 1, &pos, on_half, op);
+    if (rc != 0) {
+      txmq__txe_t* e = E(tx, i);
+      topics_unref(tx, e->topics);
+      txmq__istr_unref(&tx->strs, e->group);
+      txmq__istr_unref(&tx->strs, e->producer);
+      txmq__txtab_del(&tx->txs, i);
+    }
+  }
+  if (rc != 0) {
+    for (size_t k = 0; k < op->n; k++) txmq_msg_free(op->msgs[k]);
+    free(op);
+    return rc;
+  }
+  txmq__txe_t* e = E(tx, i);
+  e->half_pos = e->last_pos = pos;
+  e->born_wall = at;
+  e->nmsgs = (uint8_t)n;
+  e->flags = TXE_HALF_PENDING;
+  e->state = TXMQ_TX_PENDING;
+  gauge(tx, e, +1);
+  age_append(tx, i);
+  tx->inflight++;
+  return 0;
+}
+
+/* ---- end, answers, resume ---- */
+
+static void on_event_op(txmq_log_t* log, int status, uint64_t pos, void* arg) {
+  (void)log;
+  (void)pos;
+  event_op_t* op = arg;
+  txmq_tx_t* tx = op->tx;
+  tx->inflight--;
+  uint32_t i = txmq__txtab_find(&tx->txs, op->id);
+  txmq_tx_state_t st = TXMQ_TX_PENDING;
+  if (i != TXMQ__NIL) {
+    txmq__txe_t* e = E(tx, i);
+    if (status != 0 && op->kind == EVOP_RESUME && e->state == TXMQ_TX_PENDING &&
+        !(e->flags & TXE_DECIDING)) {
+      /* The resume never became durable: parked again, as before. */
+      txmq__heap_del(&tx->heap, &tx->txs, i);
+      undeliv_remove(tx, i);
+      e->flags &= (uint8_t)~TXE_IN_FLIGHT;
+      e->count = op->prev_count;
+      set_state(tx, e, TXMQ_TX_PARKED);
+      tx->m.resumes--;
+      arm(tx);
+    }
+    st = (txmq_tx_state_t)e->state;
+  } else {
+    txmq__dtab_find(&tx->dec, op->id, &st, NULL);
+  }
+  if (op->cb) op->cb(tx, status, st, op->arg);
+  free(op);
+  maybe_finish_close(tx);
+}
+
+static int event_op(txmq_tx_t* tx, uint32_t i, int kind, txmq__ev_t ev,
+                    txmq_tx_source_t src, const char* ver, const char* who,
+                    txmq_tx_end_cb cb, void* arg) {
+  event_op_t* op = calloc(1, sizeof *op);
+  if (op == NULL) return TXMQ_ENOMEM;
+  op->tx = tx;
+  memcpy(op->id, E(tx, i)->id, TXMQ_TX_ID_LEN);
+  op->kind = kind;
+  op->prev_count = E(tx, i)->count;
+  op->cb = cb;
+  op->arg = arg;
+  int rc = append_event(tx, i, ev, src, ver, who, on_event_op, op);
+  if (rc != 0) free(op);
+  return rc;
+}
+
+static int valid_src(txmq_tx_source_t s) {
+  return s >= TXMQ_TX_SRC_PRODUCER && s <= TXMQ_TX_SRC_TIMEOUT;
+}
+
+int txmq_tx_end(txmq_tx_t* tx, const uint8_t* tx_id,
+                txmq_tx_decision_t decision, txmq_tx_source_t source,
+                const char* version, const char* who, txmq_tx_end_cb cb,
+                void* arg) {
+  if (tx == NULL || tx_id == NULL || decision < TXMQ_TX_COMMIT ||
+      decision > TXMQ_TX_UNKNOWN || !valid_src(source) || !label_ok(version) ||
+      !label_ok(who))
+    return TXMQ_EINVAL;
+  if (tx->closing) return TXMQ_ECLOSED;
+  if (!tx->started) return TXMQ_EINVAL;
+  txmq_tx_state_t want = decision == TXMQ_TX_COMMIT     ? TXMQ_TX_COMMITTED
+                         : decision == TXMQ_TX_ROLLBACK ? TXMQ_TX_ROLLED_BACK
+                                                        : TXMQ_TX_PENDING;
+  uint32_t i = txmq__txtab_find(&tx->txs, tx_id);
+  if (i == TXMQ__NIL) {
+    txmq_tx_state_t st;
+    if (txmq__dtab_find(&tx->dec, tx_id, &st, NULL) != 0) return TXMQ_ENOTFOUND;
+    if (decision != TXMQ_TX_UNKNOWN && st != want) return TXMQ_ECONFLICT;
+    return defer_cb(tx, cb, arg, st);
+  }
+  txmq__txe_t* e = E(tx, i);
+  if (e->flags & TXE_DECIDING) {
+    decide_op_t* op = e->u.op;
+    if (decision != TXMQ_TX_UNKNOWN && op->state != want) return TXMQ_ECONFLICT;
+    if (cb == NULL) return 0;
+    waiter_t* w = calloc(1, sizeof *w);
+    if (w == NULL) return TXMQ_ENOMEM;
+    w->cb = cb;
+    w->arg = arg;
+    add_waiter(op, w);
+    return 0;
+  }
+  if (e->state == TXMQ_TX_PARKED) return TXMQ_EPARKED;
+  if (decision == TXMQ_TX_UNKNOWN)
+    return event_op(tx, i, EVOP_UNKNOWN, TXMQ__EV_UNKNOWN, source, version, who,
+                    cb, arg);
+  return decide(tx, i, decision, source, version, who, cb, arg);
+}
+
+int txmq_tx_check_answer(txmq_tx_t* tx, const uint8_t* tx_id, uint64_t seq,
+                         txmq_tx_decision_t decision, txmq_tx_source_t source,
+                         const char* version, const char* who) {
+  if (tx == NULL || tx_id == NULL || decision < TXMQ_TX_COMMIT ||
+      decision > TXMQ_TX_UNKNOWN ||
+      (source != TXMQ_TX_SRC_CHECK && source != TXMQ_TX_SRC_SCRIPT) ||
+      !label_ok(version) || !label_ok(who))
+    return TXMQ_EINVAL;
+  if (tx->closing) return TXMQ_ECLOSED;
+  uint32_t i = txmq__txtab_find(&tx->txs, tx_id);
+  if (i == TXMQ__NIL) return TXMQ_ENOTFOUND;
+  txmq__txe_t* e = E(tx, i);
+  if (!(e->flags & TXE_IN_FLIGHT) || e->seq != seq) return TXMQ_ENOTFOUND;
+  int rc;
+  if (decision == TXMQ_TX_UNKNOWN)
+    rc = counted_check(tx, i, TXMQ__EV_UNKNOWN, source, version, who, 0);
+  else
+    rc = decide(tx, i, decision, source, version, who, NULL, NULL);
+  if (rc == 0) tx->m.checks_answered++;
+  return rc;
+}
+
+int txmq_tx_check_failed(txmq_tx_t* tx, const uint8_t* tx_id, uint64_t seq) {
+  if (tx == NULL || tx_id == NULL) return TXMQ_EINVAL;
+  if (tx->closing) return TXMQ_ECLOSED;
+  uint32_t i = txmq__txtab_find(&tx->txs, tx_id);
+  if (i == TXMQ__NIL) return TXMQ_ENOTFOUND;
+  txmq__txe_t* e = E(tx, i);
+  if (!(e->flags & TXE_IN_FLIGHT) || e->seq != seq) return TXMQ_ENOTFOUND;
+  e->flags &= (uint8_t)~TXE_IN_FLIGHT;
+  /* Start the next offer after the target that failed, so a target that
+   * keeps failing does not keep the check from the others. Inside a
+   * target's call, wait one millisecond: a target that fails from within
+   * check() every time must not spin the tick forever. */
+  e->target = tx->ntargets ? (uint8_t)((e->target + 1) % tx->ntargets) : 0;
+  txmq__heap_set(&tx->heap, &tx->txs, i, mono_now(tx) + (tx->dispatching ? 1u : 0u));
+  arm(tx);
+  return 0;
+}
+
+void txmq_tx_kick_group(txmq_tx_t* tx, const char* group) {
+  if (tx == NULL || group == NULL || tx->closing) return;
+  txmq__istr_t* g = txmq__istr_find(&tx->strs, group, strlen(group));
+  if (g == NULL) return;
+  uint64_t now = mono_now(tx);
+  while (g->undeliv_head != TXMQ__NIL) {
+    uint32_t i = g->undeliv_head;
+    undeliv_remove(tx, i);
+    txmq__heap_set(&tx->heap, &tx->txs, i, now);
+  }
+  arm(tx);
+}
+
+int txmq_tx_resume(txmq_tx_t* tx, const uint8_t* tx_id, const char* who,
+                   txmq_tx_end_cb cb, void* arg) {
+  if (tx == NULL || tx_id == NULL || !label_ok(who)) return TXMQ_EINVAL;
+  if (tx->closing) return TXMQ_ECLOSED;
+  if (!tx->started) return TXMQ_EINVAL;
+  uint32_t i = txmq__txtab_find(&tx->txs, tx_id);
+  if (i == TXMQ__NIL)
+    return txmq__dtab_find(&tx->dec, tx_id, NULL, NULL) == 0 ? TXMQ_EINVAL
+                                                             : TXMQ_ENOTFOUND;
+  txmq__txe_t* e = E(tx, i);
+  if (e->state != TXMQ_TX_PARKED || (e->flags & TXE_DECIDING)) return TXMQ_EINVAL;
+  uint16_t prev = e->count;
+  e->count = 0; /* the record carries the fresh budget */
+  int rc = event_op(tx, i, EVOP_RESUME, TXMQ__EV_RESUME, TXMQ_TX_SRC_OPERATOR,
+                    NULL, who, cb, arg);
+  if (rc != 0) {
+    e->count = prev;
+    return rc;
+  }
+  set_state(tx, e, TXMQ_TX_PENDING);
+  e->target = 0;
+  tx->m.resumes++;
+  txmq__heap_set(&tx->heap, &tx->txs, i, mono_now(tx));
+  arm(tx);
+  return 0;
+}
+
+/* ---- inspection ---- */
+
+static void fill_info(txmq_tx_t* tx, uint32_t i, txmq_tx_info_t* info) {
+  txmq__txe_t* e = E(tx, i);
+  memset(info, 0, sizeof *info);
+  memcpy(info->tx_id, e->id, TXMQ_TX_ID_LEN);
+  info->state = (txmq_tx_state_t)e->state;
+  info->group = e->group->s;
+  info->producer = e->producer ? e->producer->s : NULL;
+  info->check_count = e->count;
+  info->nmsgs = e->nmsgs;
+  info->half_pos = e->half_pos;
+  info->born_wall_ms = e->born_wall;
+  if (e->state == TXMQ_TX_PENDING && !(e->flags & (TXE_DECIDING | TXE_IN_FLIGHT)) &&
+      e->heap_idx != TXMQ__NIL) {
+    uint64_t due = tx->heap.a[e->heap_idx].due;
+    info->due_in_ms = tx->started ? (int64_t)(due - mono_now(tx))
+                                  : (int64_t)due - wall_now(tx);
+  }
+}
+
+void txmq_tx_list(txmq_tx_t* tx, const char* group,
+                  int (*fn)(void* arg, const txmq_tx_info_t* info), void* arg) {
+  if (tx == NULL || fn == NULL) return;
+  txmq__istr_t* g = NULL;
+  if (group != NULL) {
+    g = txmq__istr_find(&tx->strs, group, strlen(group));
+    if (g == NULL) return;
+  }
+  for (uint32_t i = tx->age_head; i != TXMQ__NIL;) {
+    txmq__txe_t* e = E(tx, i);
+    uint32_t next = e->age_next;
+    if ((g == NULL || e->group == g) && !(e->flags & TXE_DECIDING) &&
+        (e->state == TXMQ_TX_PENDING || e->state == TXMQ_TX_PARKED)) {
+      txmq_tx_info_t info;
+      fill_info(tx, i, &info);
+      if (fn(arg, &info)) break;
+    }
+    i = next;
+  }
+}
+
+typedef struct {
+  txmq_tx_event_t ev;
+  size_t ver_off, who_off; /* into the string arena, or SIZE_MAX */
+} show_ev_t;
+
+static char* dup_n(const char* s, size_t n) {
+  char* p = malloc(n + 1);
+  if (p) {
+    memcpy(p, s, n);
+    p[n] = '\0';
+  }
+  return p;
+}
+
+int txmq_tx_show(txmq_tx_t* tx, const uint8_t* tx_id, txmq_tx_info_t* info,
+                 void (*fn)(void* arg, const txmq_tx_event_t* ev), void* arg) {
+  if (tx == NULL || tx_id == NULL) return TXMQ_EINVAL;
+  txmq_tx_info_t local;
+  if (info == NULL) info = &local;
+  uint64_t pos;
+  uint32_t i = txmq__txtab_find(&tx->txs, tx_id);
+  if (i != TXMQ__NIL) {
+    fill_info(tx, i, info);
+    pos = E(tx, i)->last_pos;
+  } else {
+    txmq_tx_state_t st;
+    if (txmq__dtab_find(&tx->dec, tx_id, &st, &pos) != 0) return TXMQ_ENOTFOUND;
+    memset(info, 0, sizeof *info);
+    memcpy(info->tx_id, tx_id, TXMQ_TX_ID_LEN);
+    info->state = st;
+    free(tx->show_group);
+    free(tx->show_producer);
+    tx->show_group = tx->show_producer = NULL;
+  }
+
+  txmq_log_t* log = txmq_store_log(tx->st);
+  show_ev_t* evs = NULL;
+  size_t nev = 0, cap = 0;
+  char* arena = NULL;
+  size_t alen = 0, acap = 0;
+  int rc = 0, have_count = 0;
+  /* Walk the chain from the newest record back to the half record. Each
+   * step must go backwards, so a damaged chain cannot loop. */
+  for (;;) {
+    txmq_log_entry_t le;
+    rc = txmq_log_read(log, pos, &le);
+    if (rc != 0) {
+      if (pos >= txmq_log_end(log)) rc = TXMQ_EAGAIN; /* not written yet */
+      break;
+    }
+    if (nev == cap) {
+      size_t nc = cap ? cap * 2 : 16;
+      show_ev_t* ne = realloc(evs, nc * sizeof *ne);
+      if (ne == NULL) {
+        rc = TXMQ_ENOMEM;
+        break;
+      }
+      evs = ne;
+      cap = nc;
+    }
+    show_ev_t* s = &evs[nev];
+    memset(s, 0, sizeof *s);
+    s->ver_off = s->who_off = SIZE_MAX;
+    s->ev.pos = pos;
+    if (le.type == TXMQ_REC_TX_HALF) {
+      txmq__half_t h;
+      rc = txmq__half_decode(le.data, le.len, &h);
+      if (rc == 0 && memcmp(h.id, tx_id, TXMQ_TX_ID_LEN) != 0) rc = TXMQ_ECORRUPT;
+      if (rc == 0) {
+        s->ev.event = txmq__ev_name(TXMQ__EV_HALF);
+        s->ev.wall_ms = h.at;
+        nev++;
+        if (i == TXMQ__NIL) {
+          tx->show_group = dup_n(h.group, h.group_len);
+          tx->show_producer = h.producer ? dup_n(h.producer, h.producer_len) : NULL;
+          info->group = tx->show_group;
+          info->producer = tx->show_producer;
+          info->nmsgs = h.msgs->size;
+          info->half_pos = pos;
+          info->born_wall_ms = h.at;
+        }
+        txmq__half_done(&h);
+      }
+      break;
+    }
+    txmq__event_t ev;
+    rc = le.type == TXMQ_REC_TX_EVENT ? txmq__event_decode(le.data, le.len, &ev)
+                                      : TXMQ_ECORRUPT;
+    if (rc == 0 && (memcmp(ev.id, tx_id, TXMQ_TX_ID_LEN) != 0 || ev.prev >= pos))
+      rc = TXMQ_ECORRUPT;
+    if (rc != 0) break;
+    size_t need = (ev.ver ? ev.ver_len + 1 : 0) + (ev.who ? ev.who_len + 1 : 0);
+    if (alen + need > acap) {
+      size_t nc = acap ? acap * 2 : 256;
+      while (nc < alen + need) nc *= 2;
+      char* na = realloc(arena, nc);
+      if (na == NULL) {
+        rc = TXMQ_ENOMEM;
+        break;
+      }
+      arena = na;
+      acap = nc;
+    }
+    if (ev.ver) {
+      s->ver_off = alen;
+      memcpy(arena + alen, ev.ver, ev.ver_len);
+      alen += ev.ver_len;
+      arena[alen++] = '\0';
+    }
+    if (ev.who) {
+      s->who_off = alen;
+      memcpy(arena + alen, ev.who, ev.who_len);
+      alen += ev.who_len;
+      arena[alen++] = '\0';
+    }
+    s->ev.event = txmq__ev_name(ev.ev);
+    s->ev.source = ev.src;
+    s->ev.check_count = ev.count;
+    s->ev.wall_ms = ev.at;
+    if (!have_count && i == TXMQ__NIL) info->check_count = ev.count;
+    have_count = 1;
+    nev++;
+    pos = ev.prev;
+  }
+  if (fn != NULL) {
+    for (size_t k = nev; k-- > 0;) {
+      show_ev_t* s = &evs[k];
+      s->ev.version = s->ver_off != SIZE_MAX ? arena + s->ver_off : NULL;
+      s->ev.who = s->who_off != SIZE_MAX ? arena + s->who_off : NULL;
+      fn(arg, &s->ev);
+    }
+  }
+  free(evs);
+  free(arena);
+  return rc;
+}
+
+void txmq_tx_metrics(const txmq_tx_t* tx, txmq_tx_metrics_t* out) {
+  if (tx == NULL || out == NULL) return;
+  *out = tx->m;
+}
+
+uint64_t txmq_tx_pending_on_topic(const txmq_tx_t* tx, const char* topic) {
+  if (tx == NULL || topic == NULL) return 0;
+  txmq__istr_t* t = txmq__istr_find(&tx->strs, topic, strlen(topic));
+  return t ? t->pending : 0;
+}
+
+size_t txmq__tx_mem_bytes(const txmq_tx_t* tx) {
+  size_t b = sizeof *tx + txmq__txtab_bytes(&tx->txs);
+  b += (size_t)tx->heap.cap * sizeof(txmq__hent_t);
+  b += (size_t)tx->dec.cap * sizeof(txmq__dent_t) + (size_t)tx->dec.scap * 4;
+  b += (size_t)tx->strs.cap * sizeof(void*);
+  for (uint32_t k = 0; k < tx->strs.cap; k++)
+    if (tx->strs.slots[k]) b += sizeof(txmq__istr_t) + tx->strs.slots[k]->len + 1;
+  return b;
+}
+
+/* ---- names ---- */
+
+int txmq_tx_id_parse(const char* str, uint8_t id[TXMQ_TX_ID_LEN]) {
+  if (str == NULL || strlen(str) != TXMQ_TX_ID_STRLEN) return TXMQ_EINVAL;
+  for (int k = 0; k < TXMQ_TX_ID_LEN; k++) {
+    int v = 0;
+    for (int j = 0; j < 2; j++) {
+      char c = str[2 * k + j];
+      int d = c >= '0' && c <= '9'   ? c - '0'
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                     : -1;
+      if (d < 0) return TXMQ_EINVAL;
+      v = v * 16 + d;
+    }
+    id[k] = (uint8_t)v;
+  }
+  return 0;
+}
+
+char* txmq_tx_id_str(const uint8_t* id, char buf[TXMQ_TX_ID_STRLEN + 1]) {
+  static const char hex[] = "0123456789abcdef";
+  for (int k = 0; k < TXMQ_TX_ID_LEN; k++) {
+    buf[2 * k] = hex[id[k] >> 4];
+    buf[2 * k + 1] = hex[id[k] & 15];
+  }
+  buf[TXMQ_TX_ID_STRLEN] = '\0';
+  return buf;
+}
+
+const char* txmq_tx_state_name(txmq_tx_state_t s) {
+  switch (s) {
+    case TXMQ_TX_PENDING: return "pending";
+    case TXMQ_TX_COMMITTED: return "committed";
+    case TXMQ_TX_ROLLED_BACK: return "rolled_back";
+    case TXMQ_TX_PARKED: return "parked";
+  }
+  return "unknown";
+}
+
+const char* txmq_tx_source_name(txmq_tx_source_t s) {
+  switch (s) {
+    case TXMQ_TX_SRC_PRODUCER: return "producer";
+    case TXMQ_TX_SRC_CHECK: return "check";
+    case TXMQ_TX_SRC_SCRIPT: return "script";
+    case TXMQ_TX_SRC_OPERATOR: return "operator";
+    case TXMQ_TX_SRC_MAX_CHECKS: return "max_checks";
+    case TXMQ_TX_SRC_TIMEOUT: return "timeout";
+  }
+  return "none";
+}

@@ -1,0 +1,1251 @@
+/*
+ * test_tx.c - the transaction engine: decisions and their idempotence, the
+ * check scheduler on a fake clock (no test sleeps), parking and resume,
+ * recovery from crash images of the data directory, retention, the audit
+ * chain and the metrics.
+ *
+ * Each test has its own data directory, store and engine, and closes its
+ * loop cleanly. Check targets are in-process: they record what they were
+ * offered and answer as the test tells them.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "testutil.h"
+#include "txmq/error.h"
+#include "txmq/log.h"
+#include "txmq/msg.h"
+#include "txmq/store.h"
+#include "txmq/tx.h"
+
+/* ---- fixture ---- */
+
+enum { T_TAKE = 0, T_EAGAIN = 1, T_UNKNOWN_NOW = 2 };
+
+#define MAX_OFFERS 64
+
+typedef struct {
+  uint8_t id[TXMQ_TX_ID_LEN];
+  uint64_t seq;
+  uint32_t count;
+  size_t nmsgs;
+  char topic[TXMQ_NAME_MAX + 1];
+  char producer[64];
+} offer_t;
+
+typedef struct {
+  int mode;
+  size_t n; /* offers taken or refused */
+  offer_t o[MAX_OFFERS];
+} target_t;
+
+typedef struct {
+  uv_loop_t loop;
+  char* dir;
+  txmq_store_t* st;
+  txmq_tx_t* tx;
+  uint64_t mono;
+  int64_t wall;
+  target_t tg[2];
+  txmq_tx_target_t tdef[2];
+  /* options for the next open */
+  int sync;
+  int64_t segment_size;
+  int64_t retain_bytes;
+  int64_t max_checks;
+  int ntargets;
+} env_t;
+
+static uint64_t f_mono(void* a) {
+  return ((env_t*)a)->mono;
+}
+static int64_t f_wall(void* a) {
+  return ((env_t*)a)->wall;
+}
+
+static void advance(env_t* env, int64_t ms) {
+  env->mono += (uint64_t)ms;
+  env->wall += ms;
+}
+
+static int target_check(void* arg, txmq_tx_t* tx, const txmq_tx_check_t* c) {
+  (void)tx;
+  target_t* t = arg;
+  if (t->n < MAX_OFFERS) {
+    offer_t* o = &t->o[t->n];
+    memcpy(o->id, c->tx_id, TXMQ_TX_ID_LEN);
+    o->seq = c->seq;
+    o->count = c->check_count;
+    o->nmsgs = c->nmsgs;
+    snprintf(o->topic, sizeof o->topic, "%s",
+             c->nmsgs ? txmq_msg_topic(c->msgs[0]) : "");
+    snprintf(o->producer, sizeof o->producer, "%s",
+             c->producer ? c->producer : "");
+  }
+  t->n++;
+  if (t->mode == T_EAGAIN) return TXMQ_EAGAIN;
+  if (t->mode == T_UNKNOWN_NOW)
+    assert_int_equal(txmq_tx_check_answer(tx, c->tx_id, c->seq, TXMQ_TX_UNKNOWN,
+                                          TXMQ_TX_SRC_SCRIPT, "v1", NULL),
+                     0);
+  return 0;
+}
+
+static offer_t* last_offer(env_t* env, int t) {
+  assert_true(env->tg[t].n > 0);
+  return &env->tg[t].o[(env->tg[t].n - 1) % MAX_OFFERS];
+}
+
+static void env_open_dir(env_t* env) {
+  assert_int_equal(txmq_store_new(&env->st, &env->loop, env->dir), 0);
+  assert_int_equal(txmq_store_set(env->st, TXMQ_STORE_OPT_SYNC, env->sync), 0);
+  assert_int_equal(txmq_store_set(env->st, TXMQ_STORE_OPT_DEFAULT_QUEUES, 1), 0);
+  assert_int_equal(
+      txmq_store_set(env->st, TXMQ_STORE_OPT_CHECKPOINT_INTERVAL_MS, 0), 0);
+  if (env->segment_size)
+    assert_int_equal(
+        txmq_store_set(env->st, TXMQ_STORE_OPT_SEGMENT_SIZE, env->segment_size), 0);
+  if (env->retain_bytes)
+    assert_int_equal(
+        txmq_store_set(env->st, TXMQ_STORE_OPT_RETAIN_BYTES, env->retain_bytes), 0);
+  assert_int_equal(txmq_tx_new(&env->tx, &env->loop, env->st), 0);
+  assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_MANUAL_CLOCK, 1), 0);
+  if (env->max_checks)
+    assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_MAX_CHECKS, env->max_checks), 0);
+  txmq_tx_clock_t clk = {f_mono, f_wall, env};
+  txmq_tx_set_clock(env->tx, &clk);
+  for (int k = 0; k < env->ntargets; k++) {
+    env->tdef[k].name = k == 0 ? "first" : "second";
+    env->tdef[k].check = target_check;
+    assert_int_equal(txmq_tx_add_target(env->tx, &env->tdef[k], &env->tg[k]), 0);
+  }
+  int rc = txmq_store_open(env->st);
+  if (rc != 0) fprintf(stderr, "store open: %s: %s\n", txmq_err_name(rc),
+                       txmq_store_diag(env->st));
+  assert_int_equal(rc, 0);
+  assert_int_equal(txmq_tx_start(env->tx), 0);
+}
+
+static env_t* env_new(const char* tag) {
+  env_t* env = calloc(1, sizeof *env);
+  assert_non_null(env);
+  assert_int_equal(uv_loop_init(&env->loop), 0);
+  env->dir = tu_tmpdir(tag);
+  env->mono = 1000;
+  env->wall = 1700000000000;
+  env->sync = TXMQ_SYNC_ALWAYS;
+  env->ntargets = 1;
+  return env;
+}
+
+static void on_tx_closed(txmq_tx_t* tx, void* arg) {
+  (void)tx;
+  *(int*)arg = 1;
+}
+static void on_store_closed(txmq_store_t* st, int status, void* arg) {
+  (void)st;
+  (void)status;
+  *(int*)arg = 1;
+}
+
+/* The documented order: engine first (it drains what it accepted), then
+ * the store (its final checkpoint still asks the engine for the replay
+ * floor), then free both. */
+static void env_close_engine(env_t* env) {
+  int done = 0;
+  assert_int_equal(txmq_tx_close(env->tx, on_tx_closed, &done), 0);
+  assert_true(tu_run_until(&env->loop, &done, 10000));
+  done = 0;
+  assert_int_equal(txmq_store_close(env->st, on_store_closed, &done), 0);
+  assert_true(tu_run_until(&env->loop, &done, 10000));
+  txmq_tx_free(env->tx);
+  txmq_store_free(env->st);
+  env->tx = NULL;
+  env->st = NULL;
+}
+
+static void env_free(env_t* env) {
+  if (env->tx) env_close_engine(env);
+  tu_loop_close_clean(&env->loop);
+  tu_rmrf(env->dir);
+  free(env->dir);
+  free(env);
+}
+
+/* Reopens the same directory (or another one) with fresh targets. */
+static void env_reopen(env_t* env, const char* dir) {
+  if (env->tx) env_close_engine(env);
+  if (dir != NULL && strcmp(dir, env->dir) != 0) {
+    tu_rmrf(env->dir);
+    free(env->dir);
+    env->dir = strdup(dir);
+  }
+  memset(env->tg, 0, sizeof env->tg);
+  env_open_dir(env);
+}
+
+static void on_flushed(txmq_log_t* log, int status, uint64_t pos, void* arg) {
+  (void)log;
+  (void)pos;
+  assert_int_equal(status, 0);
+  *(int*)arg = 1;
+}
+
+/* Waits until everything appended so far is durable. */
+static void env_sync(env_t* env) {
+  int done = 0;
+  assert_int_equal(txmq_log_flush(txmq_store_log(env->st), on_flushed, &done), 0);
+  assert_true(tu_run_until(&env->loop, &done, 10000));
+}
+
+/* A copy of the data directory as it is on disk now: with sync ALWAYS and
+ * after the callbacks fired, this is what a kill -9 would leave. */
+static char* env_crash_image(env_t* env, const char* tag) {
+  char* img = tu_tmpdir(tag);
+  assert_int_equal(tu_copy_tree(env->dir, img), 0);
+  return img;
+}
+
+/* ---- helpers for requests ---- */
+
+typedef struct {
+  int done, status;
+  uint8_t id[TXMQ_TX_ID_LEN];
+  int32_t qid[TXMQ_TX_MAX_MSGS];
+  size_t n;
+} begin_res_t;
+
+static void on_begin(txmq_tx_t* tx, int status, const uint8_t* id,
+                     const txmq_msg_t* const* msgs, size_t n, void* arg) {
+  (void)tx;
+  begin_res_t* r = arg;
+  r->status = status;
+  memcpy(r->id, id, TXMQ_TX_ID_LEN);
+  r->n = n;
+  for (size_t k = 0; k < n; k++) {
+    r->qid[k] = txmq_msg_queue_id(msgs[k]);
+    assert_true(txmq_msg_id(msgs[k])[0] != 0 || txmq_msg_id(msgs[k])[5] != 0);
+  }
+  r->done = 1;
+}
+
+static txmq_msg_t* mk_msg(const char* topic, const char* body) {
+  txmq_msg_t* m = txmq_msg_new();
+  assert_non_null(m);
+  assert_int_equal(txmq_msg_set_topic(m, topic), 0);
+  assert_int_equal(txmq_msg_set_body(m, body, strlen(body)), 0);
+  return m;
+}
+
+/* Begins a transaction of n messages (topics[k], body "<topic>-<k>") and
+ * waits for the half record to be durable. */
+static void begin_n(env_t* env, const char* group, const char* producer,
+                    const char* const* topics, size_t n, int64_t immunity,
+                    uint8_t id[TXMQ_TX_ID_LEN]) {
+  txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
+  char body[64];
+  for (size_t k = 0; k < n; k++) {
+    snprintf(body, sizeof body, "%s-%zu", topics[k], k);
+    msgs[k] = mk_msg(topics[k], body);
+  }
+  begin_res_t r = {0};
+  assert_int_equal(
+      txmq_tx_begin(env->tx, group, producer, msgs, n, immunity, on_begin, &r), 0);
+  for (size_t k = 0; k < n; k++) txmq_msg_free(msgs[k]);
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+  assert_int_equal(r.status, 0);
+  assert_int_equal(r.n, n);
+  memcpy(id, r.id, TXMQ_TX_ID_LEN);
+}
+
+static void begin1(env_t* env, const char* topic, int64_t immunity,
+                   uint8_t id[TXMQ_TX_ID_LEN]) {
+  const char* t[1] = {topic};
+  begin_n(env, "g", "p1", t, 1, immunity, id);
+}
+
+typedef struct {
+  int done, status;
+  txmq_tx_state_t state;
+} end_res_t;
+
+static void on_end(txmq_tx_t* tx, int status, txmq_tx_state_t state, void* arg) {
+  (void)tx;
+  end_res_t* r = arg;
+  r->status = status;
+  r->state = state;
+  r->done++;
+}
+
+/* Ends and waits; returns the call's code, or the callback's status. */
+static int end_wait(env_t* env, const uint8_t* id, txmq_tx_decision_t d,
+                    txmq_tx_source_t src, txmq_tx_state_t* state) {
+  end_res_t r = {0};
+  int rc = txmq_tx_end(env->tx, id, d, src, NULL, "tester", on_end, &r);
+  if (rc != 0) return rc;
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+  if (state) *state = r.state;
+  return r.status;
+}
+
+/* Messages visible on queue 0 of topic (the tests use one queue a topic). */
+static int64_t visible(env_t* env, const char* topic) {
+  int64_t b = 0, e = 0;
+  int rc = txmq_store_queue_range(env->st, topic, 0, &b, &e);
+  if (rc == TXMQ_ENOTFOUND) return 0;
+  assert_int_equal(rc, 0);
+  return e - b;
+}
+
+static void assert_body(env_t* env, const char* topic, int64_t off,
+                        const char* body) {
+  txmq_msg_t* m = NULL;
+  assert_int_equal(txmq_store_get(env->st, topic, 0, off, &m), 0);
+  size_t len = 0;
+  const void* b = txmq_msg_body(m, &len);
+  assert_int_equal(len, strlen(body));
+  assert_memory_equal(b, body, len);
+  assert_int_equal(txmq_msg_queue_offset(m), off);
+  txmq_msg_free(m);
+}
+
+typedef struct {
+  size_t n;
+  txmq_tx_info_t last;
+  char group[64];
+} list_res_t;
+
+static int list_fn(void* arg, const txmq_tx_info_t* info) {
+  list_res_t* r = arg;
+  r->n++;
+  r->last = *info;
+  snprintf(r->group, sizeof r->group, "%s", info->group);
+  r->last.group = r->last.producer = NULL;
+  return 0;
+}
+
+static list_res_t list_all(env_t* env, const char* group) {
+  list_res_t r;
+  memset(&r, 0, sizeof r);
+  txmq_tx_list(env->tx, group, list_fn, &r);
+  return r;
+}
+
+static txmq_tx_metrics_t metrics(env_t* env) {
+  txmq_tx_metrics_t m;
+  txmq_tx_metrics(env->tx, &m);
+  return m;
+}
+
+/* ---- tests ---- */
+
+static void unknown_check_commit(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-ucc");
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  txmq_tx_state_t st;
+  assert_int_equal(end_wait(env, id, TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_PRODUCER, &st), 0);
+  assert_int_equal(st, TXMQ_TX_PENDING);
+  assert_int_equal(visible(env, "orders"), 0);
+  assert_int_equal(txmq_tx_pending_on_topic(env->tx, "orders"), 1);
+
+  advance(env, 5999);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  advance(env, 1);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  offer_t* o = last_offer(env, 0);
+  assert_memory_equal(o->id, id, TXMQ_TX_ID_LEN);
+  assert_int_equal(o->count, 0);
+  assert_int_equal(o->nmsgs, 1);
+  assert_string_equal(o->topic, "orders");
+  assert_string_equal(o->producer, "p1");
+  assert_int_equal(visible(env, "orders"), 0);
+
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, o->seq, TXMQ_TX_COMMIT,
+                                        TXMQ_TX_SRC_CHECK, NULL, "p1"),
+                   0);
+  /* Accepted, not yet durable: still invisible. */
+  assert_int_equal(visible(env, "orders"), 0);
+  /* A repeat waits for the first one's durability: use it as a barrier. */
+  assert_int_equal(end_wait(env, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, &st), 0);
+  assert_int_equal(st, TXMQ_TX_COMMITTED);
+  assert_int_equal(visible(env, "orders"), 1);
+  assert_body(env, "orders", 0, "orders-0");
+  assert_int_equal(txmq_tx_pending_on_topic(env->tx, "orders"), 0);
+  assert_int_equal(metrics(env).pending, 0);
+  env_free(env);
+}
+
+static void unknown_check_rollback(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-ucr");
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  offer_t* o = last_offer(env, 0);
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, o->seq, TXMQ_TX_ROLLBACK,
+                                        TXMQ_TX_SRC_CHECK, NULL, NULL),
+                   0);
+  txmq_tx_state_t st;
+  assert_int_equal(end_wait(env, id, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_PRODUCER, &st), 0);
+  assert_int_equal(st, TXMQ_TX_ROLLED_BACK);
+  assert_int_equal(visible(env, "orders"), 0);
+  advance(env, 600000);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(env->tg[0].n, 1);
+  assert_int_equal(visible(env, "orders"), 0);
+  assert_int_equal(list_all(env, NULL).n, 0);
+  env_free(env);
+}
+
+static void park_after_max_then_resume(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-park");
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  for (uint32_t k = 0; k < 15; k++) {
+    assert_int_equal(txmq_tx_tick(env->tx), 1);
+    offer_t* o = last_offer(env, 0);
+    assert_int_equal(o->count, k);
+    assert_int_equal(txmq_tx_check_answer(env->tx, id, o->seq, TXMQ_TX_UNKNOWN,
+                                          TXMQ_TX_SRC_CHECK, NULL, NULL),
+                     0);
+    advance(env, 30000);
+  }
+  env_sync(env);
+  list_res_t l = list_all(env, "g");
+  assert_int_equal(l.n, 1);
+  assert_int_equal(l.last.state, TXMQ_TX_PARKED);
+  assert_int_equal(l.last.check_count, 15);
+  assert_string_equal(l.group, "g");
+  assert_int_equal(metrics(env).parked, 1);
+  assert_int_equal(metrics(env).parks, 1);
+  advance(env, 3600000);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(env->tg[0].n, 15);
+  /* Parked: never delivered, decisions refused, until an operator acts. */
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, NULL, NULL),
+                   TXMQ_EPARKED);
+  assert_int_equal(visible(env, "orders"), 0);
+
+  end_res_t r = {0};
+  assert_int_equal(txmq_tx_resume(env->tx, id, "ops", on_end, &r), 0);
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+  assert_int_equal(r.status, 0);
+  assert_int_equal(r.state, TXMQ_TX_PENDING);
+  assert_int_equal(txmq_tx_resume(env->tx, id, "ops", NULL, NULL), TXMQ_EINVAL);
+  /* Due now, with a fresh budget. */
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  offer_t* o = last_offer(env, 0);
+  assert_int_equal(o->count, 0);
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, o->seq, TXMQ_TX_COMMIT,
+                                        TXMQ_TX_SRC_CHECK, NULL, NULL),
+                   0);
+  assert_int_equal(end_wait(env, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  assert_int_equal(visible(env, "orders"), 1);
+  assert_int_equal(metrics(env).resumes, 1);
+  assert_int_equal(metrics(env).parked, 0);
+  env_free(env);
+}
+
+static void repeated_commit_visible_once(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-rep");
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  end_res_t a = {0}, b = {0}, c = {0};
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, on_end, &a), 0);
+  /* While the first is in flight: joins it. */
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, on_end, &b), 0);
+  assert_int_equal(b.done, 0);
+  assert_true(tu_run_until(&env->loop, &b.done, 10000));
+  assert_int_equal(a.done, 1);
+  assert_int_equal(a.status, 0);
+  assert_int_equal(b.status, 0);
+  assert_int_equal(b.state, TXMQ_TX_COMMITTED);
+  assert_int_equal(visible(env, "orders"), 1);
+  /* After durability: answered from the decided table, never inline. */
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_CHECK,
+                               NULL, NULL, on_end, &c), 0);
+  assert_int_equal(c.done, 0);
+  assert_true(tu_run_until(&env->loop, &c.done, 10000));
+  assert_int_equal(c.status, 0);
+  assert_int_equal(c.state, TXMQ_TX_COMMITTED);
+  assert_int_equal(visible(env, "orders"), 1);
+  assert_int_equal(metrics(env).commits, 1);
+  env_free(env);
+}
+
+static void conflicting_decisions_refused(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-conf");
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN], id2[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  begin1(env, "orders", 0, id2);
+  end_res_t a = {0};
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, on_end, &a), 0);
+  /* Racing: refused at once, before the first is durable. */
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, on_end, &a), TXMQ_ECONFLICT);
+  assert_true(tu_run_until(&env->loop, &a.done, 10000));
+  assert_int_equal(a.done, 1);
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, NULL, NULL), TXMQ_ECONFLICT);
+  txmq_tx_state_t st;
+  /* UNKNOWN on a decided transaction reports its state. */
+  assert_int_equal(end_wait(env, id, TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_PRODUCER, &st), 0);
+  assert_int_equal(st, TXMQ_TX_ROLLED_BACK);
+  assert_int_equal(end_wait(env, id2, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, &st), 0);
+  assert_int_equal(txmq_tx_end(env->tx, id2, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, NULL, NULL), TXMQ_ECONFLICT);
+  assert_int_equal(visible(env, "orders"), 1);
+  uint8_t unknown[TXMQ_TX_ID_LEN] = {1, 2, 3};
+  assert_int_equal(txmq_tx_end(env->tx, unknown, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, NULL, NULL), TXMQ_ENOTFOUND);
+  env_free(env);
+}
+
+static void late_commit_after_park(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-late");
+  env->max_checks = 2;
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  /* Nobody answers: both checks time out and count. */
+  advance(env, 5000);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(metrics(env).checks_timed_out, 1);
+  advance(env, 30000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  advance(env, 5000);
+  txmq_tx_tick(env->tx);
+  assert_int_equal(metrics(env).parked, 1);
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, NULL, NULL), TXMQ_EPARKED);
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, NULL, NULL), TXMQ_EPARKED);
+  assert_int_equal(visible(env, "orders"), 0);
+  env_free(env);
+}
+
+static void no_check_after_decision(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-nocheck");
+  env_open_dir(env);
+  uint8_t a[TXMQ_TX_ID_LEN], b[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, a);
+  begin1(env, "orders", 0, b);
+  /* Both due; a is decided before the tick runs, b while its check is out. */
+  advance(env, 7000);
+  end_res_t r = {0};
+  assert_int_equal(txmq_tx_end(env->tx, a, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, on_end, &r), 0);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  offer_t* o = last_offer(env, 0);
+  assert_memory_equal(o->id, b, TXMQ_TX_ID_LEN);
+  uint64_t seq = o->seq;
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+  assert_int_equal(end_wait(env, b, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  /* The late answer to b's check is stale. */
+  assert_int_equal(txmq_tx_check_answer(env->tx, b, seq, TXMQ_TX_COMMIT,
+                                        TXMQ_TX_SRC_CHECK, NULL, NULL),
+                   TXMQ_ENOTFOUND);
+  advance(env, 3600000);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(env->tg[0].n, 1);
+  assert_int_equal(metrics(env).checks_timed_out, 0);
+  assert_int_equal(visible(env, "orders"), 1);
+  env_free(env);
+}
+
+static void immunity_does_not_spend_budget(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-imm");
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 20000, id);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  list_res_t l = list_all(env, NULL);
+  assert_int_equal(l.n, 1);
+  assert_int_equal(l.last.check_count, 0);
+  assert_int_equal(l.last.due_in_ms, 14000);
+  advance(env, 13999);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  advance(env, 1);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(last_offer(env, 0)->count, 0);
+  assert_int_equal(metrics(env).checks_timed_out, 0);
+  env_free(env);
+}
+
+static void undeliverable_not_counted(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-undeliv");
+  env_open_dir(env);
+  env->tg[0].mode = T_EAGAIN;
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(env->tg[0].n, 1);
+  assert_int_equal(metrics(env).checks_undeliverable, 1);
+  assert_int_equal(list_all(env, NULL).last.check_count, 0);
+  /* Retried after the retry delay, not before. */
+  advance(env, 999);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(env->tg[0].n, 1);
+  advance(env, 1);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(env->tg[0].n, 2);
+  env->tg[0].mode = T_TAKE;
+  advance(env, 1000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(last_offer(env, 0)->count, 0);
+  assert_int_equal(metrics(env).checks_undeliverable, 2);
+  assert_int_equal(metrics(env).checks_sent, 1);
+  env_free(env);
+}
+
+static void failed_check_reoffered_uncounted(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-failed");
+  env->ntargets = 2;
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(env->tg[0].n, 1);
+  assert_int_equal(env->tg[1].n, 0);
+  uint64_t seq = last_offer(env, 0)->seq;
+  assert_int_equal(txmq_tx_check_failed(env->tx, id, seq), 0);
+  assert_int_equal(txmq_tx_check_failed(env->tx, id, seq), TXMQ_ENOTFOUND);
+  /* At once, without the clock moving; the next target first. */
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(env->tg[1].n, 1);
+  offer_t* o = last_offer(env, 1);
+  assert_int_equal(o->count, 0);
+  assert_true(o->seq != seq);
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, seq, TXMQ_TX_UNKNOWN,
+                                        TXMQ_TX_SRC_CHECK, NULL, NULL),
+                   TXMQ_ENOTFOUND);
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, o->seq, TXMQ_TX_UNKNOWN,
+                                        TXMQ_TX_SRC_CHECK, NULL, NULL),
+                   0);
+  assert_int_equal(list_all(env, NULL).last.check_count, 1);
+  /* The next regular check goes to the first target again. */
+  advance(env, 30000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(env->tg[0].n, 2);
+  assert_int_equal(last_offer(env, 0)->count, 1);
+  env_free(env);
+}
+
+static void check_timeout_counts(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-timeout");
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  uint64_t seq = last_offer(env, 0)->seq;
+  advance(env, 4999);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(metrics(env).checks_timed_out, 0);
+  advance(env, 1);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(metrics(env).checks_timed_out, 1);
+  assert_int_equal(list_all(env, NULL).last.check_count, 1);
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, seq, TXMQ_TX_COMMIT,
+                                        TXMQ_TX_SRC_CHECK, NULL, NULL),
+                   TXMQ_ENOTFOUND);
+  advance(env, 30000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(last_offer(env, 0)->count, 1);
+  env_free(env);
+}
+
+static void backoff_grows_interval(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-backoff");
+  env_open_dir(env);
+  env->tg[0].mode = T_UNKNOWN_NOW;
+  assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_CHECK_BACKOFF_PCT, 200), 0);
+  assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_CHECK_INTERVAL_MS, 1000), 0);
+  assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_CHECK_INTERVAL_MAX_MS, 5000), 0);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1); /* count 1: next in 1000 */
+  const int64_t gaps[] = {1000, 2000, 4000, 5000, 5000};
+  for (size_t k = 0; k < 5; k++) {
+    advance(env, gaps[k] - 1);
+    assert_int_equal(txmq_tx_tick(env->tx), 0);
+    advance(env, 1);
+    assert_int_equal(txmq_tx_tick(env->tx), 1);
+  }
+  assert_int_equal(list_all(env, NULL).last.check_count, 6);
+  env_free(env);
+}
+
+static void kick_group_reoffers(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-kick");
+  env_open_dir(env);
+  env->tg[0].mode = T_EAGAIN;
+  uint8_t a[TXMQ_TX_ID_LEN], b[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, a);
+  const char* t[1] = {"orders"};
+  begin_n(env, "other", NULL, t, 1, 0, b);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(env->tg[0].n, 2);
+  env->tg[0].mode = T_TAKE;
+  txmq_tx_kick_group(env->tx, "nobody");
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  txmq_tx_kick_group(env->tx, "g");
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_memory_equal(last_offer(env, 0)->id, a, TXMQ_TX_ID_LEN);
+  /* The other group waits for its retry time. */
+  advance(env, 1000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_memory_equal(last_offer(env, 0)->id, b, TXMQ_TX_ID_LEN);
+  env_free(env);
+}
+
+typedef struct {
+  env_t* env;
+  int64_t a, b;
+  int done;
+} multi_seen_t;
+
+static void on_multi_commit(txmq_tx_t* tx, int status, txmq_tx_state_t st,
+                            void* arg) {
+  (void)tx;
+  multi_seen_t* s = arg;
+  assert_int_equal(status, 0);
+  assert_int_equal(st, TXMQ_TX_COMMITTED);
+  s->a = visible(s->env, "topic-a");
+  s->b = visible(s->env, "topic-b");
+  s->done = 1;
+}
+
+static void multi_message_all_at_once(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-multi");
+  env_open_dir(env);
+  const char* topics[3] = {"topic-a", "topic-b", "topic-b"};
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin_n(env, "g", "p1", topics, 3, 0, id);
+  assert_int_equal(txmq_tx_pending_on_topic(env->tx, "topic-a"), 1);
+  assert_int_equal(txmq_tx_pending_on_topic(env->tx, "topic-b"), 1);
+  assert_int_equal(txmq_tx_pending_on_topic(env->tx, "topic-c"), 0);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(last_offer(env, 0)->nmsgs, 3);
+  multi_seen_t s = {env, -1, -1, 0};
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, on_multi_commit, &s), 0);
+  assert_int_equal(visible(env, "topic-a"), 0);
+  assert_int_equal(visible(env, "topic-b"), 0);
+  assert_true(tu_run_until(&env->loop, &s.done, 10000));
+  assert_int_equal(s.a, 1);
+  assert_int_equal(s.b, 2);
+  assert_body(env, "topic-a", 0, "topic-a-0");
+  assert_body(env, "topic-b", 0, "topic-b-1");
+  assert_body(env, "topic-b", 1, "topic-b-2");
+  assert_int_equal(txmq_tx_pending_on_topic(env->tx, "topic-a"), 0);
+  assert_int_equal(txmq_tx_pending_on_topic(env->tx, "topic-b"), 0);
+  env_free(env);
+}
+
+static void crash_between_half_and_decision(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-crash1");
+  env_open_dir(env);
+  uint8_t a[TXMQ_TX_ID_LEN], b[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, a);
+  begin1(env, "orders", 0, b);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 2);
+  assert_int_equal(txmq_tx_check_answer(env->tx, a, env->tg[0].o[0].seq,
+                                        TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_CHECK, NULL,
+                                        NULL),
+                   0);
+  env_sync(env);
+  /* kill -9 image: both pending, a with one counted check. */
+  char* img = env_crash_image(env, "tx-crash1-img");
+  env_close_engine(env);
+  advance(env, 1000);
+  env_reopen(env, img);
+  free(img);
+  assert_int_equal(metrics(env).pending, 2);
+  list_res_t l = list_all(env, NULL);
+  assert_int_equal(l.n, 2);
+  /* b's last check was out when we crashed: it is due again at once (its
+   * first check was due 1 s ago); a is due 30 s after its UNKNOWN. */
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_memory_equal(last_offer(env, 0)->id, b, TXMQ_TX_ID_LEN);
+  assert_int_equal(last_offer(env, 0)->count, 0);
+  advance(env, 29000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_memory_equal(last_offer(env, 0)->id, a, TXMQ_TX_ID_LEN);
+  assert_int_equal(last_offer(env, 0)->count, 1);
+  assert_int_equal(txmq_tx_check_answer(env->tx, a, last_offer(env, 0)->seq,
+                                        TXMQ_TX_COMMIT, TXMQ_TX_SRC_CHECK, NULL,
+                                        NULL),
+                   0);
+  assert_int_equal(end_wait(env, a, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  assert_int_equal(visible(env, "orders"), 1);
+  /* And a clean close without a decision keeps b pending too. */
+  env_reopen(env, NULL);
+  assert_int_equal(metrics(env).pending, 1);
+  assert_int_equal(visible(env, "orders"), 1);
+  env_free(env);
+}
+
+/* An UNKNOWN through txmq_tx_end (here the runtime's script answering
+ * execute) is recorded but is not a check: after a restart the first check
+ * is still due at half + timeout, not an interval after the UNKNOWN. */
+static void execute_unknown_keeps_schedule_after_restart(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-execunk");
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 1000);
+  end_res_t r = {0};
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_SCRIPT, "v1",
+                               NULL, on_end, &r), 0);
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+  env_reopen(env, NULL);
+  assert_int_equal(list_all(env, NULL).last.check_count, 0);
+  advance(env, 4999);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  advance(env, 1);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(last_offer(env, 0)->count, 0);
+  env_free(env);
+}
+
+static void on_commit_copy(txmq_tx_t* tx, int status, txmq_tx_state_t st,
+                           void* arg) {
+  (void)tx;
+  (void)st;
+  assert_int_equal(status, 0);
+  void** p = arg;
+  env_t* env = p[0];
+  /* Right after the commit is durable, before any checkpoint. */
+  p[1] = env_crash_image(env, "tx-crash2-img");
+}
+
+static void crash_during_multi_commit(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-crash2");
+  env_open_dir(env);
+  const char* topics[3] = {"topic-a", "topic-b", "topic-b"};
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin_n(env, "g", "p1", topics, 3, 0, id);
+  uint64_t commit_pos = txmq_log_next_pos(txmq_store_log(env->st));
+  void* p[2] = {env, NULL};
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, on_commit_copy, p), 0);
+  while (p[1] == NULL) uv_run(&env->loop, UV_RUN_ONCE);
+  char* img = p[1];
+  char* img2 = tu_tmpdir("tx-crash2-cut");
+  assert_int_equal(tu_copy_tree(img, img2), 0);
+
+  /* Image with the commit record: every message is published at reopen. */
+  env_reopen(env, img);
+  assert_int_equal(visible(env, "topic-a"), 1);
+  assert_int_equal(visible(env, "topic-b"), 2);
+  assert_body(env, "topic-b", 1, "topic-b-2");
+  assert_int_equal(metrics(env).pending, 0);
+  txmq_tx_state_t st;
+  assert_int_equal(end_wait(env, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, &st), 0);
+  assert_int_equal(st, TXMQ_TX_COMMITTED);
+  advance(env, 600000);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  /* Once more: the publish is checkpointed now and not repeated. */
+  env_reopen(env, NULL);
+  assert_int_equal(visible(env, "topic-a"), 1);
+  assert_int_equal(visible(env, "topic-b"), 2);
+
+  /* Image with the commit record torn: nothing published, tx pending. */
+  char* seg = tu_path(img2, "log/00000000000000000000.log");
+  assert_int_equal(
+      tu_truncate(seg, (long long)(TXMQ_LOG_SEGMENT_HEADER_SIZE + commit_pos + 7)), 0);
+  free(seg);
+  env_reopen(env, img2);
+  free(img2);
+  assert_int_equal(visible(env, "topic-a"), 0);
+  assert_int_equal(visible(env, "topic-b"), 0);
+  assert_int_equal(metrics(env).pending, 1);
+  advance(env, 600000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(last_offer(env, 0)->nmsgs, 3);
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, last_offer(env, 0)->seq,
+                                        TXMQ_TX_COMMIT, TXMQ_TX_SRC_CHECK, NULL,
+                                        NULL),
+                   0);
+  assert_int_equal(end_wait(env, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  assert_int_equal(visible(env, "topic-a"), 1);
+  assert_int_equal(visible(env, "topic-b"), 2);
+  free(img);
+  env_free(env);
+}
+
+static void decided_not_checked_after_restart(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-restart");
+  env_open_dir(env);
+  uint8_t p[TXMQ_TX_ID_LEN], c[TXMQ_TX_ID_LEN], r[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, p);
+  begin1(env, "orders", 0, c);
+  begin1(env, "orders", 0, r);
+  assert_int_equal(end_wait(env, c, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  assert_int_equal(end_wait(env, r, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  env_reopen(env, NULL);
+  advance(env, 3600000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_memory_equal(last_offer(env, 0)->id, p, TXMQ_TX_ID_LEN);
+  /* Decided ones stay decided: repeats succeed, conflicts are refused,
+   * nothing becomes visible twice. */
+  txmq_tx_state_t st;
+  assert_int_equal(end_wait(env, c, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, &st), 0);
+  assert_int_equal(st, TXMQ_TX_COMMITTED);
+  assert_int_equal(txmq_tx_end(env->tx, r, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, NULL, NULL), TXMQ_ECONFLICT);
+  assert_int_equal(visible(env, "orders"), 1);
+  assert_int_equal(metrics(env).pending, 1);
+  env_free(env);
+}
+
+static void on_put(txmq_store_t* st, int status, const txmq_msg_t* m, void* arg) {
+  (void)st;
+  (void)m;
+  assert_int_equal(status, 0);
+  (*(int*)arg)++;
+}
+
+static void on_ckpt(txmq_store_t* st, int status, void* arg) {
+  (void)st;
+  assert_int_equal(status, 0);
+  *(int*)arg = 1;
+}
+
+/* Takes a checkpoint and waits; the store applies retention after it. */
+static void env_checkpoint(env_t* env) {
+  int done = 0;
+  assert_int_equal(txmq_store_checkpoint(env->st, on_ckpt, &done), 0);
+  assert_true(tu_run_until(&env->loop, &done, 10000));
+}
+
+static void retention_keeps_undecided_half(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-retain");
+  env->segment_size = 4096;
+  env->retain_bytes = 4096;
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  txmq_tx_info_t info;
+  assert_int_equal(txmq_tx_show(env->tx, id, &info, NULL, NULL), 0);
+  uint64_t half_pos = info.half_pos;
+  /* Fill several segments with plain messages. */
+  char body[1000];
+  memset(body, 'x', sizeof body - 1);
+  body[sizeof body - 1] = '\0';
+  int put = 0;
+  for (int k = 0; k < 20; k++) {
+    txmq_msg_t* m = mk_msg("plain", body);
+    assert_int_equal(txmq_store_put(env->st, m, on_put, &put), 0);
+    txmq_msg_free(m);
+  }
+  while (put < 20) uv_run(&env->loop, UV_RUN_ONCE);
+  txmq_log_t* log = txmq_store_log(env->st);
+  size_t nseg = txmq_log_segment_count(log);
+  assert_true(nseg >= 4);
+  /* A checkpoint applies retention: every segment but the undecided
+   * transaction's could go, and that one stops it. */
+  env_checkpoint(env);
+  assert_true(txmq_log_begin(log) <= half_pos);
+  assert_int_equal(txmq_log_segment_count(log), nseg);
+  /* Decided: its segment may go. */
+  assert_int_equal(end_wait(env, id, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  env_checkpoint(env);
+  assert_true(txmq_log_begin(log) > half_pos);
+  assert_true(txmq_log_segment_count(log) < nseg);
+  env_free(env);
+}
+
+typedef struct {
+  size_t n;
+  char ev[16][16];
+  txmq_tx_source_t src[16];
+  char ver[16][16];
+  char who[16][16];
+  uint32_t count[16];
+  uint64_t pos[16];
+} hist_t;
+
+static void hist_fn(void* arg, const txmq_tx_event_t* ev) {
+  hist_t* h = arg;
+  assert_true(h->n < 16);
+  snprintf(h->ev[h->n], 16, "%s", ev->event);
+  h->src[h->n] = ev->source;
+  snprintf(h->ver[h->n], 16, "%s", ev->version ? ev->version : "-");
+  snprintf(h->who[h->n], 16, "%s", ev->who ? ev->who : "-");
+  h->count[h->n] = ev->check_count;
+  h->pos[h->n] = ev->pos;
+  h->n++;
+}
+
+static void check_history(const hist_t* h) {
+  assert_int_equal(h->n, 5);
+  assert_string_equal(h->ev[0], "half");
+  assert_string_equal(h->ev[1], "unknown");
+  assert_int_equal(h->src[1], TXMQ_TX_SRC_PRODUCER);
+  assert_string_equal(h->who[1], "tester");
+  assert_string_equal(h->ev[2], "unknown");
+  assert_int_equal(h->src[2], TXMQ_TX_SRC_SCRIPT);
+  assert_string_equal(h->ver[2], "v1");
+  assert_int_equal(h->count[2], 1);
+  assert_string_equal(h->ev[3], "check");
+  assert_int_equal(h->src[3], TXMQ_TX_SRC_TIMEOUT);
+  assert_string_equal(h->who[3], "first");
+  assert_int_equal(h->count[3], 2);
+  assert_string_equal(h->ev[4], "commit");
+  assert_int_equal(h->src[4], TXMQ_TX_SRC_SCRIPT);
+  assert_string_equal(h->ver[4], "v7");
+  assert_string_equal(h->who[4], "runtime");
+  assert_int_equal(h->count[4], 2);
+  for (size_t k = 1; k < h->n; k++) assert_true(h->pos[k] > h->pos[k - 1]);
+}
+
+static void show_full_history(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-show");
+  env_open_dir(env);
+  /* An older undecided transaction keeps the replay floor before the one
+   * we look at, so that the restart below replays its history too. */
+  uint8_t keeper[TXMQ_TX_ID_LEN], id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 3600000, keeper);
+  begin1(env, "orders", 0, id);
+  assert_int_equal(end_wait(env, id, TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  advance(env, 6000);
+  env->tg[0].mode = T_UNKNOWN_NOW; /* the script says UNKNOWN, version v1 */
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  env->tg[0].mode = T_TAKE;
+  advance(env, 30000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  advance(env, 5000); /* that one times out */
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  end_res_t r = {0};
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_SCRIPT, "v7",
+                               "runtime", on_end, &r), 0);
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+
+  hist_t h;
+  memset(&h, 0, sizeof h);
+  txmq_tx_info_t info;
+  assert_int_equal(txmq_tx_show(env->tx, id, &info, hist_fn, &h), 0);
+  check_history(&h);
+  assert_int_equal(info.state, TXMQ_TX_COMMITTED);
+  assert_string_equal(info.group, "g");
+  assert_string_equal(info.producer, "p1");
+  assert_int_equal(info.nmsgs, 1);
+  assert_int_equal(info.check_count, 2);
+  assert_int_equal(info.born_wall_ms, 1700000000000);
+
+  /* The same after a restart, read back from the log. */
+  env_reopen(env, NULL);
+  memset(&h, 0, sizeof h);
+  assert_int_equal(txmq_tx_show(env->tx, id, &info, hist_fn, &h), 0);
+  check_history(&h);
+  uint8_t nope[TXMQ_TX_ID_LEN] = {9};
+  assert_int_equal(txmq_tx_show(env->tx, nope, NULL, hist_fn, &h), TXMQ_ENOTFOUND);
+  env_free(env);
+}
+
+static void metrics_count(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-metrics");
+  env->max_checks = 1;
+  env_open_dir(env);
+  uint8_t a[TXMQ_TX_ID_LEN], b[TXMQ_TX_ID_LEN], c[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, a);
+  begin1(env, "orders", 0, b);
+  begin1(env, "orders", 0, c);
+  txmq_tx_metrics_t m = metrics(env);
+  assert_int_equal(m.begun, 3);
+  assert_int_equal(m.pending, 3);
+  advance(env, 3);
+  assert_int_equal(end_wait(env, a, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  assert_int_equal(end_wait(env, b, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(txmq_tx_check_answer(env->tx, c, last_offer(env, 0)->seq,
+                                        TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_CHECK, NULL,
+                                        NULL),
+                   0);
+  m = metrics(env);
+  assert_int_equal(m.pending, 0);
+  assert_int_equal(m.parked, 1);
+  assert_int_equal(m.parks, 1);
+  assert_int_equal(m.commits, 1);
+  assert_int_equal(m.rollbacks, 1);
+  assert_int_equal(m.checks_sent, 1);
+  assert_int_equal(m.checks_answered, 1);
+  assert_int_equal(m.checks_timed_out, 0);
+  assert_int_equal(m.checks_undeliverable, 0);
+  /* Both decisions 3 ms after their half: bucket [2, 4). */
+  assert_int_equal(m.decision_latency_ms[2], 2);
+  uint64_t sum = 0;
+  for (int k = 0; k < TXMQ_TX_LATENCY_BUCKETS; k++) sum += m.decision_latency_ms[k];
+  assert_int_equal(sum, 2);
+  env_free(env);
+}
+
+typedef struct {
+  size_t done, n;
+} bulk_t;
+
+static void on_bulk(txmq_tx_t* tx, int status, const uint8_t* id,
+                    const txmq_msg_t* const* msgs, size_t n, void* arg) {
+  (void)tx;
+  (void)id;
+  (void)msgs;
+  (void)n;
+  assert_int_equal(status, 0);
+  ((bulk_t*)arg)->done++;
+}
+
+static void tick_cost_follows_due_checks(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-bign");
+  env->sync = TXMQ_SYNC_NEVER;
+  env_open_dir(env);
+  const size_t N = 100000;
+  bulk_t b = {0, N};
+  txmq_msg_t* m = mk_msg("bulk", "x");
+  for (size_t k = 0; k < N; k++) {
+    /* Distinct due times, tx k due at 10 s + k ms. */
+    int rc;
+    while ((rc = txmq_tx_begin(env->tx, "g", "p1", &m, 1, 10000 + (int64_t)k,
+                               on_bulk, &b)) == TXMQ_EAGAIN)
+      uv_run(&env->loop, UV_RUN_ONCE);
+    assert_int_equal(rc, 0);
+  }
+  txmq_msg_free(m);
+  while (b.done < N) uv_run(&env->loop, UV_RUN_ONCE);
+  assert_int_equal(metrics(env).pending, N);
+  advance(env, 9999);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  advance(env, 10);
+  assert_int_equal(txmq_tx_tick(env->tx), 10);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(env->tg[0].n, 10);
+  env_free(env);
+}
+
+static void names_and_ids(void** state) {
+  (void)state;
+  uint8_t id[TXMQ_TX_ID_LEN], back[TXMQ_TX_ID_LEN];
+  for (int k = 0; k < TXMQ_TX_ID_LEN; k++) id[k] = (uint8_t)(k * 17 + 3);
+  char buf[TXMQ_TX_ID_STRLEN + 1];
+  txmq_tx_id_str(id, buf);
+  assert_int_equal(strlen(buf), 32);
+  assert_int_equal(txmq_tx_id_parse(buf, back), 0);
+  assert_memory_equal(id, back, TXMQ_TX_ID_LEN);
+  assert_int_equal(txmq_tx_id_parse("xyz", back), TXMQ_EINVAL);
+  assert_int_equal(txmq_tx_id_parse("0123456789abcdef0123456789abcdeg", back),
+                   TXMQ_EINVAL);
+  assert_string_equal(txmq_tx_state_name(TXMQ_TX_PARKED), "parked");
+  assert_string_equal(txmq_tx_state_name(TXMQ_TX_ROLLED_BACK), "rolled_back");
+  assert_string_equal(txmq_tx_source_name(TXMQ_TX_SRC_MAX_CHECKS), "max_checks");
+  assert_string_equal(txmq_tx_source_name(TXMQ_TX_SRC_TIMEOUT), "timeout");
+}
+
+static void bad_arguments(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-args");
+  env_open_dir(env);
+  txmq_msg_t* m = mk_msg("orders", "x");
+  assert_int_equal(txmq_tx_begin(env->tx, "bad name", NULL, &m, 1, 0, NULL, NULL),
+                   TXMQ_EBADNAME);
+  assert_int_equal(txmq_tx_begin(env->tx, "g", NULL, &m, 0, 0, NULL, NULL),
+                   TXMQ_EINVAL);
+  assert_int_equal(txmq_tx_begin(env->tx, "g", NULL, &m, 1, -1, NULL, NULL),
+                   TXMQ_EINVAL);
+  txmq_msg_free(m);
+  assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_MAX_CHECKS, 0), TXMQ_EINVAL);
+  assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_MANUAL_CLOCK, 0), TXMQ_EBUSY);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, 1, TXMQ_TX_COMMIT,
+                                        TXMQ_TX_SRC_PRODUCER, NULL, NULL),
+                   TXMQ_EINVAL);
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, 1, TXMQ_TX_COMMIT,
+                                        TXMQ_TX_SRC_CHECK, NULL, NULL),
+                   TXMQ_ENOTFOUND);
+  assert_int_equal(txmq_tx_resume(env->tx, id, "ops", NULL, NULL), TXMQ_EINVAL);
+  assert_int_equal(txmq_tx_end(env->tx, id, (txmq_tx_decision_t)9,
+                               TXMQ_TX_SRC_PRODUCER, NULL, NULL, NULL, NULL),
+                   TXMQ_EINVAL);
+  env_free(env);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(unknown_check_commit),
+      cmocka_unit_test(unknown_check_rollback),
+      cmocka_unit_test(park_after_max_then_resume),
+      cmocka_unit_test(repeated_commit_visible_once),
+      cmocka_unit_test(conflicting_decisions_refused),
+      cmocka_unit_test(late_commit_after_park),
+      cmocka_unit_test(no_check_after_decision),
+      cmocka_unit_test(immunity_does_not_spend_budget),
+      cmocka_unit_test(undeliverable_not_counted),
+      cmocka_unit_test(failed_check_reoffered_uncounted),
+      cmocka_unit_test(check_timeout_counts),
+      cmocka_unit_test(backoff_grows_interval),
+      cmocka_unit_test(kick_group_reoffers),
+      cmocka_unit_test(multi_message_all_at_once),
+      cmocka_unit_test(crash_between_half_and_decision),
+      cmocka_unit_test(crash_during_multi_commit),
+      cmocka_unit_test(execute_unknown_keeps_schedule_after_restart),
+      cmocka_unit_test(decided_not_checked_after_restart),
+      cmocka_unit_test(retention_keeps_undecided_half),
+      cmocka_unit_test(show_full_history),
+      cmocka_unit_test(metrics_count),
+      cmocka_unit_test(tick_cost_follows_due_checks),
+      cmocka_unit_test(names_and_ids),
+      cmocka_unit_test(bad_arguments),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
