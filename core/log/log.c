@@ -784,6 +784,15 @@ void txmq_log_free(txmq_log_t* log) {
 
 /* Iterators. */
 
+/* Iterators read a window of up to ITER_WINDOW bytes of one segment with
+ * one pread and parse the records inside it: replaying a log at open would
+ * otherwise cost a system call per record. Bytes below the readable end
+ * never change, so a window stays valid while the iterator walks through
+ * it. Anything unusual - a record larger than the window, a read error, a
+ * bad record - goes through read_at, so diagnostics are those of
+ * txmq_log_read. */
+#define ITER_WINDOW (1u << 20)
+
 struct txmq_log_iter_s {
   txmq_log_t* log;
   uint64_t cur;
@@ -791,6 +800,9 @@ struct txmq_log_iter_s {
   int stopped; /* the error that stopped it, or 0 */
   uint8_t* buf;
   size_t cap;
+  uint8_t* win;  /* ITER_WINDOW bytes, allocated on first use */
+  uint64_t wpos; /* position of win[0] */
+  size_t wlen;   /* valid bytes in win */
 };
 
 int txmq_log_iter_new(txmq_log_t* log, uint64_t from, uint64_t to,
@@ -809,11 +821,54 @@ int txmq_log_iter_new(txmq_log_t* log, uint64_t from, uint64_t to,
   return 0;
 }
 
+/* The record at it->cur if it lies whole and valid inside the window. */
+static int iter_parse(txmq_log_iter_t* it, txmq_log_entry_t* out) {
+  if (it->cur < it->wpos || it->cur - it->wpos + RHDR > it->wlen) return 0;
+  const uint8_t* p = it->win + (it->cur - it->wpos);
+  size_t have = it->wlen - (size_t)(it->cur - it->wpos);
+  uint32_t len = txmq__get_le32(p + 4);
+  if (len > TXMQ_LOG_MAX_RECORD || RHDR + (size_t)len > have) return 0;
+  uint32_t checked;
+  if (txmq__log_rec_check(p, have, it->cur, &checked) != TXMQ__REC_OK) return 0;
+  out->pos = it->cur;
+  out->next = it->cur + RHDR + checked;
+  out->type = p[8];
+  out->data = p + RHDR;
+  out->len = checked;
+  return 1;
+}
+
+/* Refills the window from it->cur to the end of its segment (at most
+ * ITER_WINDOW bytes) when the record is not already in it. */
+static int iter_window(txmq_log_iter_t* it, txmq_log_entry_t* out) {
+  if (iter_parse(it, out)) return 1;
+  txmq_log_t* log = it->log;
+  if (log->state != TXMQ__LOG_OPEN && log->state != TXMQ__LOG_CLOSING) return 0;
+  if (it->win == NULL && (it->win = malloc(ITER_WINDOW)) == NULL) return 0;
+  size_t idx = find_seg(log, it->cur);
+  const txmq__seg_t* s = &log->segs[idx];
+  uint64_t seg_end =
+      idx + 1 < log->nsegs ? log->segs[idx + 1].base : log->end_seen;
+  if (it->cur >= seg_end) return 0;
+  uint64_t n = seg_end - it->cur;
+  if (n > ITER_WINDOW) n = ITER_WINDOW;
+  it->wlen = 0;
+  if (txmq__pread_full(s->rfd, it->win, (size_t)n, HDR + (it->cur - s->base)) != 0)
+    return 0;
+  it->wpos = it->cur;
+  it->wlen = (size_t)n;
+  return iter_parse(it, out);
+}
+
 int txmq_log_iter_next(txmq_log_iter_t* it, txmq_log_entry_t* out) {
   if (it == NULL || out == NULL) return TXMQ_EINVAL;
   if (it->stopped != 0) return it->stopped;
   uint64_t limit = it->log->end_seen < it->to ? it->log->end_seen : it->to;
   if (it->cur >= limit) return TXMQ_ENOTFOUND;
+  if (it->cur >= txmq_log_begin(it->log) && iter_window(it, out)) {
+    it->cur = out->next;
+    return 0;
+  }
   int rc = read_at(it->log, it->cur, &it->buf, &it->cap, out);
   if (rc == TXMQ_ECORRUPT) it->stopped = rc;
   if (rc != 0) return rc;
@@ -823,6 +878,7 @@ int txmq_log_iter_next(txmq_log_iter_t* it, txmq_log_entry_t* out) {
 
 void txmq_log_iter_free(txmq_log_iter_t* it) {
   if (it == NULL) return;
+  free(it->win);
   free(it->buf);
   free(it);
 }
