@@ -417,6 +417,12 @@ static void run_build(txmq_script_host_t* h, job_t* j) {
   j->built = v;
 }
 
+/* A call shorter than this lets its worker go on with the next queued call
+ * of the same version on the same state, when no other version or task is
+ * waiting: no hand-off through the run queue, no wake-up. A longer call
+ * gives the state back, so another group never waits more than one call. */
+#define QUICK_CALL_NS 1000000u
+
 static void worker(void* arg) {
   txmq_script_host_t* h = arg;
   uv_mutex_lock(&h->mu);
@@ -442,29 +448,47 @@ static void worker(void* arg) {
     }
     uv_mutex_unlock(&h->mu);
 
-    if (j->kind == JOB_CALL) {
-      run_call(j, S);
-    } else if (j->kind == JOB_BUILD) {
-      run_build(h, j);
-    } else {
-      version_destroy(j->victim);
-      free(j);
-      j = NULL;
-    }
-
-    uv_mutex_lock(&h->mu);
-    if (S != NULL) {
-      v->free_states[v->n_free++] = S;
-      if (v->jq_head != NULL && !v->in_runq) {
-        rq_push(h, v);
-        uv_cond_signal(&h->cond);
+    for (;;) {
+      uint64_t t0 = uv_hrtime();
+      if (j->kind == JOB_CALL) {
+        run_call(j, S);
+      } else if (j->kind == JOB_BUILD) {
+        run_build(h, j);
+      } else {
+        version_destroy(j->victim);
+        free(j);
+        j = NULL;
       }
-    }
-    if (j != NULL) {
-      jq_push(&h->dq_head, &h->dq_tail, j);
-      uv_mutex_unlock(&h->mu);
-      uv_async_send(&h->async);
+      int quick = uv_hrtime() - t0 < QUICK_CALL_NS;
+
       uv_mutex_lock(&h->mu);
+      /* The loop drains the whole done queue on each wake-up, so only the
+       * push that makes it non-empty needs to wake it. */
+      int wake = 0;
+      if (j != NULL) {
+        wake = h->dq_head == NULL;
+        jq_push(&h->dq_head, &h->dq_tail, j);
+      }
+      job_t* next = NULL;
+      if (S != NULL && quick && v->jq_head != NULL && h->rq_head == NULL &&
+          h->tq_head == NULL && !h->stopping) {
+        next = jq_pop(&v->jq_head, &v->jq_tail);
+      }
+      if (next == NULL && S != NULL) {
+        v->free_states[v->n_free++] = S;
+        if (v->jq_head != NULL && !v->in_runq) {
+          rq_push(h, v);
+          uv_cond_signal(&h->cond);
+        }
+      }
+      if (wake) {
+        uv_mutex_unlock(&h->mu);
+        uv_async_send(&h->async);
+        uv_mutex_lock(&h->mu);
+      }
+      if (next == NULL) break; /* back to the queues, holding the lock */
+      j = next;
+      uv_mutex_unlock(&h->mu);
     }
   }
   h->exited++;
