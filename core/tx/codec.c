@@ -147,6 +147,25 @@ int txmq__half_decode(const void* data, size_t len, txmq__half_t* h) {
   if (rc == 0 && (!have_id || h->group == NULL || h->msgs == NULL ||
                   h->msgs->size == 0 || h->msgs->size > TXMQ_TX_MAX_MSGS))
     rc = TXMQ_ECORRUPT;
+  /* What txmq_tx_begin accepts and nothing else: the group and producer
+   * reach check targets (and the script host) as C strings, so a group
+   * that is not a valid name, or either one with a NUL inside, would send
+   * the check somewhere else than where it belongs. */
+  if (rc == 0) {
+    char g[TXMQ_NAME_MAX + 1];
+    if (h->group_len > TXMQ_NAME_MAX) {
+      rc = TXMQ_ECORRUPT;
+    } else {
+      memcpy(g, h->group, h->group_len);
+      g[h->group_len] = '\0';
+      if (memchr(g, '\0', h->group_len) != NULL || !txmq_name_valid(g))
+        rc = TXMQ_ECORRUPT;
+    }
+  }
+  if (rc == 0 && h->producer != NULL &&
+      (h->producer_len == 0 || h->producer_len > TXMQ__MAX_LABEL ||
+       memchr(h->producer, '\0', h->producer_len) != NULL))
+    rc = TXMQ_ECORRUPT;
   if (rc != 0) msgpack_unpacked_destroy(&h->up);
   return rc;
 }
@@ -213,7 +232,7 @@ int txmq__event_decode(const void* data, size_t len, txmq__event_t* ev) {
   int rc = unpack(data, len, &up);
   if (rc != 0) return rc;
   const msgpack_object_map* m = &up.data.via.map;
-  int have = 0; /* bits: tx, ev, prev */
+  int have = 0; /* bits: tx, ev, prev, src, count, at */
   for (uint32_t i = 0; i < m->size && rc == 0; i++) {
     const msgpack_object* k = &m->ptr[i].key;
     const msgpack_object* v = &m->ptr[i].val;
@@ -232,8 +251,10 @@ int txmq__event_decode(const void* data, size_t len, txmq__event_t* ev) {
       }
     } else if (key_is(k, "src")) {
       rc = get_uint(v, &u);
-      if (rc == 0 && u > TXMQ_TX_SRC_TIMEOUT) rc = TXMQ_ECORRUPT;
+      if (rc == 0 && (u < TXMQ_TX_SRC_PRODUCER || u > TXMQ_TX_SRC_TIMEOUT))
+        rc = TXMQ_ECORRUPT;
       ev->src = (txmq_tx_source_t)u;
+      have |= 8;
     } else if (key_is(k, "ver")) {
       rc = get_str(v, &ev->ver, &ev->ver_len);
     } else if (key_is(k, "who")) {
@@ -242,14 +263,18 @@ int txmq__event_decode(const void* data, size_t len, txmq__event_t* ev) {
       rc = get_uint(v, &u);
       if (rc == 0 && u > UINT32_MAX) rc = TXMQ_ECORRUPT;
       ev->count = (uint32_t)u;
+      have |= 16;
     } else if (key_is(k, "at")) {
       rc = get_int(v, &ev->at);
+      have |= 32;
     } else if (key_is(k, "prev")) {
       rc = get_uint(v, &ev->prev);
       have |= 4;
     }
   }
-  if (rc == 0 && have != 7) rc = TXMQ_ECORRUPT;
+  /* Every field our encoder writes must be there: an event replay acts on
+   * (a commit publishes) is never guessed from a partial record. */
+  if (rc == 0 && have != 63) rc = TXMQ_ECORRUPT;
   /* Strings point into data, not into the unpacked zone, so they outlive
    * it. */
   msgpack_unpacked_destroy(&up);

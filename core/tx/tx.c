@@ -28,9 +28,7 @@
 #include "tx/tx_int.h"
 
 #define MAX_TARGETS 64
-/* Bound on the strings a caller passes for the audit trail (who, version)
- * and on producer ids: they are copied into every event record. */
-#define MAX_LABEL 1024
+#define MAX_LABEL TXMQ__MAX_LABEL
 /* Options that are durations: an upper bound that keeps due-time arithmetic
  * far from overflow (about 35 years). */
 #define MAX_DURATION_MS (INT64_C(1) << 40)
@@ -164,6 +162,20 @@ static int64_t interval_for(const txmq_tx_t* tx, uint32_t count) {
     iv = iv * tx->backoff_pct / 100;
   }
   return iv < tx->interval_max_ms ? iv : tx->interval_max_ms;
+}
+
+/* Time arithmetic on values read back from records: those may be anything
+ * a foreign writer put there, so sums saturate instead of overflowing. */
+static int64_t sat_add(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) return b > 0 ? INT64_MAX : INT64_MIN;
+  return r;
+}
+
+static int64_t sat_sub(int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_sub_overflow(a, b, &r)) return b < 0 ? INT64_MAX : INT64_MIN;
+  return r;
 }
 
 /* Pending-per-topic counts: every topic of the entry's set, +1 or -1. */
@@ -818,13 +830,16 @@ static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   }
   e->half_pos = e->last_pos = le->pos;
   e->born_wall = h.at;
-  e->half_mono = (int64_t)mono_now(tx) - (wall_now(tx) - h.at);
+  e->half_mono = sat_sub((int64_t)mono_now(tx), sat_sub(wall_now(tx), h.at));
   e->nmsgs = (uint8_t)h.msgs->size;
   e->flags = 0;
   e->state = TXMQ_TX_PENDING;
   gauge(tx, e, +1);
   age_append(tx, i);
-  replay_due(tx, i, h.at + (h.immunity_ms > 0 ? h.immunity_ms : tx->timeout_ms));
+  /* txmq_tx_begin never writes an immunity over MAX_DURATION_MS. */
+  int64_t delay = h.immunity_ms > 0 ? h.immunity_ms : tx->timeout_ms;
+  if (delay > MAX_DURATION_MS) delay = MAX_DURATION_MS;
+  replay_due(tx, i, sat_add(h.at, delay));
   txmq__half_done(&h);
 }
 
@@ -849,7 +864,7 @@ static void replay_event(txmq_tx_t* tx, const txmq_log_entry_t* le,
     case TXMQ__EV_CHECK:
       e->count = count;
       if (e->state == TXMQ_TX_PENDING)
-        replay_due(tx, i, ev.at + interval_for(tx, e->count));
+        replay_due(tx, i, sat_add(ev.at, interval_for(tx, e->count)));
       break;
     case TXMQ__EV_PARK:
       e->count = count;
@@ -1014,8 +1029,9 @@ int txmq_tx_start(txmq_tx_t* tx) {
   uint64_t now = mono_now(tx);
   int64_t wall = wall_now(tx);
   for (uint32_t k = 0; k < tx->heap.n; k++) {
-    int64_t d = (int64_t)tx->heap.a[k].due - wall;
-    tx->heap.a[k].due = now + (uint64_t)(d > 0 ? d : 0);
+    int64_t d = sat_sub((int64_t)tx->heap.a[k].due, wall);
+    uint64_t u = d > 0 ? (uint64_t)d : 0;
+    tx->heap.a[k].due = u > UINT64_MAX - now ? UINT64_MAX : now + u;
   }
   tx->started = 1;
   arm(tx);

@@ -27,6 +27,9 @@
 #include "txmq/tx.h"
 
 #define TXMQ__NIL UINT32_MAX
+/* Bound on the strings a caller passes for the audit trail (who, version)
+ * and on producer ids: they are copied into every event record. */
+#define TXMQ__MAX_LABEL 1024
 
 /* ---- interned strings ---- */
 

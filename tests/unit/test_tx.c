@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <msgpack.h>
 
 #include "testutil.h"
 #include "txmq/error.h"
@@ -1220,6 +1221,158 @@ static void bad_arguments(void** state) {
   env_free(env);
 }
 
+/* ---- review: hostile records, lost park records, failed resumes ---- */
+
+static void on_raw_appended(txmq_log_t* log, int status, uint64_t pos, void* arg) {
+  (void)log;
+  (void)pos;
+  assert_int_equal(status, 0);
+  (*(int*)arg)++;
+}
+
+/* Appends one raw record of ours (as a foreign writer could) and waits. */
+static uint64_t append_raw(env_t* env, uint8_t type, const void* data, size_t len) {
+  txmq_log_rec_t r = {type, data, (uint32_t)len};
+  uint64_t pos = 0;
+  int done = 0;
+  assert_int_equal(txmq_store_append(env->st, &r, 1, &pos, on_raw_appended, &done), 0);
+  assert_true(tu_run_until(&env->loop, &done, 10000));
+  return pos;
+}
+
+static void pk_key(msgpack_packer* pk, const char* k) {
+  msgpack_pack_str_with_body(pk, k, strlen(k));
+}
+
+static void pk_id(msgpack_packer* pk, const uint8_t* id) {
+  msgpack_pack_bin_with_body(pk, id, TXMQ_TX_ID_LEN);
+}
+
+/* A half record as txmq__half_encode writes it, with the fields given. */
+static uint64_t append_half(env_t* env, const uint8_t* id, const char* group,
+                            size_t glen, int64_t immunity, int64_t at) {
+  txmq_msg_t* m = mk_msg("orders", "hostile");
+  assert_int_equal(txmq_store_prepare(env->st, m), 0);
+  void* mb = NULL;
+  size_t ml = 0;
+  assert_int_equal(txmq_msg_encode(m, &mb, &ml), 0);
+  txmq_msg_free(m);
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_map(&pk, 5);
+  pk_key(&pk, "tx");
+  pk_id(&pk, id);
+  pk_key(&pk, "group");
+  msgpack_pack_str_with_body(&pk, group, glen);
+  pk_key(&pk, "immunity_ms");
+  msgpack_pack_int64(&pk, immunity);
+  pk_key(&pk, "at");
+  msgpack_pack_int64(&pk, at);
+  pk_key(&pk, "msgs");
+  msgpack_pack_array(&pk, 1);
+  msgpack_sbuffer_write(&sb, mb, ml);
+  free(mb);
+  uint64_t pos = append_raw(env, TXMQ_REC_TX_HALF, sb.data, sb.size);
+  msgpack_sbuffer_destroy(&sb);
+  return pos;
+}
+
+/* An event record; the optional fields are left out when has_* is 0. */
+static void append_event_rec(env_t* env, const uint8_t* id, const char* ev,
+                             int has_src, uint32_t src, int has_count,
+                             uint32_t count, int has_at, int64_t at,
+                             uint64_t prev) {
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_map(&pk, 3 + (uint32_t)has_src + (uint32_t)has_count + (uint32_t)has_at);
+  pk_key(&pk, "tx");
+  pk_id(&pk, id);
+  pk_key(&pk, "ev");
+  pk_key(&pk, ev);
+  if (has_src) {
+    pk_key(&pk, "src");
+    msgpack_pack_uint32(&pk, src);
+  }
+  if (has_count) {
+    pk_key(&pk, "count");
+    msgpack_pack_uint32(&pk, count);
+  }
+  if (has_at) {
+    pk_key(&pk, "at");
+    msgpack_pack_int64(&pk, at);
+  }
+  pk_key(&pk, "prev");
+  msgpack_pack_uint64(&pk, prev);
+  append_raw(env, TXMQ_REC_TX_EVENT, sb.data, sb.size);
+  msgpack_sbuffer_destroy(&sb);
+}
+
+/* Records of our types that no engine wrote (a foreign or broken writer,
+ * with a valid checksum) are replayed without crashing (the sanitizer build
+ * aborts on signed overflow), without wrapping due times into the past, and
+ * without deciding anything. */
+static void hostile_records_at_replay(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-hostile");
+  env_open_dir(env);
+  uint8_t real[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, real);
+  txmq_tx_info_t info;
+  assert_int_equal(txmq_tx_show(env->tx, real, &info, NULL, NULL), 0);
+  uint64_t real_half = info.half_pos;
+
+  uint8_t h1[TXMQ_TX_ID_LEN] = {1}, h2[TXMQ_TX_ID_LEN] = {2},
+          h3[TXMQ_TX_ID_LEN] = {3}, h4[TXMQ_TX_ID_LEN] = {4},
+          h5[TXMQ_TX_ID_LEN] = {5};
+  /* An immunity no begin accepts: would wrap at + immunity negative. */
+  uint64_t p1 = append_half(env, h1, "g", 1, INT64_MAX, env->wall);
+  /* Wall times at the ends of the range. */
+  append_half(env, h2, "g", 1, 0, INT64_MAX);
+  append_half(env, h3, "g", 1, 0, INT64_MIN);
+  /* Groups no begin accepts: the name would reach check targets (and the
+   * script host) as a truncated or path-like string. */
+  append_half(env, h4, "bad/../name", 11, 0, env->wall);
+  append_half(env, h5, "g\0x", 3, 0, env->wall);
+  /* A counted check recorded at the end of time. */
+  append_event_rec(env, h1, "check", 1, TXMQ_TX_SRC_TIMEOUT, 1, 1, 1, INT64_MAX, p1);
+  /* Commits of the real transaction that our encoder never writes: no
+   * source, count or time; source 0. */
+  append_event_rec(env, real, "commit", 0, 0, 0, 0, 0, 0, real_half);
+  append_event_rec(env, real, "commit", 1, 0, 1, 0, 1, env->wall, real_half);
+  /* Not msgpack at all, and a truncated map. */
+  static const uint8_t junk[] = {0xc1, 0x00, 0xff};
+  static const uint8_t cut[] = {0x85, 0xa2, 't', 'x'};
+  append_raw(env, TXMQ_REC_TX_HALF, junk, sizeof junk);
+  append_raw(env, TXMQ_REC_TX_EVENT, junk, sizeof junk);
+  append_raw(env, TXMQ_REC_TX_HALF, cut, sizeof cut);
+  append_raw(env, TXMQ_REC_TX_EVENT, cut, sizeof cut);
+
+  env_reopen(env, NULL);
+  /* Nothing was decided by the malformed commits. */
+  assert_int_equal(visible(env, "orders"), 0);
+  assert_int_equal(txmq_tx_show(env->tx, real, &info, NULL, NULL), 0);
+  assert_int_equal(info.state, TXMQ_TX_PENDING);
+  /* The real one and h1..h3 are pending; h4 and h5 were skipped. */
+  assert_int_equal(metrics(env).pending, 4);
+  assert_int_equal(txmq_tx_show(env->tx, h4, NULL, NULL, NULL), TXMQ_ENOTFOUND);
+  assert_int_equal(txmq_tx_show(env->tx, h5, NULL, NULL, NULL), TXMQ_ENOTFOUND);
+  /* Only h3 (born at the start of time) is due; h1 and h2 saturate far in
+   * the future instead of wrapping into the past. */
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_memory_equal(last_offer(env, 0)->id, h3, TXMQ_TX_ID_LEN);
+  assert_int_equal(txmq_tx_show(env->tx, h1, &info, NULL, NULL), 0);
+  assert_int_equal(info.check_count, 1);
+  assert_true(info.due_in_ms > INT64_C(1) << 39);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_memory_equal(last_offer(env, 0)->id, real, TXMQ_TX_ID_LEN);
+  env_free(env);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unknown_check_commit),
@@ -1246,6 +1399,7 @@ int main(void) {
       cmocka_unit_test(tick_cost_follows_due_checks),
       cmocka_unit_test(names_and_ids),
       cmocka_unit_test(bad_arguments),
+      cmocka_unit_test(hostile_records_at_replay),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
