@@ -729,6 +729,11 @@ static size_t run_due(txmq_tx_t* tx) {
                     t ? t->name : NULL, 1);
       continue;
     }
+    if (e->count >= tx->max_checks) {
+      /* The maximum was lowered below its count: parked, not checked. */
+      park(tx, i);
+      continue;
+    }
     offered += (size_t)dispatch(tx, i, now);
   }
   arm(tx);
@@ -1034,6 +1039,18 @@ int txmq_tx_start(txmq_tx_t* tx) {
     tx->heap.a[k].due = u > UINT64_MAX - now ? UINT64_MAX : now + u;
   }
   tx->started = 1;
+  /* A transaction that used up its checks without a park on record (the
+   * park record is written after the last check's, and a crash can come
+   * between them; or the maximum was lowered) is parked now, not checked
+   * once more. */
+  for (uint32_t i = tx->age_head; i != TXMQ__NIL;) {
+    uint32_t next = E(tx, i)->age_next;
+    txmq__txe_t* e = E(tx, i);
+    if (e->state == TXMQ_TX_PENDING && !(e->flags & TXE_DECIDING) &&
+        e->count >= tx->max_checks)
+      park(tx, i);
+    i = next;
+  }
   arm(tx);
   return 0;
 }

@@ -1373,6 +1373,79 @@ static void hostile_records_at_replay(void** state) {
   env_free(env);
 }
 
+/* The park record is written after the check that reached the maximum, as
+ * a record of its own. A crash between the two leaves max_checks counted
+ * checks and no park: the engine must park it again, not check it once
+ * more. */
+static void park_redone_after_lost_park_record(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-lostpark");
+  env->max_checks = 2;
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  for (int k = 0; k < 2; k++) {
+    assert_int_equal(txmq_tx_tick(env->tx), 1);
+    assert_int_equal(txmq_tx_check_answer(env->tx, id, last_offer(env, 0)->seq,
+                                          TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_CHECK, NULL,
+                                          NULL),
+                     0);
+    advance(env, 30000);
+  }
+  assert_int_equal(metrics(env).parked, 1);
+  env_sync(env);
+  hist_t h;
+  memset(&h, 0, sizeof h);
+  assert_int_equal(txmq_tx_show(env->tx, id, NULL, hist_fn, &h), 0);
+  assert_string_equal(h.ev[h.n - 1], "park");
+  uint64_t park_pos = h.pos[h.n - 1];
+  char* img = env_crash_image(env, "tx-lostpark-img");
+  char* seg = tu_path(img, "log/00000000000000000000.log");
+  assert_int_equal(
+      tu_truncate(seg, (long long)(TXMQ_LOG_SEGMENT_HEADER_SIZE + park_pos + 5)), 0);
+  free(seg);
+  env_reopen(env, img);
+  free(img);
+  list_res_t l = list_all(env, NULL);
+  assert_int_equal(l.n, 1);
+  assert_int_equal(l.last.check_count, 2);
+  assert_int_equal(l.last.state, TXMQ_TX_PARKED);
+  advance(env, 3600000);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(env->tg[0].n, 0);
+  /* And the park is on record again. */
+  env_reopen(env, NULL);
+  assert_int_equal(list_all(env, NULL).last.state, TXMQ_TX_PARKED);
+  assert_int_equal(metrics(env).parked, 1);
+  env_free(env);
+}
+
+/* Lowering the maximum below a transaction's counted checks parks it at its
+ * next due time instead of checking it again. */
+static void lowered_max_checks_parks(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-lowermax");
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  for (int k = 0; k < 3; k++) {
+    assert_int_equal(txmq_tx_tick(env->tx), 1);
+    assert_int_equal(txmq_tx_check_answer(env->tx, id, last_offer(env, 0)->seq,
+                                          TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_CHECK, NULL,
+                                          NULL),
+                     0);
+    advance(env, 30000);
+  }
+  assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_MAX_CHECKS, 2), 0);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(env->tg[0].n, 3);
+  assert_int_equal(list_all(env, NULL).last.state, TXMQ_TX_PARKED);
+  assert_int_equal(metrics(env).parks, 1);
+  env_free(env);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unknown_check_commit),
@@ -1400,6 +1473,8 @@ int main(void) {
       cmocka_unit_test(names_and_ids),
       cmocka_unit_test(bad_arguments),
       cmocka_unit_test(hostile_records_at_replay),
+      cmocka_unit_test(park_redone_after_lost_park_record),
+      cmocka_unit_test(lowered_max_checks_parks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
