@@ -1245,15 +1245,17 @@ static void on_event_op(txmq_log_t* log, int status, uint64_t pos, void* arg) {
   maybe_finish_close(tx);
 }
 
+/* prev_count: the count to restore if a resume's record fails (the caller
+ * has already set the fresh one that the record carries). */
 static int event_op(txmq_tx_t* tx, uint32_t i, int kind, txmq__ev_t ev,
                     txmq_tx_source_t src, const char* ver, const char* who,
-                    txmq_tx_end_cb cb, void* arg) {
+                    uint16_t prev_count, txmq_tx_end_cb cb, void* arg) {
   event_op_t* op = calloc(1, sizeof *op);
   if (op == NULL) return TXMQ_ENOMEM;
   op->tx = tx;
   memcpy(op->id, E(tx, i)->id, TXMQ_TX_ID_LEN);
   op->kind = kind;
-  op->prev_count = E(tx, i)->count;
+  op->prev_count = prev_count;
   op->cb = cb;
   op->arg = arg;
   int rc = append_event(tx, i, ev, src, ver, who, on_event_op, op);
@@ -1300,7 +1302,7 @@ int txmq_tx_end(txmq_tx_t* tx, const uint8_t* tx_id,
   if (e->state == TXMQ_TX_PARKED) return TXMQ_EPARKED;
   if (decision == TXMQ_TX_UNKNOWN)
     return event_op(tx, i, EVOP_UNKNOWN, TXMQ__EV_UNKNOWN, source, version, who,
-                    cb, arg);
+                    E(tx, i)->count, cb, arg);
   return decide(tx, i, decision, source, version, who, cb, arg);
 }
 
@@ -1371,7 +1373,7 @@ int txmq_tx_resume(txmq_tx_t* tx, const uint8_t* tx_id, const char* who,
   uint16_t prev = e->count;
   e->count = 0; /* the record carries the fresh budget */
   int rc = event_op(tx, i, EVOP_RESUME, TXMQ__EV_RESUME, TXMQ_TX_SRC_OPERATOR,
-                    NULL, who, cb, arg);
+                    NULL, who, prev, cb, arg);
   if (rc != 0) {
     e->count = prev;
     return rc;

@@ -1446,6 +1446,39 @@ static void lowered_max_checks_parks(void** state) {
   env_free(env);
 }
 
+void txmq__log_inject_fault(txmq_log_t* log, int what, int err);
+
+/* A resume whose record fails puts the transaction back as it was: parked,
+ * with the checks it had. */
+static void failed_resume_keeps_count(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-resumefail");
+  env->max_checks = 1;
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, last_offer(env, 0)->seq,
+                                        TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_CHECK, NULL,
+                                        NULL),
+                   0);
+  env_sync(env);
+  assert_int_equal(list_all(env, NULL).last.check_count, 1);
+  txmq__log_inject_fault(txmq_store_log(env->st), 0, 5 /* EIO */);
+  end_res_t r = {0};
+  assert_int_equal(txmq_tx_resume(env->tx, id, "ops", on_end, &r), 0);
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+  assert_true(r.status < 0);
+  assert_int_equal(r.state, TXMQ_TX_PARKED);
+  list_res_t l = list_all(env, NULL);
+  assert_int_equal(l.last.state, TXMQ_TX_PARKED);
+  assert_int_equal(l.last.check_count, 1);
+  assert_int_equal(metrics(env).parked, 1);
+  assert_int_equal(metrics(env).resumes, 0);
+  env_free(env);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unknown_check_commit),
@@ -1475,6 +1508,7 @@ int main(void) {
       cmocka_unit_test(hostile_records_at_replay),
       cmocka_unit_test(park_redone_after_lost_park_record),
       cmocka_unit_test(lowered_max_checks_parks),
+      cmocka_unit_test(failed_resume_keeps_count),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
