@@ -193,6 +193,15 @@ static void on_script_check(txmq_script_host_t* host, int status,
   (void)host;
   (void)diag; /* the host already logged it with path, version and line */
   script_check_t* c = arg;
+  if (status == TXMQ_ECLOSED || status == TXMQ_ENOTFOUND) {
+    /* checkLocalTransaction never ran: the host closed before it got to
+     * it, or the group's script was gone when it was loaded. Nobody
+     * answered, so this is not a check: hand it back to the engine, which
+     * offers it again (to the next targets) without counting it. */
+    txmq_tx_check_failed(c->rt->tx, c->tx_id, c->seq);
+    free(c);
+    return;
+  }
   txmq_tx_decision_t d = decision_of(status, result);
   const char* ver = version != NULL && version[0] != '\0' ? version : NULL;
   int rc = txmq_tx_check_answer(c->rt->tx, c->tx_id, c->seq, d,

@@ -396,6 +396,94 @@ static void reload_changes_the_deciding_version(void** state) {
   env_free(env);
 }
 
+/* ---- review: checks the handler never ran ---- */
+
+/* txmq.host.block(): tells the test it runs, then waits for its go. */
+typedef struct {
+  uv_sem_t entered;
+  uv_sem_t go;
+} gate_t;
+
+static int host_block(lua_State* L) {
+  gate_t* g = txmq_script_fn_arg(L);
+  uv_sem_post(&g->entered);
+  uv_sem_wait(&g->go);
+  return 0;
+}
+
+static const char* BLOCKING_CHECK =
+    "function executeLocalTransaction(msg, arg)\n"
+    "  return txmq.UNKNOWN\n"
+    "end\n"
+    "function checkLocalTransaction(msg)\n"
+    "  txmq.host.block()\n"
+    "  return txmq.UNKNOWN\n"
+    "end\n";
+
+static void env_open_gated(env_t* env, gate_t* g) {
+  assert_int_equal(txmq_runtime_new(&env->rt, &env->loop, env->data, env->scripts), 0);
+  txmq_store_t* st = txmq_runtime_store(env->rt);
+  assert_int_equal(txmq_store_set(st, TXMQ_STORE_OPT_SYNC, TXMQ_SYNC_NEVER), 0);
+  assert_int_equal(txmq_store_set(st, TXMQ_STORE_OPT_DEFAULT_QUEUES, 1), 0);
+  txmq_tx_t* tx = txmq_runtime_tx(env->rt);
+  assert_int_equal(txmq_tx_set(tx, TXMQ_TX_OPT_MANUAL_CLOCK, 1), 0);
+  txmq_tx_clock_t clk = {f_mono, f_wall, env};
+  txmq_tx_set_clock(tx, &clk);
+  txmq_script_host_t* sh = txmq_runtime_scripts(env->rt);
+  assert_int_equal(txmq_script_host_set(sh, TXMQ_SCRIPT_OPT_WATCH, 0), 0);
+  assert_int_equal(txmq_script_host_set(sh, TXMQ_SCRIPT_OPT_CALL_BUDGET_MS, 10000), 0);
+  assert_int_equal(txmq_script_register(sh, "block", host_block, g), 0);
+  assert_int_equal(txmq_runtime_open(env->rt), 0);
+}
+
+/* A check still queued for the handler when the runtime closes ends with
+ * TXMQ_ECLOSED without checkLocalTransaction ever running: nobody
+ * answered, so it must not count as a check (nor be recorded as the
+ * script's UNKNOWN). The one that ran counts. */
+static void unrun_check_at_close_not_counted(void** state) {
+  (void)state;
+  env_t* env = env_new();
+  write_script(env, "orders-svc", BLOCKING_CHECK);
+  gate_t g;
+  assert_int_equal(uv_sem_init(&g.entered, 0), 0);
+  assert_int_equal(uv_sem_init(&g.go, 0), 0);
+  env_open_gated(env, &g);
+  hosted(env, "orders-svc", "first", NULL);
+  uint8_t first[TXMQ_TX_ID_LEN], second[TXMQ_TX_ID_LEN];
+  memcpy(first, env->tx_id, sizeof first);
+  env->mono += 1;
+  env->wall += 1;
+  hosted(env, "orders-svc", "second", NULL);
+  memcpy(second, env->tx_id, sizeof second);
+  assert_int_equal(env->state, TXMQ_TX_PENDING);
+  env->mono += 6000;
+  env->wall += 6000;
+  /* Both offered to the script: the first runs (and blocks), the second
+   * waits behind it for the group's one Lua state. */
+  assert_int_equal(txmq_tx_tick(txmq_runtime_tx(env->rt)), 2);
+  uv_sem_wait(&g.entered);
+  env->closed = 0;
+  assert_int_equal(txmq_runtime_close(env->rt, on_closed, env), 0);
+  uv_sem_post(&g.go);
+  assert_true(tu_run_until(&env->loop, &env->closed, 10000));
+  txmq_runtime_free(env->rt);
+  env->rt = NULL;
+
+  env_open_gated(env, &g);
+  txmq_tx_info_t info;
+  history_t h = show(env, first, &info);
+  assert_int_equal(info.check_count, 1);
+  assert_string_equal(h.events[h.n - 1], "unknown");
+  h = show(env, second, &info);
+  assert_int_equal(info.state, TXMQ_TX_PENDING);
+  assert_int_equal(info.check_count, 0);
+  /* "half" and execute's "unknown", and no answer to a check. */
+  assert_int_equal(h.n, 2);
+  env_free(env);
+  uv_sem_destroy(&g.entered);
+  uv_sem_destroy(&g.go);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(script_commit_is_visible),
@@ -405,6 +493,7 @@ int main(void) {
       cmocka_unit_test(no_script_stores_nothing),
       cmocka_unit_test(arg_reaches_execute),
       cmocka_unit_test(reload_changes_the_deciding_version),
+      cmocka_unit_test(unrun_check_at_close_not_counted),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
