@@ -84,7 +84,11 @@ static void hosted_finish(hosted_t* h, int status, txmq_tx_state_t state) {
  * check decided it first): what the caller should be told. */
 static txmq_tx_state_t current_state(txmq_runtime_t* rt, const uint8_t* id) {
   txmq_tx_info_t info;
-  if (txmq_tx_show(rt->tx, id, &info, NULL, NULL) == 0) return info.state;
+  /* show fills info as soon as it knows the transaction, before it reads
+   * the history: TXMQ_EAGAIN (the decision that won is accepted but not yet
+   * written) or a history read error still leave the state right. */
+  int rc = txmq_tx_show(rt->tx, id, &info, NULL, NULL);
+  if (rc != TXMQ_ENOTFOUND && rc != TXMQ_EINVAL) return info.state;
   return TXMQ_TX_PENDING;
 }
 

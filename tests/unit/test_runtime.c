@@ -42,6 +42,7 @@ typedef struct {
   char version[32];
   char diag[512];
   int closed;
+  int states; /* Lua states per group for env_open_gated, 0: default */
 } env_t;
 
 static uint64_t f_mono(void* a) { return ((env_t*)a)->mono; }
@@ -402,6 +403,7 @@ static void reload_changes_the_deciding_version(void** state) {
 typedef struct {
   uv_sem_t entered;
   uv_sem_t go;
+  uv_sem_t go2;
 } gate_t;
 
 static int host_block(lua_State* L) {
@@ -410,6 +412,8 @@ static int host_block(lua_State* L) {
   uv_sem_wait(&g->go);
   return 0;
 }
+
+static int host_mark(lua_State* L);
 
 static const char* BLOCKING_CHECK =
     "function executeLocalTransaction(msg, arg)\n"
@@ -433,6 +437,10 @@ static void env_open_gated(env_t* env, gate_t* g) {
   assert_int_equal(txmq_script_host_set(sh, TXMQ_SCRIPT_OPT_WATCH, 0), 0);
   assert_int_equal(txmq_script_host_set(sh, TXMQ_SCRIPT_OPT_CALL_BUDGET_MS, 10000), 0);
   assert_int_equal(txmq_script_register(sh, "block", host_block, g), 0);
+  assert_int_equal(txmq_script_register(sh, "mark", host_mark, g), 0);
+  if (env->states > 0)
+    assert_int_equal(
+        txmq_script_host_set(sh, TXMQ_SCRIPT_OPT_STATES_PER_GROUP, env->states), 0);
   assert_int_equal(txmq_runtime_open(env->rt), 0);
 }
 
@@ -484,6 +492,69 @@ static void unrun_check_at_close_not_counted(void** state) {
   uv_sem_destroy(&g.go);
 }
 
+/* txmq.host.mark(): tells the test the check ran. */
+static int host_mark(lua_State* L) {
+  gate_t* g = txmq_script_fn_arg(L);
+  uv_sem_post(&g->go2);
+  return 0;
+}
+
+static const char* RACING =
+    "function executeLocalTransaction(msg, arg)\n"
+    "  txmq.host.block()\n"
+    "  return txmq.COMMIT\n"
+    "end\n"
+    "function checkLocalTransaction(msg)\n"
+    "  txmq.host.mark()\n"
+    "  return txmq.ROLLBACK\n"
+    "end\n";
+
+/* The check decides ROLLBACK while executeLocalTransaction (which will say
+ * COMMIT) still runs; both answers reach the loop in one batch, so the
+ * rollback is accepted but not yet written when execute's COMMIT is
+ * refused. The caller must hear the transaction's real state (rolled
+ * back), not "pending, checks will decide it". */
+static void refused_execute_reports_the_winning_decision(void** state) {
+  (void)state;
+  env_t* env = env_new();
+  write_script(env, "orders-svc", RACING);
+  gate_t g;
+  assert_int_equal(uv_sem_init(&g.entered, 0), 0);
+  assert_int_equal(uv_sem_init(&g.go, 0), 0);
+  assert_int_equal(uv_sem_init(&g.go2, 0), 0);
+  env->states = 2;
+  env_open_gated(env, &g);
+  txmq_msg_t* m = txmq_msg_new();
+  assert_int_equal(txmq_msg_set_topic(m, "orders"), 0);
+  assert_int_equal(txmq_msg_set_body(m, "x", 1), 0);
+  env->done = 0;
+  assert_int_equal(txmq_runtime_tx_send(env->rt, "orders-svc", "producer-1", &m, 1,
+                                        NULL, 0, 0, on_hosted, env),
+                   0);
+  txmq_msg_free(m);
+  /* executeLocalTransaction is running (and held). */
+  while (uv_sem_trywait(&g.entered) != 0) {
+    uv_run(&env->loop, UV_RUN_NOWAIT);
+    uv_sleep(1);
+  }
+  env->mono += 6000;
+  env->wall += 6000;
+  assert_int_equal(txmq_tx_tick(txmq_runtime_tx(env->rt)), 1);
+  uv_sem_wait(&g.go2); /* the check ran on the group's other state */
+  uv_sleep(100);
+  uv_sem_post(&g.go);  /* execute returns COMMIT */
+  uv_sleep(100);
+  assert_true(tu_run_until(&env->loop, &env->done, 10000));
+  assert_int_equal(env->status, TXMQ_ECONFLICT);
+  assert_int_equal(env->state, TXMQ_TX_ROLLED_BACK);
+  wait_state(env, env->tx_id, TXMQ_TX_ROLLED_BACK);
+  assert_int_equal(queue_end(env), 0);
+  env_free(env);
+  uv_sem_destroy(&g.entered);
+  uv_sem_destroy(&g.go);
+  uv_sem_destroy(&g.go2);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(script_commit_is_visible),
@@ -494,6 +565,7 @@ int main(void) {
       cmocka_unit_test(arg_reaches_execute),
       cmocka_unit_test(reload_changes_the_deciding_version),
       cmocka_unit_test(unrun_check_at_close_not_counted),
+      cmocka_unit_test(refused_execute_reports_the_winning_decision),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
