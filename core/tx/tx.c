@@ -677,7 +677,8 @@ static int dispatch(txmq_tx_t* tx, uint32_t i, uint64_t now) {
     size_t t = (start + k) % nt;
     /* Pool entries never move, but re-read the state: an earlier target
      * may have answered from inside its call. */
-    if (e->state != TXMQ_TX_PENDING || (e->flags & TXE_DECIDING)) break;
+    if (e->state != TXMQ_TX_PENDING || (e->flags & TXE_DECIDING) || tx->closing)
+      break;
     uint32_t seq = ++e->seq;
     e->flags |= TXE_IN_FLIGHT;
     e->target = (uint8_t)t;
@@ -713,7 +714,8 @@ static size_t run_due(txmq_tx_t* tx) {
   size_t offered = 0;
   /* Each pass takes the earliest entry and either removes it from the heap
    * or moves its due time past now, so the loop only visits due entries. */
-  while (tx->heap.n > 0 && tx->heap.a[0].due <= now) {
+  /* A target may close the engine from inside its check(): stop there. */
+  while (!tx->closing && tx->heap.n > 0 && tx->heap.a[0].due <= now) {
     uint32_t i = tx->heap.a[0].tx;
     txmq__txe_t* e = E(tx, i);
     if (e->state != TXMQ_TX_PENDING || (e->flags & (TXE_DECIDING | TXE_HALF_PENDING))) {

@@ -1479,6 +1479,49 @@ static void failed_resume_keeps_count(void** state) {
   env_free(env);
 }
 
+typedef struct {
+  env_t* env;
+  size_t offers;
+  int closed;
+} closer_t;
+
+static int closing_check(void* arg, txmq_tx_t* tx, const txmq_tx_check_t* c) {
+  (void)c;
+  closer_t* k = arg;
+  k->offers++;
+  if (k->offers == 1)
+    assert_int_equal(txmq_tx_close(tx, on_tx_closed, &k->closed), 0);
+  return 0;
+}
+
+/* A target that closes the engine from inside check() (a daemon shutting
+ * down): the tick stops there, no check is offered after the close. */
+static void no_check_offered_after_close(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-closeincheck");
+  env->ntargets = 0;
+  env_open_dir(env);
+  closer_t k = {env, 0, 0};
+  txmq_tx_target_t t = {"closer", closing_check};
+  assert_int_equal(txmq_tx_add_target(env->tx, &t, &k), 0);
+  uint8_t a[TXMQ_TX_ID_LEN], b[TXMQ_TX_ID_LEN], c[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, a);
+  begin1(env, "orders", 0, b);
+  begin1(env, "orders", 0, c);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(k.offers, 1);
+  assert_true(tu_run_until(&env->loop, &k.closed, 10000));
+  int done = 0;
+  assert_int_equal(txmq_store_close(env->st, on_store_closed, &done), 0);
+  assert_true(tu_run_until(&env->loop, &done, 10000));
+  txmq_tx_free(env->tx);
+  txmq_store_free(env->st);
+  env->tx = NULL;
+  env->st = NULL;
+  env_free(env);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unknown_check_commit),
@@ -1509,6 +1552,7 @@ int main(void) {
       cmocka_unit_test(park_redone_after_lost_park_record),
       cmocka_unit_test(lowered_max_checks_parks),
       cmocka_unit_test(failed_resume_keeps_count),
+      cmocka_unit_test(no_check_offered_after_close),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
