@@ -12,11 +12,14 @@
 
 #include <jansson.h>
 
+#include "txmq/msg.h"
+
 /* Exit status of the tool (DESIGN §7: 0 on success, non-zero with a
  * one-line reason on standard error). */
 enum {
   CLI_EXIT_OK = 0,
   CLI_EXIT_DATA = 1,   /* the data is damaged or unreadable */
+  CLI_EXIT_FAIL = 1,   /* the server refused, or could not be reached */
   CLI_EXIT_USAGE = 2   /* bad command line, or a command not available */
 };
 
@@ -70,6 +73,14 @@ int cli_parse_u64(const char* opt, const char* s, uint64_t* out);
 int cli_cmd_log(const cli_args_t* a);
 void cli_usage_log(FILE* f);
 
+/* The commands that talk to txmqd (remote_cmd.c): send, tx send|list|show|
+ * resume, consume, status, reload. */
+int cli_cmd_send(const cli_args_t* a);
+int cli_cmd_tx(const cli_args_t* a);
+int cli_cmd_consume(const cli_args_t* a);
+int cli_cmd_status(const cli_args_t* a);
+int cli_cmd_reload(const cli_args_t* a);
+
 /* ---- renderers (render.c) ---- */
 
 /* Non-zero if s[0..len) is valid UTF-8 without control characters other
@@ -91,6 +102,12 @@ void cli_put_time_ms(FILE* f, int64_t ms);
 json_t* cli_json_str(const void* s, size_t len);
 /* A new JSON string holding the base64 (RFC 4648, padded) of p[0..len). */
 json_t* cli_json_base64(const void* p, size_t len);
+/* A new JSON object for message m, the schema of `log dump --json`: id,
+ * topic, qid, qoff (if visible), tags, keys, props, born_ms, stored_ms,
+ * body_len, body_encoding ("text" or "base64") and body. The body is text
+ * when it is printable UTF-8, or with text_if_utf8 whenever it is valid
+ * UTF-8. */
+json_t* cli_msg_json(const txmq_msg_t* m, int text_if_utf8);
 /* Prints obj compactly on one line to stdout and releases it. Returns 0, or
  * -1 if it could not be encoded (out of memory). */
 int cli_json_print(json_t* obj);

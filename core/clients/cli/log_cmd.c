@@ -429,44 +429,6 @@ static void dump_segment_plain(logcmd_t* c, size_t i) {
 
 /* ---- dump: JSON ---- */
 
-static json_t* msg_json(const txmq_msg_t* m) {
-  char id[TXMQ_MSG_ID_STRLEN + 1];
-  json_t* o = json_object();
-  json_object_set_new(o, "id", json_string(txmq_msg_id_str(m, id)));
-  const char* t = txmq_msg_topic(m);
-  json_object_set_new(o, "topic", cli_json_str(t ? t : "", t ? strlen(t) : 0));
-  json_object_set_new(o, "qid", json_integer(txmq_msg_queue_id(m)));
-  if (txmq_msg_queue_offset(m) >= 0)
-    json_object_set_new(o, "qoff", json_integer(txmq_msg_queue_offset(m)));
-  if (txmq_msg_tags(m))
-    json_object_set_new(o, "tags", cli_json_str(txmq_msg_tags(m), strlen(txmq_msg_tags(m))));
-  if (txmq_msg_keys(m))
-    json_object_set_new(o, "keys", cli_json_str(txmq_msg_keys(m), strlen(txmq_msg_keys(m))));
-  json_t* props = json_object();
-  for (size_t i = 0; i < txmq_msg_prop_count(m); i++) {
-    const char *k, *v;
-    if (txmq_msg_prop_at(m, i, &k, &v) != 0) break;
-    /* Keys that are not UTF-8 are shown with U+FFFD, like values. */
-    json_t* jk = cli_json_str(k, strlen(k));
-    if (jk) json_object_set_new(props, json_string_value(jk), cli_json_str(v, strlen(v)));
-    json_decref(jk);
-  }
-  json_object_set_new(o, "props", props);
-  json_object_set_new(o, "born_ms", json_integer(txmq_msg_born_ms(m)));
-  json_object_set_new(o, "stored_ms", json_integer(txmq_msg_store_ms(m)));
-  size_t blen = 0;
-  const void* body = txmq_msg_body(m, &blen);
-  json_object_set_new(o, "body_len", json_integer((json_int_t)blen));
-  if (cli_is_text(body, blen)) {
-    json_object_set_new(o, "body_encoding", json_string("text"));
-    json_object_set_new(o, "body", json_stringn(body, blen));
-  } else {
-    json_object_set_new(o, "body_encoding", json_string("base64"));
-    json_object_set_new(o, "body", cli_json_base64(body, blen));
-  }
-  return o;
-}
-
 static int dump_record_json(logcmd_t* c, const txmq_log_entry_t* e) {
   char tb[8];
   int ok = 1;
@@ -483,7 +445,7 @@ static int dump_record_json(logcmd_t* c, const txmq_log_entry_t* e) {
     txmq_msg_t* m = NULL;
     int r = txmq_msg_decode(e->data, e->len, &m);
     if (r == 0) {
-      json_object_set_new(o, "msg", msg_json(m));
+      json_object_set_new(o, "msg", cli_msg_json(m, 0));
     } else {
       json_object_set_new(o, "error", json_string(txmq_err_name(r)));
       ok = check_payload(c, e);

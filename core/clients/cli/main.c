@@ -3,10 +3,8 @@
  * style: options may stand anywhere, before or after the positional
  * arguments; `--` ends them) and dispatches to a subcommand.
  *
- * Only the offline log commands exist so far (`txmq log dump|verify`). The
- * commands that talk to txmqd are recognised and refused with exit status 2,
- * because there is no daemon to talk to yet: the tool never pretends to
- * have sent or consumed anything.
+ * The offline log commands are in log_cmd.c; the commands that talk to
+ * txmqd (send, tx, consume, status, reload) in remote_cmd.c.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -15,12 +13,13 @@
 #include <string.h>
 
 #include "clients/cli/cli.h"
+#include "txmq/client.h"
 
 #ifndef TXMQ_VERSION
 #define TXMQ_VERSION "unknown"
 #endif
 
-#define DEFAULT_SERVER "127.0.0.1:8967"
+#define DEFAULT_SERVER TXMQ_DEFAULT_SERVER
 
 void cli_err(const char* fmt, ...) {
   char buf[4096];
@@ -100,22 +99,33 @@ static void usage(FILE* f) {
       "  txmq log dump DIR [--from POS] [-n N]   print segments and records\n"
       "  txmq log verify DIR                     check every record\n"
       "\n"
-      "Commands that talk to txmqd (not available yet: txmqd is not built):\n"
+      "Commands that talk to txmqd:\n"
       "  txmq send TOPIC [BODY|-] [--tags T] [--keys K] [--prop K=V]...\n"
+      "      a plain message; BODY '-' reads standard input, no BODY is empty\n"
       "  txmq tx send --group G TOPIC [BODY|-] [--arg A]\n"
+      "      a transaction decided by the group's script in txmqd; prints the\n"
+      "      message id, the transaction id and the transaction state\n"
       "  txmq consume TOPIC --group G [--tags 'A || B'] [-n N] [--timeout S]\n"
-      "  txmq tx list [--group G] | tx show TXID | tx resume TXID\n"
-      "  txmq status\n"
-      "  txmq reload GROUP\n"
+      "               [--from earliest|latest|OFFSET]\n"
+      "      one message per line, each acknowledged once printed; stops after\n"
+      "      N messages or S seconds without one (default: never); a new group\n"
+      "      starts from the earliest message unless --from says otherwise\n"
+      "  txmq tx list [--group G]      pending and parked transactions\n"
+      "  txmq tx show TXID             a transaction and its history\n"
+      "  txmq tx resume TXID           a parked transaction checked again\n"
+      "  txmq status                   the server's state and counters\n"
+      "  txmq reload GROUP             load scripts/GROUP.lua again\n"
       "\n"
       "Options may stand anywhere on the line; '--' ends them.\n"
       "  --json            one JSON object per line, for scripts\n"
       "  --server H:P      txmqd address (default " DEFAULT_SERVER
       ", or $TXMQ_SERVER)\n"
+      "                    $TXMQ_SECRET is sent as the secret when auth is on\n"
       "  -h, --help        this help; --version prints the version\n"
       "\n"
-      "Exit status: 0 ok, 1 the data is corrupt or unreadable, 2 usage error\n"
-      "or command not available. Errors are one line on standard error.\n",
+      "Exit status: 0 ok; 1 the request failed, the server could not be\n"
+      "reached, or the data is corrupt; 2 usage error. Errors are one line on\n"
+      "standard error.\n",
       f);
 }
 
@@ -151,17 +161,6 @@ static const char* long_name(int val) {
   for (const struct option* o = long_opts; o->name; o++)
     if (o->val == val) return o->name;
   return "?";
-}
-
-/* Commands that need the daemon. */
-static int not_built(const cli_args_t* a) {
-  const char* cmd = a->pos[0];
-  if (strcmp(cmd, "tx") == 0 && a->npos > 1) {
-    cli_err("'tx %s' needs txmqd, which is not built yet", a->pos[1]);
-  } else {
-    cli_err("'%s' needs txmqd, which is not built yet", cmd);
-  }
-  return CLI_EXIT_USAGE;
 }
 
 int main(int argc, char** argv) {
@@ -237,10 +236,16 @@ int main(int argc, char** argv) {
   const char* cmd = a.pos[0];
   if (strcmp(cmd, "log") == 0) {
     rc = cli_cmd_log(&a);
-  } else if (strcmp(cmd, "send") == 0 || strcmp(cmd, "tx") == 0 ||
-             strcmp(cmd, "consume") == 0 || strcmp(cmd, "status") == 0 ||
-             strcmp(cmd, "reload") == 0) {
-    rc = not_built(&a);
+  } else if (strcmp(cmd, "send") == 0) {
+    rc = cli_cmd_send(&a);
+  } else if (strcmp(cmd, "tx") == 0) {
+    rc = cli_cmd_tx(&a);
+  } else if (strcmp(cmd, "consume") == 0) {
+    rc = cli_cmd_consume(&a);
+  } else if (strcmp(cmd, "status") == 0) {
+    rc = cli_cmd_status(&a);
+  } else if (strcmp(cmd, "reload") == 0) {
+    rc = cli_cmd_reload(&a);
   } else {
     cli_err("unknown command '%s' (see 'txmq --help')", cmd);
   }

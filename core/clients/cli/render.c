@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "clients/cli/cli.h"
+#include "txmq/msg.h"
 
 /* Decodes one UTF-8 sequence at p (n bytes left). Returns its length and
  * stores the code point, or returns 0 for an invalid sequence (overlong
@@ -188,4 +189,42 @@ int cli_json_print(json_t* obj) {
   if (rc != 0) return -1;
   fputc('\n', stdout);
   return 0;
+}
+
+json_t* cli_msg_json(const txmq_msg_t* m, int text_if_utf8) {
+  char id[TXMQ_MSG_ID_STRLEN + 1];
+  json_t* o = json_object();
+  json_object_set_new(o, "id", json_string(txmq_msg_id_str(m, id)));
+  const char* t = txmq_msg_topic(m);
+  json_object_set_new(o, "topic", cli_json_str(t ? t : "", t ? strlen(t) : 0));
+  json_object_set_new(o, "qid", json_integer(txmq_msg_queue_id(m)));
+  if (txmq_msg_queue_offset(m) >= 0)
+    json_object_set_new(o, "qoff", json_integer(txmq_msg_queue_offset(m)));
+  if (txmq_msg_tags(m))
+    json_object_set_new(o, "tags", cli_json_str(txmq_msg_tags(m), strlen(txmq_msg_tags(m))));
+  if (txmq_msg_keys(m))
+    json_object_set_new(o, "keys", cli_json_str(txmq_msg_keys(m), strlen(txmq_msg_keys(m))));
+  json_t* props = json_object();
+  for (size_t i = 0; i < txmq_msg_prop_count(m); i++) {
+    const char *k, *v;
+    if (txmq_msg_prop_at(m, i, &k, &v) != 0) break;
+    /* Keys that are not UTF-8 are shown with U+FFFD, like values. */
+    json_t* jk = cli_json_str(k, strlen(k));
+    if (jk) json_object_set_new(props, json_string_value(jk), cli_json_str(v, strlen(v)));
+    json_decref(jk);
+  }
+  json_object_set_new(o, "props", props);
+  json_object_set_new(o, "born_ms", json_integer(txmq_msg_born_ms(m)));
+  json_object_set_new(o, "stored_ms", json_integer(txmq_msg_store_ms(m)));
+  size_t blen = 0;
+  const void* body = txmq_msg_body(m, &blen);
+  json_object_set_new(o, "body_len", json_integer((json_int_t)blen));
+  if (text_if_utf8 ? cli_is_utf8(body, blen) : cli_is_text(body, blen)) {
+    json_object_set_new(o, "body_encoding", json_string("text"));
+    json_object_set_new(o, "body", json_stringn(body, blen));
+  } else {
+    json_object_set_new(o, "body_encoding", json_string("base64"));
+    json_object_set_new(o, "body", cli_json_base64(body, blen));
+  }
+  return o;
 }
