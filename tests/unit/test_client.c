@@ -769,7 +769,7 @@ static void answer_all(fs_t* fs, fs_conn_t* c, const msgpack_object* o,
       copy_str(sn->arg, sizeof sn->arg, a);
       uv_mutex_unlock(&fs->mu);
     }
-    resp_begin(&b, id, 1, send ? 4 : 2);
+    resp_begin(&b, id, 1, send ? 5 : 2);
     kv_bin(&b.pk, "tx_id", ID_B, 16);
     pk_s(&b.pk, "msg_ids");
     msgpack_pack_array(&b.pk, msgs->via.array.size);
@@ -783,6 +783,7 @@ static void answer_all(fs_t* fs, fs_conn_t* c, const msgpack_object* o,
     if (send) {
       kv_s(&b.pk, "state", "committed");
       kv_s(&b.pk, "version", "v-abc123");
+      kv_s(&b.pk, "diag", "g1.lua:3: time limit\nexceeded");
     }
   } else if (strcmp(op, "tx.end") == 0) {
     uv_mutex_lock(&fs->mu);
@@ -1863,6 +1864,7 @@ static void blocking_layer(void** state) {
                                      &tr), 0);
   assert_int_equal(tr.state, TXMQ_TX_COMMITTED);
   assert_string_equal(tr.version, "v-abc123");
+  assert_string_equal(tr.diag, "g1.lua:3: time limit exceeded");
   txmq_msg_free(m);
 
   txmq_receive_opts_t ro = {.group = "cg", .topic = "TopicTest", .wait_ms = 10};

@@ -523,10 +523,16 @@ static int tx_send(const cli_args_t* a) {
       json_object_set_new(o, "group", json_string(a->group));
       json_object_set_new(o, "topic", json_string(txmq_msg_topic(m)));
       json_object_set_new(o, "version", cli_json_str(r.version, strlen(r.version)));
+      if (r.diag[0]) json_object_set_new(o, "diag", cli_json_str(r.diag, strlen(r.diag)));
       cli_json_print(o);
     } else {
       printf("msg_id=%s tx_id=%s state=%s", mid, tid, state);
       if (r.version[0]) printf(" version=%s", r.version);
+      /* Why the script left it pending: the checks decide now. */
+      if (r.diag[0]) {
+        fputs(" diag=", stdout);
+        cli_put_quoted(stdout, r.diag, strlen(r.diag));
+      }
       fputc('\n', stdout);
     }
   }

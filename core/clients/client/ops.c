@@ -206,6 +206,14 @@ static void done_end(txmq_client_t* c, req_t* r, int status,
   if (cb) cb(c, status, st, r->arg);
 }
 
+/* A server's string into a fixed buffer, cut, without control characters. */
+static void copy_text(char* dst, size_t cap, const char* s, size_t n) {
+  if (n >= cap) n = cap - 1;
+  for (size_t i = 0; i < n; i++)
+    dst[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? ' ' : s[i];
+  dst[n] = '\0';
+}
+
 static void done_tx_send(txmq_client_t* c, req_t* r, int status,
                          const msgpack_object* resp) {
   txmq_tx_send_result_t res;
@@ -218,12 +226,10 @@ static void done_tx_send(txmq_client_t* c, req_t* r, int status,
     const char* v;
     size_t n;
     status = txmq__rd_str(c, "tx.send", resp, "version", 1, &v, &n);
-    if (status == 0 && v) {
-      if (n >= sizeof res.version) n = sizeof res.version - 1;
-      for (size_t i = 0; i < n; i++)
-        res.version[i] = ((unsigned char)v[i] < 0x20) ? '?' : v[i];
-      res.version[n] = '\0';
-    }
+    if (status == 0 && v) copy_text(res.version, sizeof res.version, v, n);
+    if (status == 0)
+      status = txmq__rd_str(c, "tx.send", resp, "diag", 1, &v, &n);
+    if (status == 0 && v) copy_text(res.diag, sizeof res.diag, v, n);
   }
   txmq_client_tx_send_cb cb = (txmq_client_tx_send_cb)r->cb;
   if (cb) cb(c, status, status ? NULL : &res, r->arg);

@@ -114,6 +114,8 @@ typedef struct {
   txmq_tx_state_t state;   /* PENDING when the script answered UNKNOWN or
                               failed: checks decide */
   char version[TXMQ_CLIENT_VERSION_MAX]; /* script version, "" if none */
+  char diag[256];          /* why the script did not decide (an error, a
+                              time limit), "" when it did; cut if longer */
 } txmq_tx_send_result_t;
 
 /* What txmq_client_send_in_transaction did, like RocketMQ's
