@@ -355,17 +355,27 @@ static void put_tree(FILE* f, const msgpack_object* o, int ind, int depth) {
       }
     }
   } else if (o->type == MSGPACK_OBJECT_ARRAY) {
+    /* "- " then the element; a map's first key on the dash's line, the
+     * others under it (as YAML does). */
     for (uint32_t j = 0; j < o->via.array.size; j++) {
       const msgpack_object* e = &o->via.array.ptr[j];
       indent(f, ind);
-      fputs("-", f);
+      fputs("- ", f);
       if (scalar(e)) {
-        fputc(' ', f);
         put_scalar(f, NULL, 0, e);
         fputc('\n', f);
       } else {
-        fputc('\n', f);
-        put_tree(f, e, ind + 2, depth + 1);
+        char* buf = NULL;
+        size_t len = 0;
+        FILE* mem = open_memstream(&buf, &len);
+        if (!mem) continue;
+        put_tree(mem, e, ind + 2, depth + 1);
+        fclose(mem);
+        size_t skip = 0;
+        while (skip < len && skip < (size_t)ind + 2 && buf[skip] == ' ') skip++;
+        if (len > skip) fwrite(buf + skip, 1, len - skip, f);
+        else fputc('\n', f);
+        free(buf);
       }
     }
   } else {
@@ -900,8 +910,7 @@ int cli_cmd_status(const cli_args_t* a) {
   } else if (a->json) {
     cli_json_print(reply_json(txmq_reply_object(reply)));
   } else {
-    printf("server: %s\naddress: %s\n", txmq_client_server(txmq_sync_client(s)),
-           a->server);
+    printf("server: %s\n", a->server);
     put_tree(stdout, txmq_reply_object(reply), 0, 0);
   }
   txmq_reply_free(reply);
