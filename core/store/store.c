@@ -165,6 +165,12 @@ void txmq_store_set_replay_floor_cb(txmq_store_t* st,
   st->floor_arg = arg;
 }
 
+void txmq__store_set_publish_cb(txmq_store_t* st, txmq__store_publish_cb cb,
+                                void* arg) {
+  st->pub_cb = cb;
+  st->pub_arg = cb != NULL ? arg : NULL;
+}
+
 int txmq__store_set_decoder(txmq_store_t* st, uint8_t type,
                             txmq__rec_decode_cb fn, void* arg) {
   if (type < TXMQ_REC_FIRST_FOREIGN) return TXMQ_EINVAL;
@@ -459,6 +465,10 @@ static int publish_int(txmq_store_t* st, uint64_t rec_pos, uint32_t rec_len,
     return rc;
   }
   if (offset != NULL) *offset = t->queues[qid].count - 1;
+  /* Replayed messages were visible before the restart: nobody waits for
+   * them, so only live puts and publishes are announced. */
+  if (!st->replaying && st->pub_cb != NULL)
+    st->pub_cb(st->pub_arg, t->name, qid, t->queues[qid].count - 1);
   return 0;
 }
 

@@ -126,6 +126,9 @@ struct txmq_store_s {
     txmq__rec_decode_cb fn;
     void* arg;
   } decoders[256];
+  /* Told of every message made visible outside replay (store_int.h). */
+  txmq__store_publish_cb pub_cb;
+  void* pub_arg;
 
   /* Topics in creation order, and by name. */
   txmq__topic_t** topics;

@@ -5,8 +5,9 @@
  * It provides: the setters of the fields only the store may assign, a
  * bounded msgpack unpacker for hostile input, the message codec at the
  * msgpack_object level (for records and frames that embed messages), the
- * msg id generator, and the hook through which other parts teach
- * txmq_store_get() to read messages out of their own records.
+ * msg id generator, the hook through which other parts teach
+ * txmq_store_get() to read messages out of their own records, and the
+ * publish notification the consumer engine wakes its waiters with.
  */
 #ifndef TXMQ_STORE_INT_H
 #define TXMQ_STORE_INT_H
@@ -97,6 +98,22 @@ typedef int (*txmq__rec_decode_cb)(void* arg, const txmq_log_entry_t* e,
 /* type must be >= TXMQ_REC_FIRST_FOREIGN; fn NULL removes the decoder. */
 int txmq__store_set_decoder(txmq_store_t* st, uint8_t type,
                             txmq__rec_decode_cb fn, void* arg);
+
+/* ---- publish notification ----
+ *
+ * The store tells one listener (the consumer engine, core/consumer) that a
+ * message became visible, so that consumers waiting on its topic can be
+ * woken. cb runs after the message is indexed, for the completion of
+ * txmq_store_put and for every txmq_store_publish, on the loop thread and
+ * inside the store's append completion (or inside the caller of
+ * txmq_store_publish): it must only note the event and defer real work, and
+ * must not close the store. It is never called during replay at open (those
+ * messages were visible before). One listener per store; cb NULL removes
+ * it. The listener must remove itself before it goes away. */
+typedef void (*txmq__store_publish_cb)(void* arg, const char* topic, int qid,
+                                       int64_t offset);
+void txmq__store_set_publish_cb(txmq_store_t* st, txmq__store_publish_cb cb,
+                                void* arg);
 
 /* Entries per new index file (default TXMQ_STORE_INDEX_FILE_ENTRIES). Files
  * already on disk keep their size: a file's entry count is read from its
