@@ -775,10 +775,14 @@ static int print_delivery(const cli_args_t* a, const txmq_delivery_t* d) {
   const char* body = txmq_msg_body(d->msg, &len);
   /* One message per line: text without line breaks as it is, anything
    * else quoted with escapes. */
-  if (cli_is_text(body, len) && !memchr(body, '\n', len) && !memchr(body, '\r', len))
+  if (len == 0) {
+    /* an empty line */
+  } else if (cli_is_text(body, len) && !memchr(body, '\n', len) &&
+             !memchr(body, '\r', len)) {
     fwrite(body, 1, len, stdout);
-  else
+  } else {
     cli_put_quoted(stdout, body, len);
+  }
   fputc('\n', stdout);
   return 0;
 }

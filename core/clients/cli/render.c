@@ -218,6 +218,7 @@ json_t* cli_msg_json(const txmq_msg_t* m, int text_if_utf8) {
   json_object_set_new(o, "stored_ms", json_integer(txmq_msg_store_ms(m)));
   size_t blen = 0;
   const void* body = txmq_msg_body(m, &blen);
+  if (!body) body = ""; /* an empty body: jansson wants a pointer */
   json_object_set_new(o, "body_len", json_integer((json_int_t)blen));
   if (text_if_utf8 ? cli_is_utf8(body, blen) : cli_is_text(body, blen)) {
     json_object_set_new(o, "body_encoding", json_string("text"));
