@@ -563,7 +563,8 @@ typedef struct {
   uv_signal_t sigterm;
   int signals_open;
   int stopping;
-  int opened; /* the runtime opened */
+  int opened;    /* the runtime opened */
+  int announced; /* the "starting" line was logged */
   int exit_code;
   uint64_t stop_started;
 } daemon_t;
@@ -571,8 +572,11 @@ typedef struct {
 static void on_signal_closed(uv_handle_t* h) { (void)h; }
 
 static void finish_stop(daemon_t* d) {
-  logf_(&d->log, LV_INFO, "stopped", "shutdown_ms=%" PRIu64 " exit=%d",
-        (uv_hrtime() / 1000000u) - d->stop_started, d->exit_code);
+  /* A configuration refused before start-up was announced stays one
+   * line. */
+  if (d->announced)
+    logf_(&d->log, LV_INFO, "stopped", "shutdown_ms=%" PRIu64 " exit=%d",
+          (uv_hrtime() / 1000000u) - d->stop_started, d->exit_code);
   if (d->signals_open) {
     d->signals_open = 0;
     uv_close((uv_handle_t*)&d->sigint, on_signal_closed);
@@ -963,6 +967,7 @@ int main(int argc, char** argv) {
         c->sync == TXMQ_SYNC_INTERVAL ? "interval"
         : c->sync == TXMQ_SYNC_NEVER  ? "never"
                                       : "always");
+  d->announced = 1;
   if (prepare_dir(d, c->data, "data") != 0) goto fail;
   if (prepare_dir(d, c->scripts, "scripts") != 0) goto fail;
   rc = txmq_runtime_open(d->rt);

@@ -42,7 +42,7 @@
  *                             or none (no answer); it becomes "last"
  *   checks MODE               answer future checks of this connection
  *                             automatically (MODE as above, or queue)
- *   sleep MS | close | echo TEXT
+ *   sleep MS | close | echo TEXT | shutdown (half-close: no more writes)
  *   many N PREFIX             open N more connections, hello and ping on
  *                             each (all at once), keep them open
  *   closemany                 close them
@@ -871,6 +871,8 @@ static void run_line(char* line) {
     close(c->fd);
     c->fd = -1;
     g_cur = NULL;
+  } else if (strcmp(cmd, "shutdown") == 0) {
+    shutdown(need_cur()->fd, SHUT_WR);
   } else if (strcmp(cmd, "echo") == 0) {
     printf("%s\n", args);
   } else if (strcmp(cmd, "many") == 0) {
