@@ -115,6 +115,21 @@ wait "$waiter" || st=$?
 same "the waiting consumer exits 0" "$st" 0
 same "the waiting consumer got the message" "$(cat "$work/waiter.out")" "wake up"
 
+echo "# a topic nothing was sent to yet"
+run "$txmq" "${S[@]}" consume fresh-topic --group f1 --timeout 0.5
+expect "consume of a topic that does not exist yet" 0
+check "... prints nothing" test ! -s "$out"
+timeout 60 "$txmq" "${S[@]}" consume fresh-topic --group f2 --from latest -n 1 --timeout 20 \
+  >"$work/waiter.out" 2>"$work/waiter.err" &
+waiter=$!
+sleep 0.5
+run "$txmq" "${S[@]}" send fresh-topic "the first one"
+expect "the first send to the topic" 0
+st=0
+wait "$waiter" || st=$?
+same "a consumer waiting for the topic exits 0" "$st" 0
+same "... with its first message, even --from latest" "$(cat "$work/waiter.out")" "the first one"
+
 echo "# transactions become visible only once committed"
 run "$txmq" "${S[@]}" tx send --group pay payments "paid 1"
 expect "tx send commit" 0

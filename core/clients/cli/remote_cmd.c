@@ -868,6 +868,18 @@ int cli_cmd_consume(const cli_args_t* a) {
     txmq_delivery_t* d = NULL;
     size_t n = 0;
     int st = txmq_sync_receive(s, &ro, &d, &n);
+    if (st == TXMQ_ENOTFOUND) {
+      /* The topic does not exist yet: nothing was ever sent to it. A
+       * consumer waits for the first message as for any other, polling
+       * (the server does not hold a receive on a missing topic), and
+       * everything the topic will hold is newer than this consumer, so
+       * "latest" means from its start. */
+      if (ro.from == TXMQ_FROM_LATEST) ro.from = TXMQ_FROM_EARLIEST;
+      uint32_t pause = wait < 250 ? wait : 250;
+      if (pause > 0) uv_sleep(pause);
+      if (timeout_ms >= 0 && mono_ms() >= deadline) break;
+      continue;
+    }
     if (st != 0) {
       rc = request_failed(s, "consume", st);
       break;
