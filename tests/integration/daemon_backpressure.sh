@@ -37,11 +37,14 @@ expect ok = true
 EOF
 
 rss0=$(rss_kb "$d_pid")
-# 300,000 pipelined status requests (~150 MB of responses) without reading.
-"$driver" "127.0.0.1:$d_port" >"$work/flood.out" 2>&1 <<'EOF' &
+# 200,000 pipelined status requests (~200 MB, asking for ~120 MB of
+# responses) without ever reading: far more than the kernel's socket
+# buffers can absorb.
+pad=$(head -c 1000 /dev/zero | tr '\0' 'p')
+"$driver" "127.0.0.1:$d_port" >"$work/flood.out" 2>&1 <<EOF &
 conn f
 hello flood-1 consumer
-flood 300000 {"op":"status"}
+flood 200000 {"op":"status","pad":"$pad"}
 sleep 8000
 EOF
 flooder=$!

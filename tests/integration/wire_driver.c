@@ -582,6 +582,18 @@ static char* expand(const char* line) {
 
 /* ---- commands ---- */
 
+/* Closes c's socket and frees what it holds. */
+static void conn_drop(conn_t* c) {
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  free(c->buf);
+  c->buf = NULL;
+  c->len = c->cap = 0;
+  for (size_t i = 0; i < c->nq; i++) json_decref(c->queue[i]);
+  c->nq = 0;
+  if (g_cur == c) g_cur = NULL;
+}
+
 static conn_t* find_conn(const char* name) {
   for (size_t i = 0; i < g_nconns; i++)
     if (strcmp(g_conns[i].name, name) == 0 && g_conns[i].fd >= 0) return &g_conns[i];
@@ -595,8 +607,8 @@ static void cmd_conn(const char* name) {
   if (c == NULL) {
     if (g_nconns == MAX_CONNS) fail("too many connections");
     c = &g_conns[g_nconns++];
-  } else if (c->fd >= 0) {
-    close(c->fd);
+  } else {
+    conn_drop(c);
   }
   memset(c, 0, sizeof *c);
   snprintf(c->name, sizeof c->name, "%s", name);
@@ -784,9 +796,7 @@ static void run_line(char* line) {
       set_last(j);
     }
     printf("%s closed by the server\n", c->name);
-    close(c->fd);
-    c->fd = -1;
-    g_cur = NULL;
+    conn_drop(c);
   } else if (strcmp(cmd, "raw") == 0 || strcmp(cmd, "frame") == 0) {
     size_t cap = strlen(args) / 2 + 1;
     uint8_t* b = malloc(cap);
@@ -867,10 +877,7 @@ static void run_line(char* line) {
   } else if (strcmp(cmd, "sleep") == 0) {
     usleep((useconds_t)atoi(args) * 1000u);
   } else if (strcmp(cmd, "close") == 0) {
-    conn_t* c = need_cur();
-    close(c->fd);
-    c->fd = -1;
-    g_cur = NULL;
+    conn_drop(need_cur());
   } else if (strcmp(cmd, "shutdown") == 0) {
     shutdown(need_cur()->fd, SHUT_WR);
   } else if (strcmp(cmd, "echo") == 0) {
@@ -918,6 +925,10 @@ int main(int argc, char** argv) {
   }
   free(line);
   json_decref(g_last);
+  for (size_t i = 0; i < g_nconns; i++) conn_drop(&g_conns[i]);
+  for (size_t i = 0; i < g_nvars; i++) free(g_vars[i].json);
+  for (size_t i = 0; i < g_nmany; i++) close(g_many[i]);
+  free(g_many);
   printf("ok: %d lines\n", g_line);
   return 0;
 }
