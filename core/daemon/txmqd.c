@@ -879,9 +879,34 @@ static int set_default(char** s, const char* v) {
   return *s != NULL ? 0 : -1;
 }
 
-/* The data or scripts directory: created if missing (one level, like
- * mkdir); anything else that keeps the parts from using it is reported by
- * their open. */
+/* mkdir -p: creates dir and its missing parents. 0 or -1 with errno. */
+static int mkdirs(const char* dir) {
+  char path[4096];
+  size_t n = strlen(dir);
+  if (n == 0 || n >= sizeof path) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  memcpy(path, dir, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (path[i] != '/' && path[i] != '\0') continue;
+    char c = path[i];
+    path[i] = '\0';
+    if (mkdir(path, 0755) != 0 && errno != EEXIST) return -1;
+    path[i] = c;
+  }
+  struct stat sb;
+  if (stat(dir, &sb) != 0) return -1;
+  if (!S_ISDIR(sb.st_mode)) {
+    errno = ENOTDIR;
+    return -1;
+  }
+  return 0;
+}
+
+/* The data or scripts directory: created (with its parents) if missing;
+ * anything else that keeps the parts from using it is reported by their
+ * open. */
 static int prepare_dir(daemon_t* d, const char* dir, const char* what) {
   struct stat sb;
   char qb[600], msg[80];
@@ -891,7 +916,7 @@ static int prepare_dir(daemon_t* d, const char* dir, const char* what) {
     logf_(&d->log, LV_ERROR, msg, "dir=%s", q(dir, qb, sizeof qb));
     return -1;
   }
-  if (errno == ENOENT && mkdir(dir, 0755) == 0) {
+  if (errno == ENOENT && mkdirs(dir) == 0) {
     snprintf(msg, sizeof msg, "created the %s directory", what);
     logf_(&d->log, LV_INFO, msg, "dir=%s", q(dir, qb, sizeof qb));
     return 0;

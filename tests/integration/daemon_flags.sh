@@ -193,6 +193,18 @@ start_err "a port in use is refused" "cannot listen.*address already in use" \
 d_stop
 same "SIGTERM: exit 0" "$d_rc" 0
 
+# The annotated example sets every key to its default: it must load.
+example="$(cd "$(dirname "$0")/../../core/daemon" && pwd)/txmqd.conf.lua"
+d_start -c "$example" --data "$work/ex/data" --scripts "$work/ex/scripts"
+drive "the annotated example configuration loads" <<'EOF'
+conn a
+hello ops-1 admin
+expect heartbeat_ms = 10000
+expect max_frame = 8388608
+EOF
+d_stop
+same "SIGTERM: exit 0" "$d_rc" 0
+
 touch "$work/afile"
 start_err "a data dir that is a file is refused" "not a directory" \
   --listen 127.0.0.1:0 --data "$work/afile" --scripts "$work/alt/scripts"
