@@ -6,7 +6,9 @@
  * A receive that finds nothing and may wait becomes a waiter: it is kept
  * on the server's list with its own timer, and the engine's wake callback
  * (one per engine; this file multiplexes it over the waiters of the woken
- * group and topic) makes it try again. It is answered exactly once: with
+ * group and topic) makes it try again. A topic that does not exist yet has
+ * nothing to wake its waiters: they look again every MISSING_POLL_MS until
+ * it exists (then wakes take over) or their wait is over. It is answered exactly once: with
  * messages, with an error, with nothing when its wait is over or the server
  * closes - or not at all when its connection closed first.
  *
@@ -27,6 +29,7 @@
 #define RECEIVE_DEFAULT 32
 #define MAX_WAIT_MS 30000
 #define MAX_ACK_HANDLES 1024
+#define MISSING_POLL_MS 100
 /* Room kept for one more message: the largest body plus its properties,
  * tags, keys and the map around them. */
 #define MSG_ROOM (TXMQ_MSG_MAX_BODY + 1024u * 1024u)
@@ -125,6 +128,9 @@ static int try_answer(net_recv_t* r, int final) {
   net__wb_init(&msgs);
   size_t n = 0;
   int rc = take(srv, r, &msgs, &n);
+  /* A topic nobody sent to yet: a waiter waits for it too. */
+  r->missing = rc == TXMQ_ENOTFOUND && r->wait_ms > 0;
+  if (r->missing) rc = 0;
   if (rc != 0 && n == 0) {
     char err[NET_ERR_MAX];
     net__send_error(r->c, r->id, rc, receive_error(rc, r, err));
@@ -146,6 +152,22 @@ static void on_wait_timer(uv_timer_t* t) {
   try_answer(r, 1);
   waiter_end(r);
   net__done(c);
+}
+
+/* A waiter whose topic did not exist: look again, until the wait is over
+ * or the topic exists (then the engine's wakes take over). */
+static void on_missing_tick(uv_timer_t* t) {
+  net_recv_t* r = t->data;
+  net_conn_t* c = r->c;
+  uint64_t now = uv_now(r->srv->loop);
+  int final = now >= r->deadline;
+  if (try_answer(r, final)) {
+    waiter_end(r);
+    net__done(c);
+  } else if (!r->missing) {
+    uv_timer_stop(&r->timer);
+    uv_timer_start(&r->timer, on_wait_timer, r->deadline - now, 0);
+  }
 }
 
 static void on_wake(void* arg, const char* group, const char* topic) {
@@ -240,6 +262,7 @@ int net__op_receive(net_conn_t* c, uint64_t id, const msgpack_object* m,
   }
   r->max = (size_t)max;
   r->visibility_ms = vis;
+  r->wait_ms = wait;
   if (try_answer(r, wait == 0 || srv->closing)) {
     recv_free(r);
     net__done(c);
@@ -260,7 +283,12 @@ int net__op_receive(net_conn_t* c, uint64_t id, const msgpack_object* m,
   srv->waiters = r;
   r->cnext = c->waits;
   c->waits = r;
-  uv_timer_start(&r->timer, on_wait_timer, (uint64_t)wait, 0);
+  uv_update_time(srv->loop);
+  r->deadline = uv_now(srv->loop) + (uint64_t)wait;
+  if (r->missing)
+    uv_timer_start(&r->timer, on_missing_tick, MISSING_POLL_MS, MISSING_POLL_MS);
+  else
+    uv_timer_start(&r->timer, on_wait_timer, (uint64_t)wait, 0);
   return 0;
 }
 

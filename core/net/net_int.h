@@ -115,6 +115,9 @@ struct net_recv_s {
   char* filter;
   size_t max;
   int64_t visibility_ms;
+  int64_t wait_ms;
+  uint64_t deadline;  /* loop ms when the wait is over */
+  int missing;        /* the topic did not exist at the last look */
   int from;
   int64_t from_offset;
 };

@@ -95,6 +95,25 @@ expect msgs.# = 1
 expect msgs.0.body.$text = "wakes"
 EOF
 
+drive "a long poll on a topic that does not exist yet gets its first message" <<'EOF'
+conn c
+hello cons-1 consumer
+send {"op":"receive","group":"g","topic":"NEWTOPIC","wait_ms":20000}
+norecv 400
+conn p
+hello prod-1 producer
+req {"op":"send","msg":{"topic":"NEWTOPIC","body":"born"}}
+use c
+wait 3000
+expect msgs.# = 1
+expect msgs.0.body.$text = "born"
+req {"op":"receive","group":"g","topic":"NEVER","wait_ms":300}
+expect ok = true
+expect msgs.# = 0
+req {"op":"receive","group":"g","topic":"NEVER"}
+expect err = "ENOTFOUND"
+EOF
+
 drive "tag filters" <<'EOF'
 conn p
 hello prod-1 producer
