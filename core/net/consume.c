@@ -130,7 +130,12 @@ static int try_answer(net_recv_t* r, int final) {
   int rc = take(srv, r, &msgs, &n);
   /* A topic nobody sent to yet: a waiter waits for it too. */
   r->missing = rc == TXMQ_ENOTFOUND && r->wait_ms > 0;
-  if (r->missing) rc = 0;
+  if (r->missing) {
+    rc = 0;
+    /* "latest" of a topic that does not exist yet is its beginning: its
+     * first message is news to this poll. */
+    if (r->from == TXMQ_FROM_LATEST) r->from = TXMQ_FROM_EARLIEST;
+  }
   if (rc != 0 && n == 0) {
     char err[NET_ERR_MAX];
     net__send_error(r->c, r->id, rc, receive_error(rc, r, err));

@@ -208,7 +208,10 @@ void net__close(net_conn_t* c, int polite, const char* why) {
     c->counted = 0;
     srv->nconns--;
   }
-  net__log(srv, was == C_READY ? TXMQ_SERVER_LOG_INFO : TXMQ_SERVER_LOG_DEBUG,
+  /* A client that said goodbye is routine; the server closing one (idle,
+   * stuck output, a violation) is worth a line at info. */
+  int routine = was != C_READY || strcmp(why, "peer closed") == 0;
+  net__log(srv, routine ? TXMQ_SERVER_LOG_DEBUG : TXMQ_SERVER_LOG_INFO,
            "connection closed", "conn=%llu peer=%s client=%s reason=\"%s\"",
            (unsigned long long)c->cid, c->peer,
            c->client[0] ? c->client : "-", why);

@@ -95,10 +95,10 @@ expect msgs.# = 1
 expect msgs.0.body.$text = "wakes"
 EOF
 
-drive "a long poll on a topic that does not exist yet gets its first message" <<'EOF'
+drive "a long poll on a topic that does not exist yet gets its first message (even from latest)" <<'EOF'
 conn c
 hello cons-1 consumer
-send {"op":"receive","group":"g","topic":"NEWTOPIC","wait_ms":20000}
+send {"op":"receive","group":"g","topic":"NEWTOPIC","wait_ms":20000,"from":"latest"}
 norecv 400
 conn p
 hello prod-1 producer
