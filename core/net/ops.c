@@ -411,7 +411,7 @@ static int tx_refused(txmq_tx_t* tx, const uint8_t* id, int rc, char* err) {
 static int op_tx_end(net_conn_t* c, uint64_t id, const msgpack_object* m,
                      char* err) {
   uint8_t tx_id[TXMQ_TX_ID_LEN];
-  txmq_tx_decision_t d;
+  txmq_tx_decision_t d = TXMQ_TX_UNKNOWN;
   int rc = net__get_txid(m, "tx_id", tx_id, err);
   if (rc == 0) rc = parse_decision(m, &d, err);
   if (rc != 0) return rc;

@@ -511,15 +511,18 @@ static void peer_name(uv_tcp_t* t, char* out, size_t len) {
   snprintf(out, len, "?");
   if (uv_tcp_getpeername(t, (struct sockaddr*)&ss, &n) != 0) return;
   char ip[64];
+  int w = 0;
   if (ss.ss_family == AF_INET) {
     struct sockaddr_in* a = (struct sockaddr_in*)&ss;
     uv_ip4_name(a, ip, sizeof ip);
-    snprintf(out, len, "%s:%u", ip, ntohs(a->sin_port));
+    w = snprintf(out, len, "%s:%u", ip, ntohs(a->sin_port));
   } else if (ss.ss_family == AF_INET6) {
     struct sockaddr_in6* a = (struct sockaddr_in6*)&ss;
     uv_ip6_name(a, ip, sizeof ip);
-    snprintf(out, len, "[%s]:%u", ip, ntohs(a->sin6_port));
+    w = snprintf(out, len, "[%s]:%u", ip, ntohs(a->sin6_port));
   }
+  /* A name cut short is still good enough for a log line. */
+  if (w < 0 || (size_t)w >= len) out[len - 1] = '\0';
 }
 
 static void on_connection(uv_stream_t* server, int status) {
