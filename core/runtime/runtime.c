@@ -23,7 +23,8 @@ struct txmq_runtime_s {
   txmq_tx_t* tx;
   txmq_script_host_t* scripts;
   txmq_tx_target_t script_target;
-  int opened;
+  int opened;          /* open completed */
+  int store_open;      /* a failed open may leave the store open */
   int closing;
   void (*close_cb)(txmq_runtime_t* rt, void* arg);
   void* close_arg;
@@ -123,6 +124,13 @@ static void on_execute(txmq_script_host_t* host, int status,
     snprintf(h->diag, sizeof h->diag, "%s",
              diag != NULL && diag[0] != '\0' ? diag : txmq_strerror(status));
   }
+  if (status == TXMQ_ECLOSED || status == TXMQ_ENOTFOUND) {
+    /* executeLocalTransaction never ran (the host closed first, or the
+     * script was gone): nobody answered, so nothing goes into the audit
+     * trail; the transaction is pending and checks decide it. */
+    hosted_finish(h, 0, TXMQ_TX_PENDING);
+    return;
+  }
   record_decision(h, decision_of(status, result));
 }
 
@@ -150,10 +158,11 @@ static void on_half(txmq_tx_t* tx, int status, const uint8_t* tx_id,
   if (rc != 0) {
     /* The half is durable but the handler cannot run (closing, or the
      * script vanished): leave the decision to checks, as RocketMQ does for
-     * a local transaction that threw. */
+     * a local transaction that threw. Nothing answered, so nothing is
+     * recorded in the audit trail. */
     snprintf(h->diag, sizeof h->diag, "executeLocalTransaction not run: %s",
              txmq_strerror(rc));
-    record_decision(h, TXMQ_TX_UNKNOWN);
+    hosted_finish(h, 0, TXMQ_TX_PENDING);
   }
 }
 
@@ -217,6 +226,11 @@ static void on_script_check(txmq_script_host_t* host, int status,
      * meantime the engine refuses this one, which is what we want. */
     txmq_tx_end(c->rt->tx, c->tx_id, d, TXMQ_TX_SRC_SCRIPT, ver, "script",
                 NULL, NULL);
+  } else if (rc != 0 && rc != TXMQ_ENOTFOUND) {
+    /* The engine could not take the answer now (for example the log is
+     * full of unwritten data: EAGAIN). Dropping it would let the check
+     * time out and count; hand it back so it is asked again, uncounted. */
+    txmq_tx_check_failed(c->rt->tx, c->tx_id, c->seq);
   }
   free(c);
 }
@@ -287,6 +301,7 @@ int txmq_runtime_open(txmq_runtime_t* rt) {
              txmq_store_diag(rt->store));
     return rc;
   }
+  rt->store_open = 1;
   rc = txmq_tx_start(rt->tx);
   if (rc != 0) {
     snprintf(rt->diag, sizeof rt->diag, "transactions: %s", txmq_strerror(rc));
@@ -314,9 +329,9 @@ static void on_store_closed(txmq_store_t* st, int status, void* arg) {
 static void on_tx_closed(txmq_tx_t* tx, void* arg) {
   (void)tx;
   txmq_runtime_t* rt = arg;
-  if (txmq_store_close(rt->store, on_store_closed, rt) != 0 &&
-      rt->close_cb != NULL) {
-    rt->close_cb(rt, rt->close_arg);
+  if (!rt->store_open ||
+      txmq_store_close(rt->store, on_store_closed, rt) != 0) {
+    if (rt->close_cb != NULL) rt->close_cb(rt, rt->close_arg);
   }
 }
 
@@ -334,9 +349,12 @@ int txmq_runtime_close(txmq_runtime_t* rt,
   rt->close_cb = cb;
   rt->close_arg = arg;
   /* Handlers first: their answers still become decisions in the engine,
-   * whose records the store's close then flushes. */
-  int rc = txmq_script_host_close(rt->scripts, on_scripts_closed, rt);
-  if (rc != 0) on_scripts_closed(rt->scripts, rt);
+   * whose records the store's close then flushes. The host is closed even
+   * if it never started: it holds loop handles from txmq_script_host_new.
+   * After a failed open the store is closed only if it opened. */
+  if (txmq_script_host_close(rt->scripts, on_scripts_closed, rt) != 0) {
+    on_scripts_closed(rt->scripts, rt);
+  }
   return 0;
 }
 

@@ -91,6 +91,11 @@ static void on_closed(txmq_runtime_t* rt, void* arg) {
   ((env_t*)arg)->closed = 1;
 }
 
+static void on_closed_flag(txmq_runtime_t* rt, void* arg) {
+  (void)rt;
+  *(int*)arg = 1;
+}
+
 static void env_free(env_t* env) {
   env->closed = 0;
   assert_int_equal(txmq_runtime_close(env->rt, on_closed, env), 0);
@@ -555,6 +560,29 @@ static void refused_execute_reports_the_winning_decision(void** state) {
   uv_sem_destroy(&g.go2);
 }
 
+
+/* A second runtime on the same data directory cannot open (the log is
+ * locked); close and free still undo what it did, and the first keeps
+ * working. */
+static void failed_open_closes_cleanly(void** state) {
+  (void)state;
+  env_t* env = env_new();
+  write_script(env, "orders-svc", DECIDE_BY_BODY);
+  env_open(env);
+  txmq_runtime_t* second = NULL;
+  assert_int_equal(txmq_runtime_new(&second, &env->loop, env->data, env->scripts), 0);
+  int rc = txmq_runtime_open(second);
+  assert_int_equal(rc, TXMQ_ELOCKED);
+  assert_non_null(strstr(txmq_runtime_diag(second), "store"));
+  int closed = 0;
+  assert_int_equal(txmq_runtime_close(second, on_closed_flag, &closed), 0);
+  assert_true(tu_run_until(&env->loop, &closed, 10000));
+  txmq_runtime_free(second);
+  hosted(env, "orders-svc", "pay", NULL);
+  assert_int_equal(env->state, TXMQ_TX_COMMITTED);
+  env_free(env);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(script_commit_is_visible),
@@ -564,6 +592,7 @@ int main(void) {
       cmocka_unit_test(no_script_stores_nothing),
       cmocka_unit_test(arg_reaches_execute),
       cmocka_unit_test(reload_changes_the_deciding_version),
+      cmocka_unit_test(failed_open_closes_cleanly),
       cmocka_unit_test(unrun_check_at_close_not_counted),
       cmocka_unit_test(refused_execute_reports_the_winning_decision),
   };

@@ -71,8 +71,9 @@ txmq_tx_t* txmq_runtime_tx(txmq_runtime_t* rt);
 txmq_script_host_t* txmq_runtime_scripts(txmq_runtime_t* rt);
 
 /* Opens the store (recovering transactions), starts the engine and the
- * handler host, and adds the script check target. On failure the runtime
- * can only be freed; txmq_runtime_diag says why. */
+ * handler host, and adds the script check target. On failure
+ * txmq_runtime_diag says why; then txmq_runtime_close (which closes only
+ * what was opened) and txmq_runtime_free. */
 int txmq_runtime_open(txmq_runtime_t* rt);
 
 /* A runtime-hosted transaction of n messages (1..TXMQ_TX_MAX_MSGS) for
@@ -93,7 +94,8 @@ const char* txmq_runtime_diag(const txmq_runtime_t* rt);
 
 /* Closes the handler host (running handlers finish and their decisions are
  * recorded), then the engine, then the store (flushing the log and taking a
- * checkpoint); cb runs on the loop when everything is closed. */
+ * checkpoint); cb runs on the loop when everything is closed (at once, if
+ * nothing was ever opened). Also the way out of a failed open. */
 int txmq_runtime_close(txmq_runtime_t* rt,
                        void (*cb)(txmq_runtime_t* rt, void* arg), void* arg);
 void txmq_runtime_free(txmq_runtime_t* rt);
