@@ -309,19 +309,28 @@ static void on_begin(txmq_tx_t* tx, int status, const uint8_t* tx_id,
   req_send(r, &w);
 }
 
+/* The fields tx.half and tx.send share: the producer group, the optional
+ * check-immunity delay and 1..TXMQ_TX_MAX_MSGS messages (*msgs is the
+ * caller's on success). */
+static int get_tx_request(const msgpack_object* m, char* group,
+                          int64_t* immunity, txmq_msg_t*** msgs, size_t* n,
+                          char* err) {
+  int rc = net__get_name(m, "group", 1, group, err);
+  if (rc == 0) {
+    rc = net__get_int(m, "immunity_ms", 0, 0, MAX_IMMUNITY_MS, immunity, err);
+    if (rc == 1) rc = 0;
+  }
+  if (rc != 0) return rc;
+  return net__get_msgs(m, "msgs", TXMQ_TX_MAX_MSGS, msgs, n, err);
+}
+
 static int op_tx_half(net_conn_t* c, uint64_t id, const msgpack_object* m,
                       char* err) {
   char group[TXMQ_NAME_MAX + 1];
   int64_t immunity = 0;
   txmq_msg_t** msgs;
   size_t n;
-  int rc = net__get_name(m, "group", 1, group, err);
-  if (rc == 0) {
-    rc = net__get_int(m, "immunity_ms", 0, 0, MAX_IMMUNITY_MS, &immunity, err);
-    if (rc == 1) rc = 0;
-  }
-  if (rc != 0) return rc;
-  rc = net__get_msgs(m, "msgs", TXMQ_TX_MAX_MSGS, &msgs, &n, err);
+  int rc = get_tx_request(m, group, &immunity, &msgs, &n, err);
   if (rc != 0) return rc;
   req_t* r = req_new(c, id);
   if (r == NULL) {
@@ -464,13 +473,7 @@ static int op_tx_send(net_conn_t* c, uint64_t id, const msgpack_object* m,
   int64_t immunity = 0;
   txmq_msg_t** msgs;
   size_t n;
-  int rc = net__get_name(m, "group", 1, group, err);
-  if (rc == 0) {
-    rc = net__get_int(m, "immunity_ms", 0, 0, MAX_IMMUNITY_MS, &immunity, err);
-    if (rc == 1) rc = 0;
-  }
-  if (rc != 0) return rc;
-  rc = net__get_msgs(m, "msgs", TXMQ_TX_MAX_MSGS, &msgs, &n, err);
+  int rc = get_tx_request(m, group, &immunity, &msgs, &n, err);
   if (rc != 0) return rc;
   /* arg travels to executeLocalTransaction as one msgpack value. */
   net_wbuf_t arg;
