@@ -383,10 +383,10 @@ int net__op_offset_get(net_conn_t* c, uint64_t id, const msgpack_object* m,
                        char* err) {
   txmq_server_t* srv = c->srv;
   char group[TXMQ_NAME_MAX + 1], topic[TXMQ_NAME_MAX + 1];
-  int qid;
+  int qid = 0;
   int rc = queue_args(srv, m, group, topic, &qid, err);
   if (rc != 0) return rc;
-  int64_t off;
+  int64_t off = 0;
   if (srv->cs != NULL)
     rc = txmq_consumers_progress(srv->cs, group, topic, qid, &off, NULL, NULL);
   else
@@ -408,8 +408,8 @@ int net__op_offset_set(net_conn_t* c, uint64_t id, const msgpack_object* m,
                        char* err) {
   txmq_server_t* srv = c->srv;
   char group[TXMQ_NAME_MAX + 1], topic[TXMQ_NAME_MAX + 1];
-  int qid;
-  int64_t off;
+  int qid = 0;
+  int64_t off = 0;
   int rc = queue_args(srv, m, group, topic, &qid, err);
   if (rc == 0) rc = net__get_int(m, "offset", 1, 0, INT64_MAX, &off, err);
   if (rc != 0) return rc;
