@@ -1,6 +1,6 @@
 /*
  * e2e_bench.c - end-to-end load client of txmqd for the peer benchmarks
- * (/work/shared/bench, "the harness contract"): the async C client on one
+ * (../shared/bench beside the repository, "the harness contract"): the async C client on one
  * connection, a fixed window of in-flight requests, the same payload for
  * every message.
  *
