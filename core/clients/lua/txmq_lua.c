@@ -1,0 +1,681 @@
+/*
+ * txmq_lua.c - "txmq.core", the C half of the Lua module (lua/txmq.lua is
+ * the API users see). It provides two userdata on top of the C client:
+ *
+ *   core.connect(server, client_id) -> conn
+ *     A client on a private libuv loop that runs only during a call (like
+ *     the blocking layer of txmq/client.h, but it also drives
+ *     txmq_client_send_in_transaction, whose execute callback calls back
+ *     into the calling Lua state). It announces no producer group, so the
+ *     server never routes checks to it.
+ *     conn:send(msg) conn:send_in_transaction(group, msg, execute, arg)
+ *     conn:receive(opts) conn:ack(group, handles) conn:close()
+ *
+ *   core.checker(server, client_id, group, script) -> checker
+ *     A background thread with its own loop, its own connection (announcing
+ *     the group in its hello) and its own lua_State that loads the script
+ *     and answers check requests with its checkLocalTransaction. The user
+ *     writes no event loop. checker:close() stops the loop and joins.
+ *
+ * It does not sandbox or time-limit the producer's handlers: they are the
+ * producer's own code, as a RocketMQ TransactionListener is. It does not
+ * reconnect a checker whose connection was lost (the checks then go to other
+ * members of the group, or wait for the next producer).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <uv.h>
+
+#include "txmq/client.h"
+#include "txmq/error.h"
+
+#define CONN_MT "txmq.core.conn"
+#define CHECKER_MT "txmq.core.checker"
+
+/* ---- shared helpers ---- */
+
+static const char* state_name(txmq_tx_state_t s) {
+  switch (s) {
+    case TXMQ_TX_COMMITTED: return "COMMITTED";
+    case TXMQ_TX_ROLLED_BACK: return "ROLLED_BACK";
+    case TXMQ_TX_PARKED: return "PARKED";
+    default: return "PENDING";
+  }
+}
+
+static const char* decision_name(txmq_tx_decision_t d) {
+  switch (d) {
+    case TXMQ_TX_COMMIT: return "COMMIT_MESSAGE";
+    case TXMQ_TX_ROLLBACK: return "ROLLBACK_MESSAGE";
+    default: return "UNKNOW";
+  }
+}
+
+/* A handler's answer: the RocketMQ strings (also "COMMIT", "ROLLBACK",
+ * "UNKNOWN") or the codes 1..3; anything else is UNKNOWN. */
+static txmq_tx_decision_t to_decision(lua_State* L, int idx) {
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    const char* s = lua_tostring(L, idx);
+    if (!strcmp(s, "COMMIT_MESSAGE") || !strcmp(s, "COMMIT"))
+      return TXMQ_TX_COMMIT;
+    if (!strcmp(s, "ROLLBACK_MESSAGE") || !strcmp(s, "ROLLBACK"))
+      return TXMQ_TX_ROLLBACK;
+    return TXMQ_TX_UNKNOWN;
+  }
+  if (lua_isinteger(L, idx)) {
+    lua_Integer v = lua_tointeger(L, idx);
+    if (v == TXMQ_TX_COMMIT || v == TXMQ_TX_ROLLBACK) return (txmq_tx_decision_t)v;
+  }
+  return TXMQ_TX_UNKNOWN;
+}
+
+static void set_str(lua_State* L, const char* k, const char* v) {
+  if (!v) return;
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static void set_int(lua_State* L, const char* k, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static void set_hex(lua_State* L, const char* k, const uint8_t* id) {
+  char buf[TXMQ_TX_ID_STRLEN + 1];
+  txmq_tx_id_str(id, buf);
+  set_str(L, k, buf);
+}
+
+/* Pushes msg as the handler table of txmq/script.h. */
+static void push_msg(lua_State* L, const txmq_msg_t* m) {
+  lua_createtable(L, 0, 12);
+  set_str(L, "topic", txmq_msg_topic(m));
+  set_str(L, "tags", txmq_msg_tags(m));
+  set_str(L, "keys", txmq_msg_keys(m));
+  size_t len = 0;
+  const void* body = txmq_msg_body(m, &len);
+  lua_pushlstring(L, body ? body : "", body ? len : 0);
+  lua_setfield(L, -2, "body");
+  lua_createtable(L, 0, (int)txmq_msg_prop_count(m));
+  for (size_t i = 0; i < txmq_msg_prop_count(m); i++) {
+    const char *k, *v;
+    if (txmq_msg_prop_at(m, i, &k, &v) == 0) set_str(L, k, v);
+  }
+  lua_setfield(L, -2, "properties");
+  set_hex(L, "msg_id", txmq_msg_id(m));
+  set_int(L, "queue_id", txmq_msg_queue_id(m));
+  set_int(L, "queue_offset", txmq_msg_queue_offset(m));
+  set_int(L, "born_at", txmq_msg_born_ms(m));
+  set_int(L, "stored_at", txmq_msg_store_ms(m));
+}
+
+/* Builds a message from the table at idx; raises a Lua error if invalid. */
+static txmq_msg_t* check_msg(lua_State* L, int idx) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  txmq_msg_t* m = txmq_msg_new();
+  if (!m) luaL_error(L, "txmq: out of memory");
+  int rc = 0;
+  const char* bad = NULL;
+  lua_getfield(L, idx, "topic");
+  if (!lua_isstring(L, -1)) {
+    txmq_msg_free(m);
+    luaL_error(L, "txmq: the message needs a topic (string)");
+  }
+  if ((rc = txmq_msg_set_topic(m, lua_tostring(L, -1))) != 0) bad = "topic";
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "tags");
+  if (!rc && lua_isstring(L, -1) && (rc = txmq_msg_set_tags(m, lua_tostring(L, -1))))
+    bad = "tags";
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "keys");
+  if (!rc && lua_isstring(L, -1) && (rc = txmq_msg_set_keys(m, lua_tostring(L, -1))))
+    bad = "keys";
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "body");
+  if (!rc && lua_isstring(L, -1)) {
+    size_t len;
+    const char* b = lua_tolstring(L, -1, &len);
+    if ((rc = txmq_msg_set_body(m, b, len))) bad = "body";
+  }
+  lua_pop(L, 1);
+  /* props (or properties): string keys and values. */
+  lua_getfield(L, idx, "props");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "properties");
+  }
+  if (!rc && lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      if (!rc) {
+        if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1)) {
+          rc = TXMQ_EINVAL;
+          bad = "props (string keys and values)";
+        } else if ((rc = txmq_msg_prop_set(m, lua_tostring(L, -2),
+                                           lua_tostring(L, -1)))) {
+          bad = "props";
+        }
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  if (rc) {
+    txmq_msg_free(m);
+    luaL_error(L, "txmq: invalid %s: %s", bad, txmq_strerror(rc));
+  }
+  return m;
+}
+
+/* ---- conn: a client on a private loop, run during calls ---- */
+
+typedef struct {
+  uv_loop_t loop;
+  txmq_client_t* c;
+  int open;
+} conn_t;
+
+typedef struct {
+  int done;
+  int status;
+  lua_State* L;
+  int fn_idx;   /* execute function and its arg on L's stack */
+  int arg_idx;
+  int executed;
+  char err[512];
+  txmq_send_result_t send;
+  txmq_tx_result_t tx;
+  txmq_delivery_t* d;
+  size_t n;
+  int64_t value;
+} wait_t;
+
+static int run_until(conn_t* k, wait_t* w, int rc) {
+  if (rc != 0) return rc;
+  while (!w->done)
+    if (uv_run(&k->loop, UV_RUN_ONCE) == 0 && !w->done) return TXMQ_EIO;
+  return w->status;
+}
+
+/* nil, message: the Lua convention for an expected failure. */
+static int fail(lua_State* L, conn_t* k, int rc) {
+  const char* d = k && k->c ? txmq_client_diag(k->c) : "";
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: %s", txmq_err_name(rc),
+                  d && *d ? d : txmq_strerror(rc));
+  return 2;
+}
+
+static conn_t* check_conn(lua_State* L) {
+  conn_t* k = luaL_checkudata(L, 1, CONN_MT);
+  if (!k->open) luaL_error(L, "txmq: the connection is closed");
+  return k;
+}
+
+static void on_connected(txmq_client_t* c, int status, void* arg) {
+  (void)c;
+  wait_t* w = arg;
+  w->status = status;
+  w->done = 1;
+}
+
+static void on_closed(txmq_client_t* c, void* arg) {
+  (void)c;
+  *(int*)arg = 1;
+}
+
+static void conn_shutdown(conn_t* k) {
+  if (!k->open) return;
+  k->open = 0;
+  int closed = 0;
+  if (txmq_client_close(k->c, on_closed, &closed) == 0)
+    while (!closed && uv_run(&k->loop, UV_RUN_ONCE) != 0) {
+    }
+  uv_run(&k->loop, UV_RUN_DEFAULT);
+  txmq_client_free(k->c);
+  uv_loop_close(&k->loop);
+}
+
+/* core.connect(server, client_id [, role]) -> conn | nil, err */
+static int l_connect(lua_State* L) {
+  const char* server = luaL_optstring(L, 1, TXMQ_DEFAULT_SERVER);
+  const char* id = luaL_checkstring(L, 2);
+  const char* role = luaL_optstring(L, 3, "producer");
+  txmq_client_options_t o = {0};
+  o.client_id = id;
+  o.role = !strcmp(role, "consumer") ? TXMQ_ROLE_CONSUMER
+           : !strcmp(role, "admin")  ? TXMQ_ROLE_ADMIN
+                                     : TXMQ_ROLE_PRODUCER;
+  conn_t* k = lua_newuserdatauv(L, sizeof *k, 0);
+  memset(k, 0, sizeof *k);
+  if (uv_loop_init(&k->loop) < 0) return fail(L, NULL, TXMQ_EIO);
+  int rc = txmq_client_new(&k->c, &k->loop, &o);
+  if (rc) {
+    uv_loop_close(&k->loop);
+    return fail(L, NULL, rc);
+  }
+  k->open = 1;
+  luaL_setmetatable(L, CONN_MT);
+  wait_t w = {0};
+  rc = run_until(k, &w, txmq_client_connect(k->c, server, on_connected, &w));
+  if (rc) {
+    int r = fail(L, k, rc);
+    conn_shutdown(k);
+    return r;
+  }
+  return 1;
+}
+
+static int l_conn_close(lua_State* L) {
+  conn_t* k = luaL_checkudata(L, 1, CONN_MT);
+  conn_shutdown(k);
+  return 0;
+}
+
+static void on_send(txmq_client_t* c, int status, const txmq_send_result_t* r,
+                    void* arg) {
+  (void)c;
+  wait_t* w = arg;
+  w->status = status;
+  if (status == 0) w->send = *r;
+  w->done = 1;
+}
+
+/* conn:send(msg) -> {msg_id, qid, qoff} | nil, err */
+static int l_conn_send(lua_State* L) {
+  conn_t* k = check_conn(L);
+  txmq_msg_t* m = check_msg(L, 2);
+  wait_t w = {0};
+  int rc = txmq_client_send(k->c, m, on_send, &w);
+  txmq_msg_free(m);
+  rc = run_until(k, &w, rc);
+  if (rc) return fail(L, k, rc);
+  lua_createtable(L, 0, 3);
+  set_hex(L, "msg_id", w.send.msg_id);
+  set_int(L, "qid", w.send.qid);
+  set_int(L, "qoff", w.send.qoff);
+  return 1;
+}
+
+/* Runs the Lua execute function (in the calling state, on its thread: the
+ * loop runs inside the Lua call). An error counts as UNKNOWN. */
+static txmq_tx_decision_t on_execute(txmq_client_t* c, const txmq_msg_t* msg,
+                                     const uint8_t* tx_id, void* arg) {
+  (void)c;
+  wait_t* w = arg;
+  lua_State* L = w->L;
+  w->executed = 1;
+  lua_pushvalue(L, w->fn_idx);
+  push_msg(L, msg);
+  set_hex(L, "tx_id", tx_id);
+  lua_pushvalue(L, w->arg_idx);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    snprintf(w->err, sizeof w->err, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return TXMQ_TX_UNKNOWN;
+  }
+  txmq_tx_decision_t d = to_decision(L, -1);
+  lua_pop(L, 1);
+  return d;
+}
+
+static void on_tx_done(txmq_client_t* c, int status, const txmq_tx_result_t* r,
+                       void* arg) {
+  (void)c;
+  wait_t* w = arg;
+  w->status = status;
+  if (status == 0) w->tx = *r;
+  w->done = 1;
+}
+
+/* conn:send_in_transaction(group, msg, execute, arg) -> result | nil, err */
+static int l_conn_send_tx(lua_State* L) {
+  conn_t* k = check_conn(L);
+  const char* group = luaL_checkstring(L, 2);
+  luaL_checktype(L, 4, LUA_TFUNCTION);
+  lua_settop(L, 5);
+  txmq_msg_t* m = check_msg(L, 3);
+  wait_t w = {0};
+  w.L = L;
+  w.fn_idx = 4;
+  w.arg_idx = 5;
+  int rc = txmq_client_send_in_transaction(k->c, group, m, on_execute, &w,
+                                           on_tx_done, &w);
+  txmq_msg_free(m);
+  rc = run_until(k, &w, rc);
+  if (rc) return fail(L, k, rc);
+  lua_createtable(L, 0, 8);
+  set_str(L, "status", "SEND_OK");
+  set_hex(L, "msg_id", w.tx.msg_id);
+  set_hex(L, "tx_id", w.tx.tx_id);
+  set_str(L, "tx_state", decision_name(w.tx.local_state));
+  set_str(L, "state", state_name(w.tx.tx_state));
+  if (w.tx.end_status) {
+    lua_pushfstring(L, "%s", txmq_err_name(w.tx.end_status));
+    lua_setfield(L, -2, "end_error");
+  }
+  if (w.err[0]) set_str(L, "error", w.err);
+  return 1;
+}
+
+static void on_receive(txmq_client_t* c, int status, txmq_delivery_t* d,
+                       size_t n, void* arg) {
+  (void)c;
+  wait_t* w = arg;
+  w->status = status;
+  w->done = 1;
+  if (status || n == 0) return;
+  w->d = malloc(n * sizeof *d);
+  if (!w->d) {
+    w->status = TXMQ_ENOMEM;
+    return;
+  }
+  memcpy(w->d, d, n * sizeof *d);
+  for (size_t i = 0; i < n; i++) d[i].msg = NULL;
+  w->n = n;
+}
+
+/* conn:receive{group, topic, tags, max, wait_ms} -> list | nil, err */
+static int l_conn_receive(lua_State* L) {
+  conn_t* k = check_conn(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  txmq_receive_opts_t o = {0};
+  lua_getfield(L, 2, "group");
+  o.group = luaL_checkstring(L, -1);
+  lua_getfield(L, 2, "topic");
+  o.topic = luaL_checkstring(L, -1);
+  lua_getfield(L, 2, "tags");
+  o.tags = luaL_optstring(L, -1, NULL);
+  lua_getfield(L, 2, "max");
+  o.max = (uint32_t)luaL_optinteger(L, -1, 32);
+  lua_getfield(L, 2, "wait_ms");
+  o.wait_ms = (uint32_t)luaL_optinteger(L, -1, 1000);
+  wait_t w = {0};
+  int rc = run_until(k, &w, txmq_client_receive(k->c, &o, on_receive, &w));
+  if (rc) {
+    txmq_client_free_deliveries(w.d, w.n);
+    return fail(L, k, rc);
+  }
+  lua_createtable(L, (int)w.n, 0);
+  for (size_t i = 0; i < w.n; i++) {
+    push_msg(L, w.d[i].msg);
+    set_str(L, "handle", w.d[i].handle);
+    set_int(L, "deliveries", w.d[i].deliveries);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  txmq_client_free_deliveries(w.d, w.n);
+  return 1;
+}
+
+static void on_int(txmq_client_t* c, int status, int64_t v, void* arg) {
+  (void)c;
+  wait_t* w = arg;
+  w->status = status;
+  w->value = v;
+  w->done = 1;
+}
+
+/* conn:ack(group, {handle...}) -> acked | nil, err */
+static int l_conn_ack(lua_State* L) {
+  conn_t* k = check_conn(L);
+  const char* group = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  size_t n = (size_t)luaL_len(L, 3);
+  if (n == 0) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  const char** hs = lua_newuserdatauv(L, n * sizeof *hs, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_geti(L, 3, (lua_Integer)i + 1);
+    hs[i] = luaL_checkstring(L, -1);
+    lua_pop(L, 1); /* the table keeps the string alive */
+  }
+  wait_t w = {0};
+  int rc = run_until(k, &w, txmq_client_ack(k->c, group, hs, n, on_int, &w));
+  if (rc) return fail(L, k, rc);
+  lua_pushinteger(L, w.value);
+  return 1;
+}
+
+/* ---- checker: a background thread answering checks ---- */
+
+typedef struct {
+  uv_thread_t thread;
+  uv_sem_t ready;
+  uv_async_t stop;
+  uv_loop_t loop;
+  txmq_client_t* c;
+  lua_State* S;    /* the checker's own state, used on its thread only */
+  char* server;
+  char* id;
+  char* group;
+  char* script;
+  int start_status;
+  int running;
+  char err[512];
+  uint64_t checks;
+} checker_t;
+
+/* Loads the script into the checker's state with the globals of a handler
+ * script (txmq.COMMIT, ...); leaves checkLocalTransaction in the registry. */
+static const char* LOADER =
+    "local path = ...\n"
+    "local txmq = { COMMIT = 'COMMIT_MESSAGE', ROLLBACK = 'ROLLBACK_MESSAGE',\n"
+    "  UNKNOWN = 'UNKNOW', null = setmetatable({}, {__name = 'txmq.null'}),\n"
+    "  array = function(t) return t or {} end }\n"
+    "function txmq.log(...) local t = table.pack(...)\n"
+    "  for i = 1, t.n do t[i] = tostring(t[i]) end\n"
+    "  io.stderr:write('txmq: ', table.concat(t, ' '), '\\n') end\n"
+    "local env = setmetatable({ txmq = txmq }, { __index = _G })\n"
+    "local f = assert(loadfile(path, 't', env))\n"
+    "f()\n"
+    "if type(env.checkLocalTransaction) ~= 'function' then\n"
+    "  error(path .. ' defines no checkLocalTransaction', 0) end\n"
+    "return env.checkLocalTransaction\n";
+
+static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
+                     void* arg) {
+  checker_t* k = arg;
+  lua_State* S = k->S;
+  txmq_tx_decision_t d = TXMQ_TX_UNKNOWN;
+  k->checks++;
+  lua_getfield(S, LUA_REGISTRYINDEX, "txmq.check");
+  if (chk->nmsgs > 0) {
+    push_msg(S, chk->msgs[0]);
+    lua_createtable(S, (int)chk->nmsgs, 0);
+    for (size_t i = 0; i < chk->nmsgs; i++) {
+      push_msg(S, chk->msgs[i]);
+      lua_rawseti(S, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(S, -2, "messages");
+  } else {
+    lua_newtable(S);
+  }
+  set_hex(S, "tx_id", chk->tx_id);
+  set_int(S, "check_count", chk->check_count);
+  set_str(S, "group", chk->group);
+  if (lua_pcall(S, 1, 1, 0) != LUA_OK) {
+    fprintf(stderr, "txmq: checkLocalTransaction failed: %s\n",
+            lua_tostring(S, -1));
+  } else {
+    d = to_decision(S, -1);
+  }
+  lua_pop(S, 1);
+  txmq_client_check_reply(c, chk->check_id, d);
+}
+
+static void checker_on_connected(txmq_client_t* c, int status, void* arg) {
+  checker_t* k = arg;
+  k->start_status = status;
+  if (status)
+    snprintf(k->err, sizeof k->err, "%s", txmq_client_diag(c));
+  uv_sem_post(&k->ready);
+}
+
+static void checker_on_closed(txmq_client_t* c, void* arg) {
+  (void)c;
+  checker_t* k = arg;
+  uv_close((uv_handle_t*)&k->stop, NULL);
+}
+
+static void checker_on_stop(uv_async_t* a) {
+  checker_t* k = a->data;
+  if (txmq_client_close(k->c, checker_on_closed, k) != 0)
+    uv_close((uv_handle_t*)&k->stop, NULL);
+}
+
+static void checker_main(void* arg) {
+  checker_t* k = arg;
+  uv_run(&k->loop, UV_RUN_DEFAULT);
+}
+
+static void checker_free_fields(checker_t* k) {
+  if (k->S) lua_close(k->S);
+  k->S = NULL;
+  free(k->server);
+  free(k->id);
+  free(k->group);
+  free(k->script);
+  k->server = k->id = k->group = k->script = NULL;
+}
+
+/* Stops the thread (if started), frees everything. Prompt: closing the
+ * client fails what is outstanding at once. */
+static void checker_shutdown(checker_t* k) {
+  if (!k->running) return;
+  k->running = 0;
+  uv_async_send(&k->stop);
+  uv_thread_join(&k->thread);
+  uv_run(&k->loop, UV_RUN_DEFAULT);
+  txmq_client_free(k->c);
+  uv_loop_close(&k->loop);
+  uv_sem_destroy(&k->ready);
+  checker_free_fields(k);
+}
+
+static char* dupstr(const char* s) {
+  size_t n = strlen(s) + 1;
+  char* d = malloc(n);
+  if (d) memcpy(d, s, n);
+  return d;
+}
+
+/* core.checker(server, client_id, group, script) -> checker | nil, err */
+static int l_checker(lua_State* L) {
+  const char* server = luaL_checkstring(L, 1);
+  const char* id = luaL_checkstring(L, 2);
+  const char* group = luaL_checkstring(L, 3);
+  const char* script = luaL_checkstring(L, 4);
+  checker_t* k = lua_newuserdatauv(L, sizeof *k, 0);
+  memset(k, 0, sizeof *k);
+  luaL_setmetatable(L, CHECKER_MT);
+  k->server = dupstr(server);
+  k->id = dupstr(id);
+  k->group = dupstr(group);
+  k->script = dupstr(script);
+  k->S = luaL_newstate();
+  if (!k->server || !k->id || !k->group || !k->script || !k->S) {
+    checker_free_fields(k);
+    return luaL_error(L, "txmq: out of memory");
+  }
+  luaL_openlibs(k->S);
+  if (luaL_loadstring(k->S, LOADER) != LUA_OK ||
+      (lua_pushstring(k->S, script), lua_pcall(k->S, 1, 1, 0)) != LUA_OK) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "ESCRIPT: %s", lua_tostring(k->S, -1));
+    checker_free_fields(k);
+    return 2;
+  }
+  lua_setfield(k->S, LUA_REGISTRYINDEX, "txmq.check");
+
+  const char* groups[1] = {k->group};
+  txmq_client_options_t o = {0};
+  o.client_id = k->id;
+  o.role = TXMQ_ROLE_PRODUCER;
+  o.producer_groups = groups;
+  o.n_producer_groups = 1;
+  int rc = uv_loop_init(&k->loop) < 0 ? TXMQ_EIO : 0;
+  if (!rc && (rc = txmq_client_new(&k->c, &k->loop, &o))) uv_loop_close(&k->loop);
+  if (rc) {
+    checker_free_fields(k);
+    return fail(L, NULL, rc);
+  }
+  txmq_client_on_check(k->c, k->group, on_check, k);
+  uv_sem_init(&k->ready, 0);
+  uv_async_init(&k->loop, &k->stop, checker_on_stop);
+  k->stop.data = k;
+  rc = txmq_client_connect(k->c, k->server, checker_on_connected, k);
+  if (!rc && uv_thread_create(&k->thread, checker_main, k) != 0) rc = TXMQ_EIO;
+  if (rc) {
+    /* Nothing runs the loop yet: tear down here. */
+    uv_close((uv_handle_t*)&k->stop, NULL);
+    int closed = 0;
+    if (txmq_client_close(k->c, on_closed, &closed) == 0)
+      while (!closed && uv_run(&k->loop, UV_RUN_ONCE) != 0) {
+      }
+    uv_run(&k->loop, UV_RUN_DEFAULT);
+    txmq_client_free(k->c);
+    uv_loop_close(&k->loop);
+    uv_sem_destroy(&k->ready);
+    checker_free_fields(k);
+    lua_pushnil(L);
+    lua_pushstring(L, txmq_err_name(rc));
+    return 2;
+  }
+  k->running = 1;
+  uv_sem_wait(&k->ready);
+  if (k->start_status) {
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s: %s", txmq_err_name(k->start_status),
+             k->err[0] ? k->err : txmq_strerror(k->start_status));
+    checker_shutdown(k);
+    lua_pushnil(L);
+    lua_pushstring(L, msg);
+    return 2;
+  }
+  return 1;
+}
+
+static int l_checker_close(lua_State* L) {
+  checker_t* k = luaL_checkudata(L, 1, CHECKER_MT);
+  checker_shutdown(k);
+  return 0;
+}
+
+/* checker:checks() -> how many check requests were answered (for tests). */
+static int l_checker_checks(lua_State* L) {
+  checker_t* k = luaL_checkudata(L, 1, CHECKER_MT);
+  lua_pushinteger(L, (lua_Integer)k->checks);
+  return 1;
+}
+
+int luaopen_txmq_core(lua_State* L) {
+  static const luaL_Reg conn_m[] = {
+      {"send", l_conn_send},       {"send_in_transaction", l_conn_send_tx},
+      {"receive", l_conn_receive}, {"ack", l_conn_ack},
+      {"close", l_conn_close},     {"__gc", l_conn_close},
+      {"__close", l_conn_close},   {NULL, NULL}};
+  static const luaL_Reg checker_m[] = {{"close", l_checker_close},
+                                       {"checks", l_checker_checks},
+                                       {"__gc", l_checker_close},
+                                       {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"connect", l_connect}, {"checker", l_checker}, {NULL, NULL}};
+  luaL_newmetatable(L, CONN_MT);
+  luaL_setfuncs(L, conn_m, 0);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, "__index");
+  luaL_newmetatable(L, CHECKER_MT);
+  luaL_setfuncs(L, checker_m, 0);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 2);
+  luaL_newlib(L, fns);
+  return 1;
+}

@@ -1,0 +1,188 @@
+-- txmq.lua - the Lua client of txmqd (DESIGN §7), on the C client through
+-- "txmq.core" (core/clients/lua/txmq_lua.c). It mirrors RocketMQ's producer
+-- API:
+--
+--   local txmq = require "txmq"
+--   local p = txmq.transaction_producer{ group = "G", server = "127.0.0.1:8967",
+--     script = "scripts/G.lua" }        -- or execute = function(msg, arg) ... end
+--   local r = p:send_in_transaction({ topic = "T", body = "hello" }, arg)
+--   print(r.status, r.tx_state, r.msg_id, r.tx_id)
+--   p:close()
+--
+-- executeLocalTransaction runs in the calling Lua state during
+-- send_in_transaction. Checks are answered for as long as the producer is
+-- open by a background thread with its own connection (announcing the
+-- group) and its OWN Lua state, which loads `script` and calls its
+-- checkLocalTransaction. Lua functions cannot cross states, so checks need
+-- `script`: a producer created with inline functions only (no script)
+-- answers no checks, and an inline `check` without `script` is an error.
+-- The script format is the runtime's (scripts/<group>.lua): globals
+-- executeLocalTransaction(msg, arg) and checkLocalTransaction(msg), with
+-- txmq.COMMIT / txmq.ROLLBACK / txmq.UNKNOWN (or the RocketMQ strings). In
+-- the producer the script is the producer's own code: it runs with the
+-- full standard library (no sandbox, no time limit).
+--
+-- Failures of the server or the network return nil and a message
+-- ("ECLOSED: ..."); bad arguments raise errors.
+local core = require "txmq.core"
+
+local M = {
+  COMMIT = "COMMIT_MESSAGE",
+  ROLLBACK = "ROLLBACK_MESSAGE",
+  UNKNOWN = "UNKNOW",
+  core = core,
+}
+
+local seq = 0
+local function client_id(prefix)
+  seq = seq + 1
+  return string.format("%s-%d-%d-%d", prefix, os.time(), math.random(1, 1e9), seq)
+end
+
+-- Loads a handler script into this state the way the runtime does: its
+-- globals go into a table of their own, with txmq the constants.
+local function load_script(path)
+  local api = {
+    COMMIT = M.COMMIT, ROLLBACK = M.ROLLBACK, UNKNOWN = M.UNKNOWN,
+    array = function(t) return t or {} end,
+    log = function(...)
+      local t = table.pack(...)
+      for i = 1, t.n do t[i] = tostring(t[i]) end
+      io.stderr:write("txmq: ", table.concat(t, " "), "\n")
+    end,
+  }
+  local env = setmetatable({ txmq = api }, { __index = _G })
+  local f, err = loadfile(path, "t", env)
+  if not f then error("txmq: " .. err, 3) end
+  f()
+  return env
+end
+
+-- ---- producer ----
+
+local Producer = {}
+Producer.__index = Producer
+
+function M.producer(opts)
+  opts = opts or {}
+  local conn, err = core.connect(opts.server or "127.0.0.1:8967",
+    opts.client_id or client_id("lua-producer"))
+  if not conn then return nil, err end
+  return setmetatable({ conn = conn }, Producer)
+end
+
+-- send{topic=, body=, tags=, keys=, props={...}} -> {msg_id, qid, qoff}
+function Producer:send(msg)
+  return self.conn:send(msg)
+end
+
+function Producer:close()
+  self.conn:close()
+end
+
+-- ---- transaction producer ----
+
+local TxProducer = {}
+TxProducer.__index = TxProducer
+
+function M.transaction_producer(opts)
+  assert(type(opts) == "table", "txmq.transaction_producer: expected a table")
+  local group = assert(opts.group, "txmq.transaction_producer: group is required")
+  local server = opts.server or "127.0.0.1:8967"
+  local execute, script_check = opts.execute, nil
+  if opts.script then
+    local env = load_script(opts.script)
+    execute = execute or env.executeLocalTransaction
+    script_check = env.checkLocalTransaction
+  elseif opts.check then
+    error("txmq.transaction_producer: checks run in a background Lua state "
+      .. "and need script = path (functions cannot cross Lua states)", 2)
+  end
+  if type(execute) ~= "function" then
+    error("txmq.transaction_producer: no executeLocalTransaction "
+      .. "(give execute = function or a script that defines it)", 2)
+  end
+  local id = opts.client_id or client_id("lua-tx-" .. group)
+  local conn, err = core.connect(server, id)
+  if not conn then return nil, err end
+  local self = setmetatable({ conn = conn, group = group, execute = execute }, TxProducer)
+  if opts.script and script_check then
+    local checker, cerr = core.checker(server, id, group, opts.script)
+    if not checker then
+      conn:close()
+      return nil, cerr
+    end
+    self.checker = checker
+  end
+  return self
+end
+
+-- send_in_transaction(msg, arg) -> {status="SEND_OK", msg_id, tx_id,
+-- tx_state="COMMIT_MESSAGE"|"ROLLBACK_MESSAGE"|"UNKNOW", state=...}.
+-- An error in execute counts as UNKNOW (result.error says why): the checks
+-- decide.
+function TxProducer:send_in_transaction(msg, arg)
+  return self.conn:send_in_transaction(self.group, msg, self.execute, arg)
+end
+
+-- How many check requests the background thread answered.
+function TxProducer:checks()
+  return self.checker and self.checker:checks() or 0
+end
+
+-- Stops answering checks (joins the thread) and closes the connection.
+function TxProducer:close()
+  if self.checker then self.checker:close() end
+  self.conn:close()
+end
+
+-- ---- consumer ----
+
+local Consumer = {}
+Consumer.__index = Consumer
+
+local Message = {}
+Message.__index = Message
+function Message:ack()
+  return self._consumer:ack(self)
+end
+
+function M.consumer(opts)
+  assert(type(opts) == "table", "txmq.consumer: expected a table")
+  assert(opts.group and opts.topic, "txmq.consumer: group and topic are required")
+  local conn, err = core.connect(opts.server or "127.0.0.1:8967",
+    opts.client_id or client_id("lua-consumer"), "consumer")
+  if not conn then return nil, err end
+  return setmetatable({ conn = conn, group = opts.group, topic = opts.topic,
+    tags = opts.tags }, Consumer)
+end
+
+-- receive{max=, wait_ms=} -> list of messages (each with :ack()).
+function Consumer:receive(o)
+  o = o or {}
+  local list, err = self.conn:receive{ group = self.group, topic = self.topic,
+    tags = self.tags, max = o.max, wait_ms = o.wait_ms }
+  if not list then return nil, err end
+  for _, m in ipairs(list) do
+    m._consumer = self
+    setmetatable(m, Message)
+  end
+  return list
+end
+
+-- ack(m) or ack{m1, m2, ...} -> how many were acknowledged.
+function Consumer:ack(m)
+  local handles = {}
+  if m.handle then
+    handles[1] = m.handle
+  else
+    for i, x in ipairs(m) do handles[i] = x.handle end
+  end
+  return self.conn:ack(self.group, handles)
+end
+
+function Consumer:close()
+  self.conn:close()
+end
+
+return M
