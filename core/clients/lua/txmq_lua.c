@@ -315,7 +315,8 @@ static txmq_tx_decision_t on_execute(txmq_client_t* c, const txmq_msg_t* msg,
   set_hex(L, "tx_id", tx_id);
   lua_pushvalue(L, w->arg_idx);
   if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
-    snprintf(w->err, sizeof w->err, "%s", lua_tostring(L, -1));
+    const char* e = lua_tostring(L, -1);
+    snprintf(w->err, sizeof w->err, "%s", e ? e : "(a non-string error)");
     lua_pop(L, 1);
     return TXMQ_TX_UNKNOWN;
   }
@@ -501,8 +502,9 @@ static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
   set_int(S, "check_count", chk->check_count);
   set_str(S, "group", chk->group);
   if (lua_pcall(S, 1, 1, 0) != LUA_OK) {
+    const char* e = lua_tostring(S, -1);
     fprintf(stderr, "txmq: checkLocalTransaction failed: %s\n",
-            lua_tostring(S, -1));
+            e ? e : "(a non-string error)");
   } else {
     d = to_decision(S, -1);
   }
