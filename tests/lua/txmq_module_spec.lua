@@ -26,15 +26,21 @@ end
 
 local work, pid, server
 
-local function start_txmqd()
-  work = io.popen("mktemp -d /tmp/txmq-lua.XXXXXX"):read("l")
-  sh("mkdir -p " .. work .. "/data " .. work .. "/scripts")
-  write(work .. "/conf.lua", [[
-return { tx_timeout_ms = 500, check_interval_ms = 500, check_retry_ms = 200 }
-]])
-  sh(string.format("%s/txmqd -c %s/conf.lua --listen 127.0.0.1:0 --data %s/data "
+local FAST = "return { tx_timeout_ms = 500, check_interval_ms = 500, check_retry_ms = 200 }"
+
+-- Starts txmqd with config text conf (FAST by default) on listen (an
+-- ephemeral port by default), keeping the work directory of a previous
+-- start (a restart).
+local function start_txmqd(conf, listen)
+  if not work then
+    work = io.popen("mktemp -d /tmp/txmq-lua.XXXXXX"):read("l")
+    sh("mkdir -p " .. work .. "/data " .. work .. "/scripts")
+  end
+  write(work .. "/conf.lua", conf or FAST)
+  write(work .. "/txmqd.log", "")
+  sh(string.format("%s/txmqd -c %s/conf.lua --listen %s --sync always --data %s/data "
     .. "--scripts %s/scripts 2>%s/txmqd.log & echo $! > %s/pid",
-    bin, work, work, work, work, work))
+    bin, work, listen or "127.0.0.1:0", work, work, work, work))
   pid = read(work .. "/pid"):match("%d+")
   for _ = 1, 150 do
     local port = read(work .. "/txmqd.log"):match('msg="listening" addr=[^ ]*:(%d+)')
@@ -47,9 +53,21 @@ return { tx_timeout_ms = 500, check_interval_ms = 500, check_retry_ms = 200 }
   error("txmqd did not start: " .. read(work .. "/txmqd.log"))
 end
 
+local function kill_txmqd()
+  if pid then
+    sh("kill -KILL " .. pid .. " 2>/dev/null")
+    for _ = 1, 100 do
+      if not sh("kill -0 " .. pid .. " 2>/dev/null") then break end
+      sh("sleep 0.05")
+    end
+  end
+  pid = nil
+end
+
 local function stop_txmqd()
-  if pid then sh("kill -KILL " .. pid .. " 2>/dev/null; wait 2>/dev/null") end
+  kill_txmqd()
   if work then sh("rm -rf " .. work) end
+  work = nil
 end
 
 local function now() -- wall seconds with sub-second precision
@@ -72,7 +90,7 @@ local function receive_all(topic, group, n, seconds)
 end
 
 describe("txmq module", function()
-  setup(start_txmqd)
+  setup(function() start_txmqd() end)
   teardown(stop_txmqd)
 
   it("sends with a producer and receives with a consumer", function()
@@ -175,5 +193,33 @@ end
     local p, err = txmq.producer{ server = "127.0.0.1:1" }
     assert.is_nil(p)
     assert.matches("EIO", err)
+  end)
+end)
+
+describe("txmq module across a restart of txmqd", function()
+  teardown(stop_txmqd)
+
+  it("the background checker reconnects and answers the pending check", function()
+    -- No check before the kill: the first daemon waits a minute.
+    start_txmqd("return { tx_timeout_ms = 60000 }")
+    local script = work .. "/g-restart.lua"
+    write(script, [[
+function executeLocalTransaction(msg, arg) return txmq.UNKNOWN end
+function checkLocalTransaction(msg) return txmq.COMMIT end
+]])
+    local p = assert(txmq.transaction_producer{ group = "g-restart", server = server,
+      script = script })
+    local r = assert(p:send_in_transaction{ topic = "TxRestart", body = "after restart" })
+    assert.are.equal("UNKNOW", r.tx_state)
+    assert.are.equal(0, p:checks())
+    local listen = server
+    kill_txmqd()
+    start_txmqd(FAST, listen)
+    assert.are.equal(listen, server)
+    local got = receive_all("TxRestart", "g1", 1, 15)
+    assert.are.equal(1, #got)
+    assert.are.equal("after restart", got[1].body)
+    assert.is_true(p:checks() >= 1)
+    p:close()
   end)
 end)

@@ -18,9 +18,9 @@
  *     writes no event loop. checker:close() stops the loop and joins.
  *
  * It does not sandbox or time-limit the producer's handlers: they are the
- * producer's own code, as a RocketMQ TransactionListener is. It does not
- * reconnect a checker whose connection was lost (the checks then go to other
- * members of the group, or wait for the next producer).
+ * producer's own code, as a RocketMQ TransactionListener is. A checker whose
+ * connection is lost reconnects every half second until closed; a conn
+ * does not reconnect (its calls fail with ECLOSED: make a new producer).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -450,6 +450,9 @@ typedef struct {
   uv_thread_t thread;
   uv_sem_t ready;
   uv_async_t stop;
+  uv_timer_t retry;  /* reconnects after a lost connection */
+  int started;       /* the first connect has reported */
+  int stopping;
   uv_loop_t loop;
   txmq_client_t* c;
   lua_State* S;    /* the checker's own state, used on its thread only */
@@ -512,12 +515,38 @@ static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
   txmq_client_check_reply(c, chk->check_id, d);
 }
 
+static void checker_on_connected(txmq_client_t* c, int status, void* arg);
+
+/* A lost connection is retried every RETRY_MS until close: the checks of
+ * the group wait on the server until a member says hello again. */
+#define RETRY_MS 500
+
+static void checker_retry(uv_timer_t* t) {
+  checker_t* k = t->data;
+  if (k->stopping) return;
+  int rc = txmq_client_connect(k->c, k->server, checker_on_connected, k);
+  if (rc != 0 && rc != TXMQ_EBUSY) uv_timer_start(&k->retry, checker_retry, RETRY_MS, 0);
+}
+
 static void checker_on_connected(txmq_client_t* c, int status, void* arg) {
   checker_t* k = arg;
-  k->start_status = status;
-  if (status)
-    snprintf(k->err, sizeof k->err, "%s", txmq_client_diag(c));
-  uv_sem_post(&k->ready);
+  if (!k->started) {
+    k->started = 1;
+    k->start_status = status;
+    if (status)
+      snprintf(k->err, sizeof k->err, "%s", txmq_client_diag(c));
+    uv_sem_post(&k->ready);
+    return;
+  }
+  if (status && !k->stopping)
+    uv_timer_start(&k->retry, checker_retry, RETRY_MS, 0);
+}
+
+static void checker_on_disconnect(txmq_client_t* c, int status, void* arg) {
+  (void)c;
+  (void)status;
+  checker_t* k = arg;
+  if (!k->stopping) uv_timer_start(&k->retry, checker_retry, RETRY_MS, 0);
 }
 
 static void checker_on_closed(txmq_client_t* c, void* arg) {
@@ -528,6 +557,9 @@ static void checker_on_closed(txmq_client_t* c, void* arg) {
 
 static void checker_on_stop(uv_async_t* a) {
   checker_t* k = a->data;
+  k->stopping = 1;
+  uv_timer_stop(&k->retry);
+  uv_close((uv_handle_t*)&k->retry, NULL);
   if (txmq_client_close(k->c, checker_on_closed, k) != 0)
     uv_close((uv_handle_t*)&k->stop, NULL);
 }
@@ -609,6 +641,9 @@ static int l_checker(lua_State* L) {
     return fail(L, NULL, rc);
   }
   txmq_client_on_check(k->c, k->group, on_check, k);
+  txmq_client_on_disconnect(k->c, checker_on_disconnect, k);
+  uv_timer_init(&k->loop, &k->retry);
+  k->retry.data = k;
   uv_sem_init(&k->ready, 0);
   uv_async_init(&k->loop, &k->stop, checker_on_stop);
   k->stop.data = k;
@@ -617,6 +652,7 @@ static int l_checker(lua_State* L) {
   if (rc) {
     /* Nothing runs the loop yet: tear down here. */
     uv_close((uv_handle_t*)&k->stop, NULL);
+    uv_close((uv_handle_t*)&k->retry, NULL);
     int closed = 0;
     if (txmq_client_close(k->c, on_closed, &closed) == 0)
       while (!closed && uv_run(&k->loop, UV_RUN_ONCE) != 0) {
