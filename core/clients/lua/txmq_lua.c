@@ -22,6 +22,7 @@
  * connection is lost reconnects every half second until closed; a conn
  * does not reconnect (its calls fail with ECLOSED: make a new producer).
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -463,7 +464,7 @@ typedef struct {
   int start_status;
   int running;
   char err[512];
-  uint64_t checks;
+  atomic_uint_fast64_t checks; /* written by the thread, read by Lua */
 } checker_t;
 
 /* Loads the script into the checker's state with the globals of a handler
@@ -488,7 +489,7 @@ static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
   checker_t* k = arg;
   lua_State* S = k->S;
   txmq_tx_decision_t d = TXMQ_TX_UNKNOWN;
-  k->checks++;
+  atomic_fetch_add(&k->checks, 1);
   lua_getfield(S, LUA_REGISTRYINDEX, "txmq.check");
   if (chk->nmsgs > 0) {
     push_msg(S, chk->msgs[0]);
@@ -689,7 +690,7 @@ static int l_checker_close(lua_State* L) {
 /* checker:checks() -> how many check requests were answered (for tests). */
 static int l_checker_checks(lua_State* L) {
   checker_t* k = luaL_checkudata(L, 1, CHECKER_MT);
-  lua_pushinteger(L, (lua_Integer)k->checks);
+  lua_pushinteger(L, (lua_Integer)atomic_load(&k->checks));
   return 1;
 }
 
