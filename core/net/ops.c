@@ -741,15 +741,11 @@ static int op_tx_show(net_conn_t* c, uint64_t id, const msgpack_object* m,
   txmq_tx_info_t info;
   memset(&info, 0, sizeof info);
   rc = txmq_tx_show(c->srv->tx, tx_id, &info, show_one, &k);
-  if (memcmp(info.tx_id, tx_id, TXMQ_TX_ID_LEN) != 0) {
-    /* Not even the summary: the transaction is unknown. */
+  if (rc == TXMQ_ENOTFOUND) {
+    /* Not even the summary: the transaction is unknown. Any other error
+     * comes after the summary was filled, with the history incomplete. */
     net__wb_free(&k.w);
-    char hex[TXMQ_TX_ID_STRLEN + 1];
-    txmq_tx_id_str(tx_id, hex);
-    if (rc == TXMQ_EAGAIN)
-      return net__errf(err, rc, "transaction %s has an event being written; "
-                                "ask again", hex);
-    return tx_refused(c->srv->tx, tx_id, rc != 0 ? rc : TXMQ_ENOTFOUND, err);
+    return tx_refused(c->srv->tx, tx_id, rc, err);
   }
   if (k.w.failed) {
     net__wb_free(&k.w);

@@ -131,6 +131,9 @@ print(o.tx.tx_id == "'"$boom_tx"'", o.tx.state, ev[1], ev[#ev], o.re, o.ok)')" \
 
 run "$txmq" "${S[@]}" tx show ffffffffffffffffffffffffffffffff
 expect_err_prefix "tx show of an unknown transaction" 1 "txmq: tx show: transaction ffffffffffffffffffffffffffffffff"
+# The all-zero id is unknown too, not an empty summary.
+run "$txmq" "${S[@]}" tx show 00000000000000000000000000000000
+expect_err_prefix "tx show of the all-zero id" 1 "txmq: tx show: transaction 00000000000000000000000000000000"
 run "$txmq" "${S[@]}" tx show 1234
 expect "tx show with a malformed id" 2 "txmq: tx show: '1234' is not a transaction id (32 hex digits)"
 run "$txmq" "${S[@]}" tx show

@@ -278,8 +278,10 @@ typedef struct {
 
 /* Looks a transaction up (any state within the window) and calls fn for each
  * event of its history, oldest first, reading the chained log records.
- * TXMQ_ENOTFOUND if unknown. info may be NULL. TXMQ_EAGAIN if its newest
- * event is accepted but not yet written (ask again after its callback). If
+ * TXMQ_ENOTFOUND (nothing filled) if unknown; any other error comes after
+ * info was filled, with the history incomplete. info may be NULL.
+ * TXMQ_EAGAIN if its newest event is accepted but not yet written (ask
+ * again after its callback). If
  * the chain cannot be followed to the half record (retention deleted it, or
  * it is damaged), fn still gets the events that were read and the read's
  * code is returned. */
