@@ -348,11 +348,6 @@ static int push_rec(lua_State* L, const msgpack_object* o, int depth,
   }
 }
 
-int txmq__codec_push(lua_State* L, const msgpack_object* o, char* err,
-                     size_t errlen) {
-  return push_rec(L, o, 0, 0, err, errlen);
-}
-
 typedef struct {
   const msgpack_object* o;
   char* err;

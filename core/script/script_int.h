@@ -51,18 +51,14 @@ int txmq__codec_array(lua_State* L);
  * err set. Pure C, no Lua, any thread. */
 int txmq__msgpack_scan(const void* buf, size_t len, char* err, size_t errlen);
 
-/* Pushes o as one Lua value: nil -> nil at the top level, txmq.null inside
- * arrays, an absent key as a map value; bool; int -> integer (a positive
- * int above INT64_MAX becomes a float); float32/64 -> float; str and bin ->
- * string; array -> table marked with txmq.array; map -> table (keys must be
- * str, bin or int). Returns 0 and pushes exactly one value, or returns
- * TXMQ_EPROTO (ext types, bad keys, too deep) with err set and pushes
- * nothing. May raise a memory error: call in protected mode. */
-int txmq__codec_push(lua_State* L, const msgpack_object* o, char* err,
-                     size_t errlen);
-/* Scans, unpacks and pushes one msgpack value from buf (see above). Returns
- * 0 (one value pushed), TXMQ_EPROTO or TXMQ_ENOMEM with err set (nothing
- * pushed). May raise a memory error: call in protected mode. */
+/* Scans, unpacks and pushes one msgpack value from buf as one Lua value:
+ * nil -> nil at the top level, txmq.null inside arrays, an absent key as a
+ * map value; bool; int -> integer (a positive int above INT64_MAX becomes a
+ * float); float32/64 -> float; str and bin -> string; array -> table marked
+ * with txmq.array; map -> table (keys must be str, bin or int). Returns 0
+ * (one value pushed), or TXMQ_EPROTO (ext types, bad keys, too deep) or
+ * TXMQ_ENOMEM with err set (nothing pushed). May raise a memory error: call
+ * in protected mode. */
 int txmq__codec_decode(lua_State* L, const void* buf, size_t len, char* err,
                        size_t errlen);
 
@@ -140,8 +136,6 @@ typedef struct {
 int txmq__lstate_call(txmq__lstate_t* S, const txmq__lcall_t* c,
                       txmq_script_result_t* result, char* diag,
                       size_t diaglen);
-/* Bytes the state's allocator currently accounts for. */
-size_t txmq__lstate_mem(const txmq__lstate_t* S);
 
 /* The handler module (lua/txmq/handler.lua) embedded at build time. */
 extern const unsigned char txmq__handler_lua[];

@@ -91,10 +91,6 @@ static void* l_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
   return np;
 }
 
-size_t txmq__lstate_mem(const txmq__lstate_t* S) {
-  return S->used;
-}
-
 /* ---- time budget -------------------------------------------------------- */
 
 static int64_t now_ns(void) {

@@ -114,10 +114,6 @@ txmq__istr_t* txmq__intern(txmq__itab_t* t, const char* s, size_t len) {
   return e;
 }
 
-void txmq__istr_ref(txmq__istr_t* s) {
-  s->refs++;
-}
-
 void txmq__istr_unref(txmq__itab_t* t, txmq__istr_t* s) {
   if (s == NULL || --s->refs > 0) return;
   int found;

@@ -55,8 +55,6 @@ txmq__istr_t* txmq__intern(txmq__itab_t* t, const char* s, size_t len);
 /* Looks s up without taking a reference; NULL if not interned. */
 txmq__istr_t* txmq__istr_find(const txmq__itab_t* t, const char* s,
                               size_t len);
-/* Takes one more reference. */
-void txmq__istr_ref(txmq__istr_t* s);
 /* Drops a reference; frees the string at zero. NULL is ignored. */
 void txmq__istr_unref(txmq__itab_t* t, txmq__istr_t* s);
 
