@@ -17,7 +17,7 @@
  *               increasing offset order, so appending keeps the list sorted
  *               and an ack unlinks in O(1). Messages done out of order need
  *               no memory at all.
- * A delivery (dlv_t: 88 bytes, plus a heap slot and a table bucket) is in
+ * A delivery (dlv_t: 80 bytes, plus a heap slot and a table bucket) is in
  * one of four states: INFLIGHT (in the due-time heap and in the handle
  * table), READY (expired, waiting in the gstate's FIFO to be delivered
  * again), RETRY (its DLQ put failed; in the heap to try again) or DLQ (its
