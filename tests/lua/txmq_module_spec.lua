@@ -43,7 +43,7 @@ local function start_txmqd(conf, listen)
     bin, work, listen or "127.0.0.1:0", work, work, work, work))
   pid = read(work .. "/pid"):match("%d+")
   for _ = 1, 150 do
-    local port = read(work .. "/txmqd.log"):match('msg="listening" addr=[^ ]*:(%d+)')
+    local port = read(work .. "/txmqd.log"):match('msg="listening" addr=[^%s]*:(%d+)')
     if port then
       server = "127.0.0.1:" .. port
       return
