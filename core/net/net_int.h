@@ -223,6 +223,9 @@ int net__errf(char* err, int code, const char* fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int net__get_str(const msgpack_object* map, const char* key, int required,
                  size_t maxlen, const char** p, size_t* len, char* err);
+/* Copies p[0..n) NUL-terminated into out[TXMQ_NAME_MAX + 1]; 1 when it is
+ * a valid topic or group name (no embedded NUL), else 0. */
+int net__name_copy(const char* p, size_t n, char* out);
 /* A valid topic or group name, copied NUL-terminated into out[128]. */
 int net__get_name(const msgpack_object* map, const char* key, int required,
                   char* out, char* err);

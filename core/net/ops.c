@@ -10,6 +10,7 @@
  * dispatcher sends as the error response. It does not read sockets or
  * decode frames (server.c).
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,10 +40,27 @@ static void req_fail(req_t* r, int code, const char* msg) {
   free(r);
 }
 
+/* req_fail with the message formatted into a local buffer. */
+static void req_failf(req_t* r, int code, const char* fmt, ...) {
+  char msg[NET_ERR_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  req_fail(r, code, msg);
+}
+
 static void req_send(req_t* r, net_wbuf_t* w) {
   net__send(r->c, w);
   net__done(r->c);
   free(r);
+}
+
+/* Sends an operation's response at once: the operation has answered. */
+static int answer(net_conn_t* c, net_wbuf_t* w) {
+  net__send(c, w);
+  net__done(c);
+  return 0;
 }
 
 /* Copies up to 64 bytes of a client's string for an error message, with
@@ -102,13 +120,8 @@ static int get_groups(const msgpack_object* m, const char* key, char*** out,
   for (uint32_t i = 0; i < v->via.array.size; i++) {
     const msgpack_object* e = &v->via.array.ptr[i];
     char name[TXMQ_NAME_MAX + 1];
-    int ok = e->type == MSGPACK_OBJECT_STR && e->via.str.size <= TXMQ_NAME_MAX;
-    if (ok) {
-      memcpy(name, e->via.str.ptr, e->via.str.size);
-      name[e->via.str.size] = '\0';
-      ok = strlen(name) == e->via.str.size && txmq_name_valid(name);
-    }
-    if (!ok) {
+    if (e->type != MSGPACK_OBJECT_STR ||
+        !net__name_copy(e->via.str.ptr, e->via.str.size, name)) {
       groups_free(g, k);
       return net__errf(err, TXMQ_EBADNAME,
                        "field '%s' entry %u is not a valid group name", key,
@@ -227,9 +240,7 @@ static int op_ping(net_conn_t* c, uint64_t id, const msgpack_object* m,
   net__resp_begin(&w, id, 1);
   net__pk_str(&w.pk, "time");
   msgpack_pack_int64(&w.pk, txmq__now_ms());
-  net__send(c, &w);
-  net__done(c);
-  return 0;
+  return answer(c, &w);
 }
 
 /* ---- send ---- */
@@ -239,10 +250,7 @@ static void on_put(txmq_store_t* st, int status, const txmq_msg_t* msg,
   (void)st;
   req_t* r = arg;
   if (status != 0) {
-    char msgbuf[128];
-    snprintf(msgbuf, sizeof msgbuf, "message not stored: %s",
-             txmq_strerror(status));
-    req_fail(r, status, msgbuf);
+    req_failf(r, status, "message not stored: %s", txmq_strerror(status));
     return;
   }
   net_wbuf_t w;
@@ -291,10 +299,7 @@ static void on_begin(txmq_tx_t* tx, int status, const uint8_t* tx_id,
   (void)tx;
   req_t* r = arg;
   if (status != 0) {
-    char msgbuf[128];
-    snprintf(msgbuf, sizeof msgbuf, "half messages not stored: %s",
-             txmq_strerror(status));
-    req_fail(r, status, msgbuf);
+    req_failf(r, status, "half messages not stored: %s", txmq_strerror(status));
     return;
   }
   net_wbuf_t w;
@@ -371,10 +376,7 @@ static void on_end(txmq_tx_t* tx, int status, txmq_tx_state_t state,
   (void)tx;
   req_t* r = arg;
   if (status != 0) {
-    char msgbuf[128];
-    snprintf(msgbuf, sizeof msgbuf, "decision not recorded: %s",
-             txmq_strerror(status));
-    req_fail(r, status, msgbuf);
+    req_failf(r, status, "decision not recorded: %s", txmq_strerror(status));
     return;
   }
   net_wbuf_t w;
@@ -639,9 +641,7 @@ static int op_status(net_conn_t* c, uint64_t id, const msgpack_object* m,
   msgpack_pack_uint64(&w.pk, srv->requests);
   net__pk_str(&w.pk, "protocol_errors");
   msgpack_pack_uint64(&w.pk, srv->protocol_errors);
-  net__send(c, &w);
-  net__done(c);
-  return 0;
+  return answer(c, &w);
 }
 
 /* ---- tx.list / tx.show / tx.resume ---- */
@@ -706,9 +706,7 @@ static int op_tx_list(net_conn_t* c, uint64_t id, const msgpack_object* m,
   msgpack_pack_array(&w.pk, k.n);
   net__wb_put(&w, k.w.p + 4, k.w.len - 4);
   net__wb_free(&k.w);
-  net__send(c, &w);
-  net__done(c);
-  return 0;
+  return answer(c, &w);
 }
 
 static void show_one(void* arg, const txmq_tx_event_t* ev) {
@@ -770,9 +768,7 @@ static int op_tx_show(net_conn_t* c, uint64_t id, const msgpack_object* m,
     net__pk_str(&w.pk, "diag");
     net__pk_str(&w.pk, txmq_strerror(rc));
   }
-  net__send(c, &w);
-  net__done(c);
-  return 0;
+  return answer(c, &w);
 }
 
 static int op_tx_resume(net_conn_t* c, uint64_t id, const msgpack_object* m,
@@ -797,10 +793,8 @@ static void on_reload(txmq_script_host_t* host, int status, const char* group,
   (void)host;
   req_t* r = arg;
   if (status != 0) {
-    char msgbuf[NET_ERR_MAX];
-    snprintf(msgbuf, sizeof msgbuf, "reload of '%s' failed: %s", group,
-             diag != NULL && diag[0] ? diag : txmq_strerror(status));
-    req_fail(r, status, msgbuf);
+    req_failf(r, status, "reload of '%s' failed: %s", group,
+              diag != NULL && diag[0] ? diag : txmq_strerror(status));
     return;
   }
   net__log(r->c->srv, TXMQ_SERVER_LOG_INFO, "script reloaded",

@@ -179,6 +179,14 @@ int net__get_str(const msgpack_object* map, const char* key, int required,
   return 0;
 }
 
+int net__name_copy(const char* p, size_t n, char* out) {
+  if (n > TXMQ_NAME_MAX) return 0;
+  memcpy(out, p, n);
+  out[n] = '\0';
+  /* An embedded NUL would make the name shorter than it looks. */
+  return strlen(out) == n && txmq_name_valid(out);
+}
+
 int net__get_name(const msgpack_object* map, const char* key, int required,
                   char* out, char* err) {
   const char* p;
@@ -190,9 +198,7 @@ int net__get_name(const msgpack_object* map, const char* key, int required,
                      "[A-Za-z0-9._-], not starting with '.')", key);
   }
   if (rc != 0) return rc;
-  memcpy(out, p, n);
-  out[n] = '\0';
-  if (strlen(out) != n || !txmq_name_valid(out)) {
+  if (!net__name_copy(p, n, out)) {
     return net__errf(err, TXMQ_EBADNAME,
                      "field '%s' is not a valid name (1-127 bytes of "
                      "[A-Za-z0-9._-], not starting with '.')", key);
@@ -252,14 +258,7 @@ static int msg_precheck(const msgpack_object* o, const char* where,
   if (t->type != MSGPACK_OBJECT_STR)
     return net__errf(err, TXMQ_EPROTO, "%s.topic must be a string", where);
   char name[TXMQ_NAME_MAX + 1];
-  int valid = t->via.str.size <= TXMQ_NAME_MAX;
-  if (valid) {
-    memcpy(name, t->via.str.ptr, t->via.str.size);
-    name[t->via.str.size] = '\0';
-    /* An embedded NUL would make the name shorter than it looks. */
-    valid = strlen(name) == t->via.str.size && txmq_name_valid(name);
-  }
-  if (!valid) {
+  if (!net__name_copy(t->via.str.ptr, t->via.str.size, name)) {
     return net__errf(err, TXMQ_EBADNAME,
                      "%s.topic is not a valid topic name (1-127 bytes of "
                      "[A-Za-z0-9._-], not starting with '.')", where);
