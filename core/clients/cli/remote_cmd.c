@@ -434,6 +434,30 @@ static void fields_bin(fields_t* f, const char* k, const void* p, size_t n) {
   msgpack_pack_bin_body(&f->pk, p, n);
 }
 
+/* Connects as admin and sends op with f's fields (f may be NULL for none;
+ * its buffer is freed here). 0 with *s and *reply, or the exit code with
+ * the reason said and nothing left to free. */
+static int admin_call(const cli_args_t* a, const char* op, const char* what,
+                      fields_t* f, txmq_sync_client_t** s,
+                      txmq_reply_t** reply) {
+  *s = NULL;
+  *reply = NULL;
+  int rc = connect_server(a, TXMQ_ROLE_ADMIN, NULL, s);
+  if (rc == 0) {
+    int st = txmq_sync_call(*s, op, f ? f->sb.data : NULL, f ? f->sb.size : 0,
+                            reply);
+    if (st != 0) {
+      rc = request_failed(*s, what, st);
+      txmq_reply_free(*reply);
+      *reply = NULL;
+      txmq_sync_free(*s);
+      *s = NULL;
+    }
+  }
+  if (f) msgpack_sbuffer_destroy(&f->sb);
+  return rc;
+}
+
 /* ---- send ---- */
 
 int cli_cmd_send(const cli_args_t* a) {
@@ -569,19 +593,12 @@ static int tx_list(const cli_args_t* a) {
     return CLI_EXIT_USAGE;
   }
   if (a->group && (rc = check_group("--group", a->group))) return rc;
-  txmq_sync_client_t* s = NULL;
-  if ((rc = connect_server(a, TXMQ_ROLE_ADMIN, NULL, &s))) return rc;
   fields_t f;
   fields_init(&f, a->group ? 1 : 0);
   if (a->group) fields_str(&f, "group", a->group);
-  txmq_reply_t* reply = NULL;
-  int st = txmq_sync_call(s, "tx.list", f.sb.data, f.sb.size, &reply);
-  msgpack_sbuffer_destroy(&f.sb);
-  if (st != 0) {
-    rc = request_failed(s, "tx list", st);
-    txmq_sync_free(s);
-    return rc;
-  }
+  txmq_sync_client_t* s;
+  txmq_reply_t* reply;
+  if ((rc = admin_call(a, "tx.list", "tx list", &f, &s, &reply))) return rc;
   const msgpack_object* txs = get(txmq_reply_object(reply), "txs");
   if (!txs || txs->type != MSGPACK_OBJECT_ARRAY) {
     cli_err("tx list: the server's answer has no list of transactions");
@@ -629,6 +646,26 @@ static int tx_list(const cli_args_t* a) {
   txmq_reply_free(reply);
   txmq_sync_free(s);
   return rc;
+}
+
+/* The answer to an admin op on one thing: "name=value field=X", or the
+ * response as JSON with name added. */
+static void put_labelled(const cli_args_t* a, const msgpack_object* resp,
+                         const char* name, const char* value,
+                         const char* field) {
+  if (a->json) {
+    json_t* o = reply_json(resp);
+    json_object_set_new(o, name, json_string(value));
+    cli_json_print(o);
+    return;
+  }
+  const msgpack_object* v = get(resp, field);
+  printf("%s=%s %s=", name, value, field);
+  if (v && scalar(v))
+    put_scalar(stdout, NULL, 0, v);
+  else
+    fputs("-", stdout);
+  fputc('\n', stdout);
 }
 
 static int parse_tx_id(const char* what, const cli_args_t* a, uint8_t id[16]) {
@@ -685,17 +722,13 @@ static int tx_show(const cli_args_t* a) {
   if (rc) return rc;
   uint8_t id[16];
   if ((rc = parse_tx_id("tx show", a, id))) return rc;
-  txmq_sync_client_t* s = NULL;
-  if ((rc = connect_server(a, TXMQ_ROLE_ADMIN, NULL, &s))) return rc;
   fields_t f;
   fields_init(&f, 1);
   fields_bin(&f, "tx_id", id, 16);
-  txmq_reply_t* reply = NULL;
-  int st = txmq_sync_call(s, "tx.show", f.sb.data, f.sb.size, &reply);
-  msgpack_sbuffer_destroy(&f.sb);
-  if (st != 0) {
-    rc = request_failed(s, "tx show", st);
-  } else if (a->json) {
+  txmq_sync_client_t* s;
+  txmq_reply_t* reply;
+  if ((rc = admin_call(a, "tx.show", "tx show", &f, &s, &reply))) return rc;
+  if (a->json) {
     cli_json_print(reply_json(txmq_reply_object(reply)));
   } else {
     const msgpack_object* o = txmq_reply_object(reply);
@@ -716,36 +749,19 @@ static int tx_resume(const cli_args_t* a) {
   if (rc) return rc;
   uint8_t id[16];
   if ((rc = parse_tx_id("tx resume", a, id))) return rc;
-  txmq_sync_client_t* s = NULL;
-  if ((rc = connect_server(a, TXMQ_ROLE_ADMIN, NULL, &s))) return rc;
   fields_t f;
   fields_init(&f, 1);
   fields_bin(&f, "tx_id", id, 16);
-  txmq_reply_t* reply = NULL;
-  int st = txmq_sync_call(s, "tx.resume", f.sb.data, f.sb.size, &reply);
-  msgpack_sbuffer_destroy(&f.sb);
-  if (st != 0) {
-    rc = request_failed(s, "tx resume", st);
-  } else {
-    const msgpack_object* state = get(txmq_reply_object(reply), "state");
-    char tid[TXMQ_TX_ID_STRLEN + 1];
-    txmq_tx_id_str(id, tid);
-    if (a->json) {
-      json_t* o = reply_json(txmq_reply_object(reply));
-      json_object_set_new(o, "tx_id", json_string(tid));
-      cli_json_print(o);
-    } else {
-      printf("tx_id=%s state=", tid);
-      if (state && scalar(state))
-        put_scalar(stdout, NULL, 0, state);
-      else
-        fputs("-", stdout);
-      fputc('\n', stdout);
-    }
-  }
+  txmq_sync_client_t* s;
+  txmq_reply_t* reply;
+  if ((rc = admin_call(a, "tx.resume", "tx resume", &f, &s, &reply)))
+    return rc;
+  char tid[TXMQ_TX_ID_STRLEN + 1];
+  txmq_tx_id_str(id, tid);
+  put_labelled(a, txmq_reply_object(reply), "tx_id", tid, "state");
   txmq_reply_free(reply);
   txmq_sync_free(s);
-  return rc;
+  return 0;
 }
 
 int cli_cmd_tx(const cli_args_t* a) {
@@ -917,13 +933,10 @@ int cli_cmd_status(const cli_args_t* a) {
     cli_err("status takes no arguments");
     return CLI_EXIT_USAGE;
   }
-  txmq_sync_client_t* s = NULL;
-  if ((rc = connect_server(a, TXMQ_ROLE_ADMIN, NULL, &s))) return rc;
-  txmq_reply_t* reply = NULL;
-  int st = txmq_sync_call(s, "status", NULL, 0, &reply);
-  if (st != 0) {
-    rc = request_failed(s, "status", st);
-  } else if (a->json) {
+  txmq_sync_client_t* s;
+  txmq_reply_t* reply;
+  if ((rc = admin_call(a, "status", "status", NULL, &s, &reply))) return rc;
+  if (a->json) {
     cli_json_print(reply_json(txmq_reply_object(reply)));
   } else {
     printf("server: %s\n", a->server);
@@ -943,32 +956,14 @@ int cli_cmd_reload(const cli_args_t* a) {
   }
   const char* group = a->pos[1];
   if ((rc = check_group("GROUP", group))) return rc;
-  txmq_sync_client_t* s = NULL;
-  if ((rc = connect_server(a, TXMQ_ROLE_ADMIN, NULL, &s))) return rc;
   fields_t f;
   fields_init(&f, 1);
   fields_str(&f, "group", group);
-  txmq_reply_t* reply = NULL;
-  int st = txmq_sync_call(s, "reload", f.sb.data, f.sb.size, &reply);
-  msgpack_sbuffer_destroy(&f.sb);
-  if (st != 0) {
-    rc = request_failed(s, "reload", st);
-  } else {
-    const msgpack_object* v = get(txmq_reply_object(reply), "version");
-    if (a->json) {
-      json_t* o = reply_json(txmq_reply_object(reply));
-      json_object_set_new(o, "group", json_string(group));
-      cli_json_print(o);
-    } else {
-      printf("group=%s version=", group);
-      if (v && scalar(v))
-        put_scalar(stdout, NULL, 0, v);
-      else
-        fputs("-", stdout);
-      fputc('\n', stdout);
-    }
-  }
+  txmq_sync_client_t* s;
+  txmq_reply_t* reply;
+  if ((rc = admin_call(a, "reload", "reload", &f, &s, &reply))) return rc;
+  put_labelled(a, txmq_reply_object(reply), "group", group, "version");
   txmq_reply_free(reply);
   txmq_sync_free(s);
-  return rc;
+  return 0;
 }
