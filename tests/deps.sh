@@ -1,4 +1,4 @@
-# Sourced by tests/run.sh and examples/demo.sh: installs the Debian packages
+# Sourced by tests/run.sh and the examples' run scripts: installs the Debian packages
 # txmq needs to build, test and run, if any is missing.
 TXMQ_DEB_PACKAGES=(cmake make gcc pkg-config liblua5.4-dev lua5.4 libuv1-dev
   libmsgpack-dev libcmocka-dev libjansson-dev lua-busted)
