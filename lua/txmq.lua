@@ -4,7 +4,8 @@
 --
 --   local txmq = require "txmq"
 --   local p = txmq.transaction_producer{ group = "G", server = "127.0.0.1:8967",
---     script = "scripts/G.lua" }        -- or execute = function(msg, arg) ... end
+--     script = "scripts/G.lua" }
+--   -- or: execute = function(msg, arg) ... end, check = function(msg) ... end
 --   local r = p:send_in_transaction({ topic = "T", body = "hello" }, arg)
 --   print(r.status, r.tx_state, r.msg_id, r.tx_id)
 --   p:close()
@@ -12,15 +13,29 @@
 -- executeLocalTransaction runs in the calling Lua state during
 -- send_in_transaction. Checks are answered for as long as the producer is
 -- open by a background thread with its own connection (announcing the
--- group) and its OWN Lua state, which loads `script` and calls its
--- checkLocalTransaction. Lua functions cannot cross states, so checks need
--- `script`: a producer created with inline functions only (no script)
--- answers no checks, and an inline `check` without `script` is an error.
+-- group) and its OWN Lua state, so the user writes no event loop. That
+-- state loads `script` and calls its checkLocalTransaction, or runs a copy
+-- of an inline `check` function: Lua values cannot cross states, so an
+-- inline check sees globals (its state's own: the standard library and
+-- require), the txmq constants, and copies, made at creation, of the
+-- locals it uses when they are nil, booleans, numbers, strings or tables
+-- of those; anything else (a database handle, a function) is refused with
+-- an error naming it - use `script` for such checks. An inline check wins
+-- over the script's. A producer without any check answers none (the
+-- group's other members do).
+--
 -- The script format is the runtime's (scripts/<group>.lua): globals
 -- executeLocalTransaction(msg, arg) and checkLocalTransaction(msg), with
 -- txmq.COMMIT / txmq.ROLLBACK / txmq.UNKNOWN (or the RocketMQ strings). In
 -- the producer the script is the producer's own code: it runs with the
--- full standard library (no sandbox, no time limit).
+-- full standard library (no sandbox, no time limit). When its file changes
+-- it is loaded again, in the caller before the next send_in_transaction
+-- and in the background state before the next check; a version that fails
+-- to load leaves the previous one in place (and says so on stderr).
+--
+-- A producer whose connection was lost fails the call in progress ("nil,
+-- ECLOSED: ...": a half message may have been stored and is then decided
+-- by checks) and connects again on its next call.
 --
 -- Failures of the server or the network return nil and a message
 -- ("ECLOSED: ..."); bad arguments raise errors.
@@ -89,32 +104,61 @@ function M.transaction_producer(opts)
   assert(type(opts) == "table", "txmq.transaction_producer: expected a table")
   local group = assert(opts.group, "txmq.transaction_producer: group is required")
   local server = opts.server or "127.0.0.1:8967"
-  local execute, script_check = opts.execute, nil
+  if opts.execute ~= nil and type(opts.execute) ~= "function" then
+    error("txmq.transaction_producer: execute must be a function", 2)
+  end
+  if opts.check ~= nil and type(opts.check) ~= "function" then
+    error("txmq.transaction_producer: check must be a function", 2)
+  end
+  local execute, script_check, stamp = opts.execute, nil, nil
   if opts.script then
+    stamp = core.mtime(opts.script)
     local env = load_script(opts.script)
     execute = execute or env.executeLocalTransaction
     script_check = env.checkLocalTransaction
-  elseif opts.check then
-    error("txmq.transaction_producer: checks run in a background Lua state "
-      .. "and need script = path (functions cannot cross Lua states)", 2)
   end
   if type(execute) ~= "function" then
     error("txmq.transaction_producer: no executeLocalTransaction "
       .. "(give execute = function or a script that defines it)", 2)
   end
   local id = opts.client_id or client_id("lua-tx-" .. group)
-  local conn, err = core.connect(server, id)
-  if not conn then return nil, err end
-  local self = setmetatable({ conn = conn, group = group, execute = execute }, TxProducer)
-  if opts.script and script_check then
+  local self = setmetatable({ group = group, execute = execute,
+    script = opts.script, stamp = stamp,
+    script_execute = opts.execute == nil }, TxProducer)
+  if opts.check then
+    -- Copied now, so a refused local is reported before any connection.
+    local ok, checker, cerr = pcall(core.checker, server, id, group, opts.check, M)
+    if not ok then error("txmq.transaction_producer: " .. tostring(checker), 2) end
+    if not checker then return nil, cerr end
+    self.checker = checker
+  elseif opts.script and script_check then
     local checker, cerr = core.checker(server, id, group, opts.script)
-    if not checker then
-      conn:close()
-      return nil, cerr
-    end
+    if not checker then return nil, cerr end
     self.checker = checker
   end
+  local conn, err = core.connect(server, id)
+  if not conn then
+    if self.checker then self.checker:close() end
+    return nil, err
+  end
+  self.conn = conn
   return self
+end
+
+-- Loads the script again if its file changed since it was loaded.
+function TxProducer:reload_if_changed()
+  if not self.script then return false end
+  local stamp = core.mtime(self.script)
+  if stamp == self.stamp then return false end
+  self.stamp = stamp
+  local ok, env = pcall(load_script, self.script)
+  if not ok or (self.script_execute and type(env.executeLocalTransaction) ~= "function") then
+    io.stderr:write("txmq: ", self.script, " changed but does not load, the ",
+      "previous version stays: ", ok and "no executeLocalTransaction" or tostring(env), "\n")
+    return false
+  end
+  if self.script_execute then self.execute = env.executeLocalTransaction end
+  return true
 end
 
 -- send_in_transaction(msg, arg) -> {status="SEND_OK", msg_id, tx_id,
@@ -122,12 +166,18 @@ end
 -- An error in execute counts as UNKNOW (result.error says why): the checks
 -- decide.
 function TxProducer:send_in_transaction(msg, arg)
+  self:reload_if_changed()
   return self.conn:send_in_transaction(self.group, msg, self.execute, arg)
 end
 
--- How many check requests the background thread answered.
+-- How many check requests the background thread answered, and how many
+-- times it loaded a changed script again.
 function TxProducer:checks()
   return self.checker and self.checker:checks() or 0
+end
+
+function TxProducer:reloads()
+  return self.checker and self.checker:reloads() or 0
 end
 
 -- Stops answering checks (joins the thread) and closes the connection.

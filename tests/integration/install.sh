@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # install.sh - the install rules work for a host program: install the build
 # into a temporary prefix, then build a program outside the tree against it
-# with find_package(txmq) (shared and static) and with pkg-config, and run
-# each. Usage: install.sh BUILD/bin
+# with find_package(txmq) (shared and static) and with pkg-config, and the
+# embedded-gateway example with pkg-config, and run each.
+# Usage: install.sh BUILD/bin
 set -euo pipefail
 bin="$(cd "$1" && pwd)"
 build="$(dirname "$bin")"
@@ -41,4 +42,13 @@ export PKG_CONFIG_PATH="$libdir/pkgconfig"
 quiet cc $san -o "$tmp/host_pc" "$src/host.c" $(pkg-config --cflags --libs txmq)
 LD_LIBRARY_PATH="$libdir" "$tmp/host_pc" "$tmp/d3" | grep -qx ok
 echo "ok: pkg-config txmq"
-echo "install: 2 passed, 0 failed"
+
+# The embedded-gateway example, built from its source against the installed
+# headers and library as its README says, warnings as errors.
+gw="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../examples/embedded-gateway" && pwd)"
+# shellcheck disable=SC2046
+quiet cc $san -std=c11 -Wall -Wextra -Werror -o "$tmp/gateway" "$gw/main.c" \
+  $(pkg-config --cflags --libs txmq)
+quiet env LD_LIBRARY_PATH="$libdir" "$tmp/gateway" --scripts "$gw/scripts" "$tmp/d4"
+echo "ok: examples/embedded-gateway on the installed library"
+echo "install: 3 passed, 0 failed"

@@ -39,7 +39,7 @@ local function start_txmqd(conf, listen)
   write(work .. "/conf.lua", conf or FAST)
   write(work .. "/txmqd.log", "")
   sh(string.format("%s/txmqd -c %s/conf.lua --listen %s --sync always --data %s/data "
-    .. "--scripts %s/scripts 2>%s/txmqd.log & echo $! > %s/pid",
+    .. "--scripts %s/scripts >/dev/null 2>%s/txmqd.log & echo $! > %s/pid",
     bin, work, listen or "127.0.0.1:0", work, work, work, work))
   pid = read(work .. "/pid"):match("%d+")
   for _ = 1, 150 do
@@ -182,11 +182,77 @@ end
     assert.is_true(now() - t0 < 1, "close took " .. (now() - t0) .. " s")
   end)
 
-  it("refuses an inline check without a script", function()
+  it("inline check: a copy runs in the background with copied locals", function()
+    local answers = { first = txmq.COMMIT }  -- a table local: copied
+    local body = "inline check"              -- a string local: copied
+    local execute = spy.new(function() return txmq.UNKNOWN end)
+    local p = assert(txmq.transaction_producer{ group = "g-inline", server = server,
+      execute = function(...) return execute(...) end,
+      check = function(msg)
+        -- Runs in the producer's own state: globals are that state's.
+        assert(type(string.format) == "function" and msg.body == body)
+        return answers.first
+      end })
+    local r = assert(p:send_in_transaction{ topic = "TxInline", body = body })
+    assert.spy(execute).was.called(1)
+    assert.are.equal("UNKNOW", r.tx_state)
+    local got = receive_all("TxInline", "g1", 1, 10)
+    assert.are.equal(1, #got)
+    assert.are.equal(body, got[1].body)
+    assert.is_true(p:checks() >= 1)
+    p:close()
+  end)
+
+  it("refuses an inline check that uses a function or a handle", function()
+    local helper = function() return txmq.COMMIT end
+    local ok, err = pcall(txmq.transaction_producer, { group = "g", server = server,
+      execute = function() end, check = function() return helper() end })
+    assert.is_false(ok)
+    assert.matches("'helper' %(function%)", err)
+    assert.matches("script = path", err)
+    local f = io.tmpfile()
+    ok, err = pcall(txmq.transaction_producer, { group = "g", server = server,
+      execute = function() end, check = function() return f and txmq.COMMIT end })
+    assert.is_false(ok)
+    assert.matches("'f' %(userdata%)", err)
+    f:close()
     assert.has_error(function()
-      txmq.transaction_producer{ group = "g", server = server,
-        execute = function() end, check = function() end }
+      txmq.transaction_producer{ group = "g", server = server, execute = function() end,
+        check = "not a function" }
     end)
+  end)
+
+  it("loads a changed script again, in the caller and in the checker", function()
+    local script = work .. "/g-reload.lua"
+    write(script, [[
+function executeLocalTransaction(msg, arg) return txmq.ROLLBACK end
+function checkLocalTransaction(msg) return txmq.UNKNOWN end
+]])
+    local p = assert(txmq.transaction_producer{ group = "g-reload", server = server,
+      script = script })
+    local r = assert(p:send_in_transaction{ topic = "TxReload", body = "v1" })
+    assert.are.equal("ROLLBACK_MESSAGE", r.tx_state)
+    assert.are.equal(0, p:reloads())
+    -- Version 2: execute leaves it to the check, which commits.
+    write(script, [[
+-- version 2
+function executeLocalTransaction(msg, arg) return txmq.UNKNOWN end
+function checkLocalTransaction(msg) return txmq.COMMIT end
+]])
+    r = assert(p:send_in_transaction{ topic = "TxReload", body = "v2" })
+    assert.are.equal("UNKNOW", r.tx_state)
+    local got = receive_all("TxReload", "g1", 1, 10)
+    assert.are.equal(1, #got)
+    assert.are.equal("v2", got[1].body)
+    assert.are.equal(1, p:reloads())
+    -- A broken version 3 leaves version 2 in place.
+    write(script, "function executeLocalTransaction(msg, arg) return (\n")
+    r = assert(p:send_in_transaction{ topic = "TxReload", body = "v3" })
+    assert.are.equal("UNKNOW", r.tx_state)
+    got = receive_all("TxReload", "g1", 1, 10)
+    assert.are.equal(1, #got)
+    assert.are.equal("v3", got[1].body)
+    p:close()
   end)
 
   it("reports a server that is not there", function()
@@ -220,6 +286,100 @@ function checkLocalTransaction(msg) return txmq.COMMIT end
     assert.are.equal(1, #got)
     assert.are.equal("after restart", got[1].body)
     assert.is_true(p:checks() >= 1)
+    p:close()
+  end)
+
+  it("the calling connection connects again after a restart", function()
+    stop_txmqd()
+    start_txmqd(FAST)
+    local p = assert(txmq.producer{ server = server })
+    assert(p:send{ topic = "Reconnect", body = "before" })
+    local listen = server
+    kill_txmqd()
+    -- While the server is down a call fails with a message ...
+    local r, err = p:send{ topic = "Reconnect", body = "lost" }
+    assert.is_nil(r)
+    assert.matches("^E", err)
+    start_txmqd(FAST, listen)
+    -- ... and once it is back the same producer works again.
+    assert(p:send{ topic = "Reconnect", body = "after" })
+    p:close()
+    local got = receive_all("Reconnect", "g1", 2, 5)
+    assert.are.equal(2, #got)
+    assert.are.equal("before", got[1].body)
+    assert.are.equal("after", got[2].body)
+  end)
+end)
+
+-- txmq's own CLI, as an operator would use it: output lines (JSON).
+local function cli(...)
+  local args = { ... }
+  for i, a in ipairs(args) do args[i] = "'" .. a .. "'" end
+  local f = io.popen(string.format("%s/txmq --json --server %s %s 2>&1", bin, server,
+    table.concat(args, " ")))
+  local out = f:read("a")
+  f:close()
+  return out
+end
+
+describe("txmq module and the check schedule", function()
+  setup(function()
+    start_txmqd("return { tx_timeout_ms = 100, check_interval_ms = 100, "
+      .. "check_retry_ms = 100, max_checks = 15 }")
+  end)
+  teardown(stop_txmqd)
+
+  it("no live member: no check is counted; a member that connects gets it", function()
+    local a = assert(txmq.transaction_producer{ group = "g-nobody", server = server,
+      execute = function() return txmq.UNKNOWN end })  -- answers no checks
+    local r = assert(a:send_in_transaction{ topic = "TxNobody", body = "waits" })
+    a:close()
+    sh("sleep 1")  -- ten check intervals with nobody to ask
+    local show = cli("tx", "show", r.tx_id)
+    assert.matches('"state":"pending"', show)
+    assert.matches('"check_count":0', show)
+    local b = assert(txmq.transaction_producer{ group = "g-nobody", server = server,
+      execute = function() return txmq.UNKNOWN end,
+      check = function() return txmq.COMMIT end })
+    local got = receive_all("TxNobody", "g1", 1, 10)
+    assert.are.equal(1, #got)
+    assert.are.equal("waits", got[1].body)
+    assert.are.equal(1, b:checks())
+    b:close()
+    assert.matches('"state":"committed"', cli("tx", "show", r.tx_id))
+  end)
+
+  it("15 checks answered UNKNOWN: parked, listed, resumed, committed", function()
+    local flag = work .. "/g-park.commit"
+    local p = assert(txmq.transaction_producer{ group = "g-park", server = server,
+      execute = function() return txmq.UNKNOWN end,
+      -- UNKNOWN until the flag file exists (flag is a copied string).
+      check = function()
+        local f = io.open(flag)
+        if not f then return txmq.UNKNOWN end
+        f:close()
+        return txmq.COMMIT
+      end })
+    local r = assert(p:send_in_transaction{ topic = "TxPark", body = "parked" })
+    local list
+    for _ = 1, 100 do
+      list = cli("tx", "list", "--group", "g-park")
+      if list:match('"state":"parked"') then break end
+      sh("sleep 0.1")
+    end
+    assert.matches('"tx_id":"' .. r.tx_id .. '"', list)
+    assert.matches('"state":"parked"', list)
+    assert.are.equal(15, p:checks())
+    sh("sleep 0.5")
+    assert.are.equal(15, p:checks())  -- parked: no more checks
+    assert.are.equal(0, #receive_all("TxPark", "g1", 1, 0.5))
+    write(flag, "yes")
+    -- Resuming checks at once: this check commits.
+    assert.matches('"state":"committed"', cli("tx", "resume", r.tx_id))
+    local got = receive_all("TxPark", "g1", 1, 10)
+    assert.are.equal(1, #got)
+    assert.are.equal("parked", got[1].body)
+    assert.are.equal(16, p:checks())
     p:close()
   end)
 end)

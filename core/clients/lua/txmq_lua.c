@@ -11,18 +11,31 @@
  *     conn:send(msg) conn:send_in_transaction(group, msg, execute, arg)
  *     conn:receive(opts) conn:ack(group, handles) conn:close()
  *
- *   core.checker(server, client_id, group, script) -> checker
+ *   core.checker(server, client_id, group, script_or_function, txmq)
  *     A background thread with its own loop, its own connection (announcing
- *     the group in its hello) and its own lua_State that loads the script
- *     and answers check requests with its checkLocalTransaction. The user
- *     writes no event loop. checker:close() stops the loop and joins.
+ *     the group in its hello) and its own lua_State that answers check
+ *     requests. Given a path, the state loads that handler script and calls
+ *     its checkLocalTransaction, loading it again when the file changes
+ *     (checked before each check; a version that fails to load leaves the
+ *     previous one in place). Given a Lua function, the function is copied
+ *     into the state (lua_dump) with copies of its upvalues: nil, booleans,
+ *     numbers, strings and tables of those; the module table `txmq` (the
+ *     5th argument) becomes the constants; _ENV becomes the state's globals.
+ *     Any other upvalue (a function, userdata, a thread) is refused: the
+ *     function could not see what the caller's state sees. The user writes
+ *     no event loop. checker:close() stops the loop and joins.
+ *
+ *   core.mtime(path) -> a string that changes when the file does, or nil.
  *
  * It does not sandbox or time-limit the producer's handlers: they are the
  * producer's own code, as a RocketMQ TransactionListener is. A checker whose
- * connection is lost reconnects every half second until closed; a conn
- * does not reconnect (its calls fail with ECLOSED: make a new producer).
+ * connection is lost reconnects every half second until closed. A conn
+ * whose connection was lost reports the call in progress as failed (its
+ * outcome is unknown to the caller: a half message may have been stored
+ * and is then decided by checks) and connects again on the next call.
  */
 #include <stdatomic.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,6 +192,7 @@ typedef struct {
   uv_loop_t loop;
   txmq_client_t* c;
   int open;
+  char server[256];  /* to connect again after a lost connection */
 } conn_t;
 
 typedef struct {
@@ -212,17 +226,22 @@ static int fail(lua_State* L, conn_t* k, int rc) {
   return 2;
 }
 
-static conn_t* check_conn(lua_State* L) {
-  conn_t* k = luaL_checkudata(L, 1, CONN_MT);
-  if (!k->open) luaL_error(L, "txmq: the connection is closed");
-  return k;
-}
-
 static void on_connected(txmq_client_t* c, int status, void* arg) {
   (void)c;
   wait_t* w = arg;
   w->status = status;
   w->done = 1;
+}
+
+/* The conn at index 1, connected: after a lost connection the next call
+ * connects again. Raises an error for a closed conn; 0 or the failure. */
+static int check_conn(lua_State* L, conn_t** out) {
+  conn_t* k = luaL_checkudata(L, 1, CONN_MT);
+  if (!k->open) luaL_error(L, "txmq: the connection is closed");
+  *out = k;
+  if (txmq_client_is_connected(k->c)) return 0;
+  wait_t w = {0};
+  return run_until(k, &w, txmq_client_connect(k->c, k->server, on_connected, &w));
 }
 
 static void on_closed(txmq_client_t* c, void* arg) {
@@ -252,8 +271,11 @@ static int l_connect(lua_State* L) {
   o.role = !strcmp(role, "consumer") ? TXMQ_ROLE_CONSUMER
            : !strcmp(role, "admin")  ? TXMQ_ROLE_ADMIN
                                      : TXMQ_ROLE_PRODUCER;
+  if (strlen(server) >= sizeof ((conn_t*)0)->server)
+    return luaL_argerror(L, 1, "server address too long");
   conn_t* k = lua_newuserdatauv(L, sizeof *k, 0);
   memset(k, 0, sizeof *k);
+  memcpy(k->server, server, strlen(server) + 1);
   if (uv_loop_init(&k->loop) < 0) return fail(L, NULL, TXMQ_EIO);
   int rc = txmq_client_new(&k->c, &k->loop, &o);
   if (rc) {
@@ -289,10 +311,12 @@ static void on_send(txmq_client_t* c, int status, const txmq_send_result_t* r,
 
 /* conn:send(msg) -> {msg_id, qid, qoff} | nil, err */
 static int l_conn_send(lua_State* L) {
-  conn_t* k = check_conn(L);
+  conn_t* k;
+  int rc = check_conn(L, &k);
+  if (rc) return fail(L, k, rc);
   txmq_msg_t* m = check_msg(L, 2);
   wait_t w = {0};
-  int rc = txmq_client_send(k->c, m, on_send, &w);
+  rc = txmq_client_send(k->c, m, on_send, &w);
   txmq_msg_free(m);
   rc = run_until(k, &w, rc);
   if (rc) return fail(L, k, rc);
@@ -337,16 +361,18 @@ static void on_tx_done(txmq_client_t* c, int status, const txmq_tx_result_t* r,
 
 /* conn:send_in_transaction(group, msg, execute, arg) -> result | nil, err */
 static int l_conn_send_tx(lua_State* L) {
-  conn_t* k = check_conn(L);
+  conn_t* k;
   const char* group = luaL_checkstring(L, 2);
   luaL_checktype(L, 4, LUA_TFUNCTION);
   lua_settop(L, 5);
+  int rc = check_conn(L, &k);
+  if (rc) return fail(L, k, rc);
   txmq_msg_t* m = check_msg(L, 3);
   wait_t w = {0};
   w.L = L;
   w.fn_idx = 4;
   w.arg_idx = 5;
-  int rc = txmq_client_send_in_transaction(k->c, group, m, on_execute, &w,
+  rc = txmq_client_send_in_transaction(k->c, group, m, on_execute, &w,
                                            on_tx_done, &w);
   txmq_msg_free(m);
   rc = run_until(k, &w, rc);
@@ -384,7 +410,7 @@ static void on_receive(txmq_client_t* c, int status, txmq_delivery_t* d,
 
 /* conn:receive{group, topic, tags, max, wait_ms} -> list | nil, err */
 static int l_conn_receive(lua_State* L) {
-  conn_t* k = check_conn(L);
+  conn_t* k;
   luaL_checktype(L, 2, LUA_TTABLE);
   txmq_receive_opts_t o = {0};
   lua_getfield(L, 2, "group");
@@ -398,7 +424,8 @@ static int l_conn_receive(lua_State* L) {
   lua_getfield(L, 2, "wait_ms");
   o.wait_ms = (uint32_t)luaL_optinteger(L, -1, 1000);
   wait_t w = {0};
-  int rc = run_until(k, &w, txmq_client_receive(k->c, &o, on_receive, &w));
+  int rc = check_conn(L, &k);
+  if (!rc) rc = run_until(k, &w, txmq_client_receive(k->c, &o, on_receive, &w));
   if (rc) {
     txmq_client_free_deliveries(w.d, w.n);
     return fail(L, k, rc);
@@ -424,7 +451,7 @@ static void on_int(txmq_client_t* c, int status, int64_t v, void* arg) {
 
 /* conn:ack(group, {handle...}) -> acked | nil, err */
 static int l_conn_ack(lua_State* L) {
-  conn_t* k = check_conn(L);
+  conn_t* k;
   const char* group = luaL_checkstring(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
   size_t n = (size_t)luaL_len(L, 3);
@@ -439,7 +466,8 @@ static int l_conn_ack(lua_State* L) {
     lua_pop(L, 1); /* the table keeps the string alive */
   }
   wait_t w = {0};
-  int rc = run_until(k, &w, txmq_client_ack(k->c, group, hs, n, on_int, &w));
+  int rc = check_conn(L, &k);
+  if (!rc) rc = run_until(k, &w, txmq_client_ack(k->c, group, hs, n, on_int, &w));
   if (rc) return fail(L, k, rc);
   lua_pushinteger(L, w.value);
   return 1;
@@ -460,36 +488,218 @@ typedef struct {
   char* server;
   char* id;
   char* group;
-  char* script;
+  char* script;    /* NULL: an inline check function */
+  char stamp[96];  /* of the script's file when it was loaded */
   int start_status;
   int running;
   char err[512];
-  atomic_uint_fast64_t checks; /* written by the thread, read by Lua */
+  atomic_uint_fast64_t checks;  /* written by the thread, read by Lua */
+  atomic_uint_fast64_t reloads;
 } checker_t;
 
-/* Loads the script into the checker's state with the globals of a handler
- * script (txmq.COMMIT, ...); leaves checkLocalTransaction in the registry. */
-static const char* LOADER =
-    "local path = ...\n"
+/* The globals of a handler in the checker's state: txmq.COMMIT, ...,
+ * txmq.log, and the standard library behind them. */
+static const char* MAKE_ENV =
     "local txmq = { COMMIT = 'COMMIT_MESSAGE', ROLLBACK = 'ROLLBACK_MESSAGE',\n"
     "  UNKNOWN = 'UNKNOW', null = setmetatable({}, {__name = 'txmq.null'}),\n"
     "  array = function(t) return t or {} end }\n"
     "function txmq.log(...) local t = table.pack(...)\n"
     "  for i = 1, t.n do t[i] = tostring(t[i]) end\n"
     "  io.stderr:write('txmq: ', table.concat(t, ' '), '\\n') end\n"
-    "local env = setmetatable({ txmq = txmq }, { __index = _G })\n"
+    "return setmetatable({ txmq = txmq }, { __index = _G })\n";
+
+/* Runs the script in env; returns its checkLocalTransaction. */
+static const char* LOADER =
+    "local path, env = ...\n"
     "local f = assert(loadfile(path, 't', env))\n"
     "f()\n"
     "if type(env.checkLocalTransaction) ~= 'function' then\n"
     "  error(path .. ' defines no checkLocalTransaction', 0) end\n"
     "return env.checkLocalTransaction\n";
 
+/* Pushes a fresh handler environment on S. */
+static int push_env(lua_State* S) {
+  if (luaL_loadstring(S, MAKE_ENV) != LUA_OK) return -1;
+  return lua_pcall(S, 0, 1, 0) == LUA_OK ? 0 : -1;
+}
+
+/* Loads path into a fresh environment of S and makes its
+ * checkLocalTransaction the check function (registry "txmq.check"). On
+ * failure the previous function stays, the message is on top of S (popped
+ * by the caller) and the result is -1. */
+static int load_check_script(lua_State* S, const char* path) {
+  if (luaL_loadstring(S, LOADER) != LUA_OK) return -1;
+  lua_pushstring(S, path);
+  if (push_env(S) != 0) {
+    lua_remove(S, -3);
+    lua_remove(S, -2);
+    return -1;
+  }
+  if (lua_pcall(S, 2, 1, 0) != LUA_OK) return -1;
+  lua_setfield(S, LUA_REGISTRYINDEX, "txmq.check");
+  return 0;
+}
+
+/* A string that changes when the file at path does (modification time
+ * and size), in buf; 0, or -1 if the file can't be stat'ed. */
+static int file_stamp(const char* path, char* buf, size_t cap) {
+  struct stat st;
+  if (stat(path, &st) != 0) return -1;
+  snprintf(buf, cap, "%lld.%09ld:%lld:%llu", (long long)st.st_mtim.tv_sec,
+           (long)st.st_mtim.tv_nsec, (long long)st.st_size,
+           (unsigned long long)st.st_ino);
+  return 0;
+}
+
+/* core.mtime(path) -> stamp | nil */
+static int l_mtime(lua_State* L) {
+  char buf[96];
+  if (file_stamp(luaL_checkstring(L, 1), buf, sizeof buf) != 0) return 0;
+  lua_pushstring(L, buf);
+  return 1;
+}
+
+/* Copies the plain value at idx of L onto S: nil, booleans, numbers,
+ * strings, tables of those (keys too, depth-limited, no metatables).
+ * NULL, or why not (the message names the offending type). */
+#define COPY_DEPTH 16
+static const char* copy_value(lua_State* L, int idx, lua_State* S, int depth) {
+  idx = lua_absindex(L, idx);
+  if (!lua_checkstack(S, 4) || !lua_checkstack(L, 4)) return "too deep";
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL: lua_pushnil(S); return NULL;
+    case LUA_TBOOLEAN: lua_pushboolean(S, lua_toboolean(L, idx)); return NULL;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx))
+        lua_pushinteger(S, lua_tointeger(L, idx));
+      else
+        lua_pushnumber(S, lua_tonumber(L, idx));
+      return NULL;
+    case LUA_TSTRING: {
+      size_t n;
+      const char* v = lua_tolstring(L, idx, &n);
+      lua_pushlstring(S, v, n);
+      return NULL;
+    }
+    case LUA_TTABLE:
+      if (depth >= COPY_DEPTH) return "a table nested too deep (or a cycle)";
+      lua_newtable(S);
+      lua_pushnil(L);
+      while (lua_next(L, idx)) {
+        const char* e = copy_value(L, -2, S, depth + 1);
+        if (!e) e = copy_value(L, -1, S, depth + 1);
+        if (e) {
+          lua_pop(L, 2);
+          return e;
+        }
+        lua_rawset(S, -3);
+        lua_pop(L, 1);
+      }
+      return NULL;
+    default:
+      return lua_typename(L, lua_type(L, idx));
+  }
+}
+
+typedef struct {
+  char* p;
+  size_t n, cap;
+} dump_buf_t;
+
+static int dump_writer(lua_State* L, const void* p, size_t n, void* ud) {
+  (void)L;
+  dump_buf_t* b = ud;
+  if (b->n + n > b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 1024;
+    while (cap < b->n + n) cap *= 2;
+    char* q = realloc(b->p, cap);
+    if (!q) return 1;
+    b->p = q;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, p, n);
+  b->n += n;
+  return 0;
+}
+
+/* Copies the Lua function at fidx of L (with module, the txmq table, at
+ * midx) into S as its check function; NULL, or the reason in err. */
+static const char* copy_check_fn(lua_State* L, int fidx, int midx, lua_State* S,
+                                 char* err, size_t cap) {
+  if (lua_iscfunction(L, fidx)) return "check must be a Lua function, not a C function";
+  dump_buf_t b = {0};
+  lua_pushvalue(L, fidx);
+  int rc = lua_dump(L, dump_writer, &b, 0);
+  lua_pop(L, 1);
+  if (rc != 0 || luaL_loadbufferx(S, b.p, b.n, "=check", "b") != LUA_OK) {
+    free(b.p);
+    snprintf(err, cap, "check could not be copied: %s",
+             rc ? "out of memory" : lua_tostring(S, -1));
+    return err;
+  }
+  free(b.p);
+  for (int i = 1;; i++) {
+    const char* name = lua_getupvalue(L, fidx, i);
+    if (!name) break;
+    const char* e = NULL;
+    if (!strcmp(name, "_ENV")) {
+      if (push_env(S) != 0) e = "the globals could not be made";
+    } else if (midx && lua_rawequal(L, -1, midx)) {
+      if (push_env(S) == 0) {
+        lua_getfield(S, -1, "txmq");
+        lua_remove(S, -2);
+      } else {
+        e = "the txmq constants could not be made";
+      }
+    } else {
+      e = copy_value(L, -1, S, 0);
+      if (e) {
+        snprintf(err, cap,
+                 "check uses the local '%s' (%s); checks run in the "
+                 "producer's own Lua state, so an inline check may use only "
+                 "globals, the txmq module and copies of nil, booleans, "
+                 "numbers, strings and tables of those - use script = path "
+                 "for anything else",
+                 name, e);
+        lua_pop(L, 1);
+        return err;
+      }
+    }
+    lua_pop(L, 1);
+    if (e) {
+      snprintf(err, cap, "check: %s", e);
+      return err;
+    }
+    lua_setupvalue(S, -2, i);
+  }
+  lua_setfield(S, LUA_REGISTRYINDEX, "txmq.check");
+  return NULL;
+}
+
+/* Loads a newer version of the script, if its file changed. A version that
+ * fails to load keeps the previous one. */
+static void checker_maybe_reload(checker_t* k) {
+  char stamp[96];
+  if (!k->script || file_stamp(k->script, stamp, sizeof stamp) != 0 ||
+      !strcmp(stamp, k->stamp))
+    return;
+  memcpy(k->stamp, stamp, sizeof stamp);
+  if (load_check_script(k->S, k->script) != 0) {
+    const char* e = lua_tostring(k->S, -1);
+    fprintf(stderr, "txmq: %s changed but does not load, the previous version "
+            "stays: %s\n", k->script, e ? e : "(a non-string error)");
+    lua_pop(k->S, 1);
+  } else {
+    atomic_fetch_add(&k->reloads, 1);
+  }
+}
+
 static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
                      void* arg) {
   checker_t* k = arg;
   lua_State* S = k->S;
   txmq_tx_decision_t d = TXMQ_TX_UNKNOWN;
-  atomic_fetch_add(&k->checks, 1);
+  checker_maybe_reload(k);
   lua_getfield(S, LUA_REGISTRYINDEX, "txmq.check");
   if (chk->nmsgs > 0) {
     push_msg(S, chk->msgs[0]);
@@ -514,6 +724,7 @@ static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
   }
   lua_pop(S, 1);
   txmq_client_check_reply(c, chk->check_id, d);
+  atomic_fetch_add(&k->checks, 1);
 }
 
 static void checker_on_connected(txmq_client_t* c, int status, void* arg);
@@ -601,33 +812,45 @@ static char* dupstr(const char* s) {
   return d;
 }
 
-/* core.checker(server, client_id, group, script) -> checker | nil, err */
+/* core.checker(server, client_id, group, script | function [, txmq])
+ *   -> checker | nil, err */
 static int l_checker(lua_State* L) {
   const char* server = luaL_checkstring(L, 1);
   const char* id = luaL_checkstring(L, 2);
   const char* group = luaL_checkstring(L, 3);
-  const char* script = luaL_checkstring(L, 4);
+  int inline_fn = lua_type(L, 4) == LUA_TFUNCTION;
+  const char* script = inline_fn ? NULL : luaL_checkstring(L, 4);
+  int midx = lua_type(L, 5) == LUA_TTABLE ? 5 : 0;
   checker_t* k = lua_newuserdatauv(L, sizeof *k, 0);
   memset(k, 0, sizeof *k);
   luaL_setmetatable(L, CHECKER_MT);
   k->server = dupstr(server);
   k->id = dupstr(id);
   k->group = dupstr(group);
-  k->script = dupstr(script);
+  k->script = script ? dupstr(script) : NULL;
   k->S = luaL_newstate();
-  if (!k->server || !k->id || !k->group || !k->script || !k->S) {
+  if (!k->server || !k->id || !k->group || (script && !k->script) || !k->S) {
     checker_free_fields(k);
     return luaL_error(L, "txmq: out of memory");
   }
   luaL_openlibs(k->S);
-  if (luaL_loadstring(k->S, LOADER) != LUA_OK ||
-      (lua_pushstring(k->S, script), lua_pcall(k->S, 1, 1, 0)) != LUA_OK) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "ESCRIPT: %s", lua_tostring(k->S, -1));
-    checker_free_fields(k);
-    return 2;
+  if (inline_fn) {
+    char err[600];
+    const char* e = copy_check_fn(L, 4, midx, k->S, err, sizeof err);
+    if (e) {
+      lua_pushstring(L, e);
+      checker_free_fields(k);
+      return lua_error(L);
+    }
+  } else {
+    if (file_stamp(script, k->stamp, sizeof k->stamp) != 0) k->stamp[0] = 0;
+    if (load_check_script(k->S, script) != 0) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "ESCRIPT: %s", lua_tostring(k->S, -1));
+      checker_free_fields(k);
+      return 2;
+    }
   }
-  lua_setfield(k->S, LUA_REGISTRYINDEX, "txmq.check");
 
   const char* groups[1] = {k->group};
   txmq_client_options_t o = {0};
@@ -694,6 +917,13 @@ static int l_checker_checks(lua_State* L) {
   return 1;
 }
 
+/* checker:reloads() -> how many times a changed script was loaded again. */
+static int l_checker_reloads(lua_State* L) {
+  checker_t* k = luaL_checkudata(L, 1, CHECKER_MT);
+  lua_pushinteger(L, (lua_Integer)atomic_load(&k->reloads));
+  return 1;
+}
+
 int luaopen_txmq_core(lua_State* L) {
   static const luaL_Reg conn_m[] = {
       {"send", l_conn_send},       {"send_in_transaction", l_conn_send_tx},
@@ -702,10 +932,14 @@ int luaopen_txmq_core(lua_State* L) {
       {"__close", l_conn_close},   {NULL, NULL}};
   static const luaL_Reg checker_m[] = {{"close", l_checker_close},
                                        {"checks", l_checker_checks},
+                                       {"reloads", l_checker_reloads},
                                        {"__gc", l_checker_close},
                                        {NULL, NULL}};
   static const luaL_Reg fns[] = {
-      {"connect", l_connect}, {"checker", l_checker}, {NULL, NULL}};
+      {"connect", l_connect},
+      {"checker", l_checker},
+      {"mtime", l_mtime},
+      {NULL, NULL}};
   luaL_newmetatable(L, CONN_MT);
   luaL_setfuncs(L, conn_m, 0);
   lua_pushvalue(L, -1);
