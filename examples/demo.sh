@@ -25,7 +25,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   # shellcheck source=tests/deps.sh
   source "$here/tests/deps.sh"
   txmq_install_deps
-  echo "== build ($build: txmqd, the txmq tool, the Lua module)"
+  echo "== build (${build#"$here"/}: txmqd, the txmq tool, the Lua module)"
   cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" \
     --target txmqd txmq_cli txmq_lua >/dev/null

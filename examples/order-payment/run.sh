@@ -142,14 +142,20 @@ LUA
   server="127.0.0.1:$port"
 }
 
-start_consumer() { # start_consumer GROUP [FLAGS...]
-  local g=$1
+readies() { # readies GROUP: how many times a consumer of GROUP said ready
+  local n
+  n=$(grep -c ": *ready$" "$data/$1.log" 2>/dev/null) || true
+  echo "${n:-0}"
+}
+start_consumer() { # start_consumer GROUP [FLAGS...]: its log goes on
+  local g=$1 n
   shift
+  n=$(readies "$g")
   rm -f "$data/stop-$g"
   lua5.4 "$ex/consumer.lua" --server "$server" --group "$g" --db "$data/$g.db" \
     --stop-file "$data/stop-$g" "$@" >>"$data/$g.log" 2>&1 &
   pid[$g]=$!
-  wait_until 10 grep -q "ready" "$data/$g.log" || fail_early "the $g consumer did not start"
+  wait_until 10 eval '[ "$(readies "$g")" -gt "$n" ]' || fail_early "the $g consumer did not start"
 }
 
 stop_consumer() { # stop_consumer GROUP: at its next poll
