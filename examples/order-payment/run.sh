@@ -111,7 +111,12 @@ wait_until() { # wait_until SECONDS COMMAND...: polls every 0.1 s
   done
   return 1
 }
+above() { [ "$("${@:2}")" -gt "$1" ]; } # above N COMMAND...: its output > N
+gone() { ! kill -0 "$1" 2>/dev/null; }    # gone PID
 q() { lua5.4 "$ex/query.lua" "$data/$1.db" "$2"; } # q DB SQL
+seen() { # seen GROUP ORDER: deliveries of ORDER to the consumer GROUP
+  q "$1" "SELECT count(*) FROM deliveries WHERE order_id = '$2'"
+}
 lines() { wc -l <"$data/$1.log" | tr -d ' '; }
 show() { # show NAME FROM_LINE: the lines NAME logged since, indented, paths short
   tail -n +"$(($2 + 1))" "$data/$1.log" |
@@ -155,7 +160,7 @@ start_consumer() { # start_consumer GROUP [FLAGS...]: its log goes on
   lua5.4 "$ex/consumer.lua" --server "$server" --group "$g" --db "$data/$g.db" \
     --stop-file "$data/stop-$g" "$@" >>"$data/$g.log" 2>&1 &
   pid[$g]=$!
-  wait_until 10 eval '[ "$(readies "$g")" -gt "$n" ]' || fail_early "the $g consumer did not start"
+  wait_until 10 above "$n" readies "$g" || fail_early "the $g consumer did not start"
 }
 
 stop_consumer() { # stop_consumer GROUP: at its next poll
@@ -182,12 +187,17 @@ close_input() { # close_input NAME: the end of the service's input
   unset "fd[$1]"
 }
 
+answers() { # answers SERVICE ORDER: how many answers about ORDER it gave
+  local n
+  n=$(grep -c "^$2 " "$data/$1.log") || true
+  echo "${n:-0}"
+}
 answer="" # the answer line of the last pay
 pay() { # pay SERVICE ORDER [PAYMENT_REF]: waits for the answer line
   local name=$1 order=$2 ref=${3:-} n
-  n=$(grep -c "^$order " "$data/$name.log" || true)
+  n=$(answers "$name" "$order")
   echo "pay $order $ref" >&"${fd[$name]}"
-  wait_until 10 eval '[ "$(grep -c "^$order " "$data/$name.log" || true)" -gt "$n" ]' ||
+  wait_until 10 above "$n" answers "$name" "$order" ||
     fail_early "$name did not answer pay $order"
   answer=$(grep "^$order " "$data/$name.log" | tail -n 1)
 }
@@ -196,7 +206,7 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$answer"; } # field NAME of $ans
 delivered() { # delivered ORDER: how many of the three services have seen it
   local n=0 g
   for g in logistics points cart; do
-    [ "$(q "$g" "SELECT count(*) FROM deliveries WHERE order_id = '$1'")" -gt 0 ] && n=$((n + 1))
+    [ "$(seen "$g" "$1")" -gt 0 ] && n=$((n + 1))
   done
   echo "$n"
 }
@@ -268,8 +278,7 @@ same "both transactions were rolled back" "$(tx_state "$tx_a9999") $(tx_state "$
 same "nobody heard of A9999" "$(delivered A9999)" 0
 same "A1001 still has one shipment, 42 points, one emptied cart" "$(effects A1001)" "1|42|1"
 same "and was delivered once to each" \
-  "$(for g in logistics points cart; do q "$g" "SELECT count(*) FROM deliveries WHERE order_id = 'A1001'"; done | tr '\n' ' ')" \
-  "1 1 1 "
+  "$(seen logistics A1001) $(seen points A1001) $(seen cart A1001)" "1 1 1"
 
 echo
 echo "== 3. order-service-2 commits A1002 in SQLite and is killed (kill -9) before txmq hears"
@@ -334,6 +343,9 @@ cp "$data/order-payment.lua.good" "$script"
 same "order-service-1 was never restarted" "$(grep -c '^ready' "$data/order-service-1.log")" 1
 sleep 1
 show_consumers
+same "the transactions: A1003 committed, A1004 rolled back twice" \
+  "$(tx_state "$tx_a1003") $(tx_state "$tx_a1004") $(tx_state "$tx_a1004_broken")" \
+  "committed rolled_back rolled_back"
 same "A1003 reached all three, A1004 none" "$(effects A1003) $(effects A1004)" "1|1500|1 0|0|0"
 same "orders.db: A1004 is still unpaid" "$(order_state A1004)" unpaid
 
@@ -345,12 +357,12 @@ consumer_marks
 m=$(lines order-service-1)
 pay order-service-1 A1005 PAY-7736
 show order-service-1 "$m"
-wait_until 10 eval '! kill -0 "${pid[points]}" 2>/dev/null' || true
+wait_until 10 gone "${pid[points]}" || true
 wait "${pid[points]}" 2>/dev/null || true
 unset "pid[points]"
 echo "   (restarting the points service)"
 start_consumer points
-wait_until 10 eval '[ "$(q points "SELECT count(*) FROM deliveries WHERE order_id = '"'A1005'"'")" -ge 2 ]' || true
+wait_until 10 above 1 seen points A1005 || true
 wait_until 5 reached_all A1005 || true
 show_consumers
 same "points saw A1005 twice: applied, then a duplicate" \
@@ -384,7 +396,7 @@ for row in "${expect[@]}"; do
   state=$(order_state "$order")
   got="$(effects "$order")"
   IFS='|' read -r ship points cart <<<"$got"
-  deliveries=$(for g in logistics points cart; do q "$g" "SELECT count(*) FROM deliveries WHERE order_id = '$order'"; done | paste -sd/)
+  deliveries="$(seen logistics "$order")/$(seen points "$order")/$(seen cart "$order")"
   printf '   %-6s %9s  %-9s %-9s %-6s %-5s %-10s %s\n' "$order" "${amount:--}" "${state:--}" \
     "$ship" "$points" "$cart" "$deliveries" "$story"
   if [ "$state|$got" != "$want_state|$want_ship|$want_points|$want_cart" ]; then
