@@ -23,6 +23,7 @@
 #   examples/order-payment/run.sh          (examples/demo.sh builds first)
 #   BUILD_DIR=build     where bin/txmqd, bin/txmq and lua/txmq/core.so are
 #   DEMO_DATA=./demo-data   removed at start and, unless KEEP=1, at the end
+#                       (refused if it holds files of anything else)
 set -euo pipefail
 ex="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$ex/../.." && pwd)"
@@ -41,8 +42,14 @@ export LUA_CPATH="$build/lua/?.so;;" LUA_PATH="$repo/lua/?.lua;;"
 lua5.4 -e 'require "luasql.sqlite3"' 2>/dev/null ||
   fail_early "LuaSQL's sqlite3 driver is missing (Debian: lua-sql-sqlite3)"
 
+# The data folder is removed at start and end: never one this scenario did
+# not make (it leaves a mark in its own).
+if [ -d "$data" ] && [ -n "$(ls -A "$data")" ] && [ ! -e "$data/.order-payment-demo" ]; then
+  fail_early "$data exists and is not an earlier run's data folder; choose another DEMO_DATA"
+fi
 rm -rf "$data"
 mkdir -p "$data/txmqd/scripts"
+touch "$data/.order-payment-demo"
 data="$(cd "$data" && pwd)"
 export ORDER_DB="$data/orders.db"
 script="$data/order-payment.lua" # the order service's copy, edited in step 4
