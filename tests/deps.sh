@@ -2,7 +2,7 @@
 # txmq needs to build, test and run, if any is missing.
 # lua-sql-sqlite3 (LuaSQL) is the local database of the order-payment example.
 TXMQ_DEB_PACKAGES=(cmake make gcc pkg-config liblua5.4-dev lua5.4 libuv1-dev
-  libmsgpack-dev libcmocka-dev libjansson-dev lua-busted lua-sql-sqlite3)
+  libmsgpack-dev libcmocka-dev libjansson-dev lua-busted valgrind lua-sql-sqlite3)
 
 txmq_install_deps() {
   local need=() p

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing (Debian packages), configures,
-# builds and runs every ctest label (unit, lua, integration, fault, bench in
+# builds and runs every ctest label (unit, valgrind, lua, integration, fault, bench in
 # smoke mode), then does it again with AddressSanitizer + UBSan.
 #
 #   tests/run.sh                 everything

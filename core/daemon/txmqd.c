@@ -39,7 +39,9 @@
  * checkpoint taken); 2 for a bad command line or configuration (one line
  * "txmqd: ..." on stderr); 1 when start-up fails (data directory unusable
  * or locked by another process, address in use), logged as one
- * level=error line.
+ * level=error line; 1 too when a write or fsync of the commit log fails
+ * (ENOSPC, EIO): txmqd stops rather than run with a log that refuses
+ * every append (fail-stop; started again, it recovers).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -60,6 +62,7 @@
 
 #include "txmq/consumer.h"
 #include "txmq/error.h"
+#include "txmq/log.h"
 #include "txmq/net.h"
 #include "txmq/runtime.h"
 
@@ -561,6 +564,7 @@ typedef struct {
   txmq_server_t* srv;
   uv_signal_t sigint;
   uv_signal_t sigterm;
+  uv_timer_t health;  /* watches the commit log for a failed write/fsync */
   int signals_open;
   int stopping;
   int opened;    /* the runtime opened */
@@ -581,6 +585,7 @@ static void finish_stop(daemon_t* d) {
     d->signals_open = 0;
     uv_close((uv_handle_t*)&d->sigint, on_signal_closed);
     uv_close((uv_handle_t*)&d->sigterm, on_signal_closed);
+    uv_close((uv_handle_t*)&d->health, on_signal_closed);
   }
 }
 
@@ -631,11 +636,32 @@ static void on_server_closed(txmq_server_t* srv, void* arg) {
 static void stop(daemon_t* d, int code) {
   if (d->stopping) return;
   d->stopping = 1;
+  if (d->signals_open) uv_timer_stop(&d->health);
   d->exit_code = code;
   d->stop_started = uv_hrtime() / 1000000u;
   if (d->srv != NULL && txmq_server_close(d->srv, on_server_closed, d) == 0)
     return;
   on_server_closed(d->srv, d);
+}
+
+/* Fail-stop: once a write or fdatasync of the commit log failed, the log
+ * refuses every append for good (an fsync is never retried: the kernel may
+ * have dropped the dirty pages), so txmqd stops with exit status 1 instead
+ * of answering every write with an error. Started again once the disk is
+ * fixed, it recovers every acknowledged record and cuts what was
+ * half-written. */
+static void on_health(uv_timer_t* t) {
+  daemon_t* d = t->data;
+  txmq_log_t* log = txmq_store_log(txmq_runtime_store(d->rt));
+  int err = txmq_log_failed(log);
+  if (err == 0 || d->stopping) return;
+  char qb[600];
+  logf_(&d->log, LV_ERROR,
+        "the commit log failed; stopping (start txmqd again once the disk "
+        "is fixed: it recovers everything acknowledged)",
+        "err=%s reason=%s", txmq_err_name(err),
+        q(txmq_log_diag(log), qb, sizeof qb));
+  stop(d, 1);
 }
 
 static void on_signal(uv_signal_t* h, int signum) {
@@ -1028,6 +1054,9 @@ int main(int argc, char** argv) {
   d->signals_open = 1;
   uv_signal_start(&d->sigint, on_signal, SIGINT);
   uv_signal_start(&d->sigterm, on_signal, SIGTERM);
+  uv_timer_init(&d->loop, &d->health);
+  d->health.data = d;
+  uv_timer_start(&d->health, on_health, 100, 100);
   logf_(&d->log, LV_INFO, "listening", "addr=%s",
         txmq_server_address(d->srv));
   uv_run(&d->loop, UV_RUN_DEFAULT);

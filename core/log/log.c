@@ -883,6 +883,8 @@ void txmq_log_iter_free(txmq_log_iter_t* it) {
   free(it);
 }
 
+int txmq_log_failed(const txmq_log_t* log) { return log->failed_seen; }
+
 void txmq__log_inject_fault(txmq_log_t* log, int what, int err) {
   atomic_store(what == 0 ? &log->fault_write : &log->fault_sync, err);
 }

@@ -211,6 +211,12 @@ const char* txmq_log_diag(const txmq_log_t* log);
  * invalid record. Returns 0 if there was corruption, TXMQ_ENOTFOUND if not. */
 int txmq_log_corruption(const txmq_log_t* log, uint64_t* segment_base,
                         uint64_t* pos);
+/* 0 while the log can take appends; after a failed write or fsync, the
+ * failure (e.g. TXMQ_ENOSPC, TXMQ_EIO), for good: txmq_log_diag() says
+ * what failed. Recovery is closing and opening the log again, which reads
+ * back only complete, checksummed records. Loop thread. */
+int txmq_log_failed(const txmq_log_t* log);
+
 /* Bytes cut from a torn tail at open (0 if none). */
 uint64_t txmq_log_torn_bytes(const txmq_log_t* log);
 
