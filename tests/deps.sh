@@ -1,7 +1,8 @@
-# Sourced by tests/run.sh and examples/demo.sh: installs the Debian packages
-# txmq needs to build, test and run, if any is missing.
+# Sourced by tests/run.sh and the examples' run scripts: installs the
+# Debian packages txmq needs to build, test and run, if any is missing.
+# lua-sql-sqlite3 (LuaSQL) is the local database of the order-payment example.
 TXMQ_DEB_PACKAGES=(cmake make gcc pkg-config liblua5.4-dev lua5.4 libuv1-dev
-  libmsgpack-dev libcmocka-dev libjansson-dev lua-busted valgrind)
+  libmsgpack-dev libcmocka-dev libjansson-dev lua-busted valgrind lua-sql-sqlite3)
 
 txmq_install_deps() {
   local need=() p
