@@ -55,10 +55,13 @@ local function client_id(prefix)
 end
 
 -- Loads a handler script into this state the way the runtime does: its
--- globals go into a table of their own, with txmq the constants.
+-- globals go into a table of their own, with txmq the constants (as in the
+-- background check state: COMMIT, ROLLBACK, UNKNOWN, null, array, log).
+-- Returns the table, or nil and why.
+local NULL = setmetatable({}, { __name = "txmq.null" })
 local function load_script(path)
   local api = {
-    COMMIT = M.COMMIT, ROLLBACK = M.ROLLBACK, UNKNOWN = M.UNKNOWN,
+    COMMIT = M.COMMIT, ROLLBACK = M.ROLLBACK, UNKNOWN = M.UNKNOWN, null = NULL,
     array = function(t) return t or {} end,
     log = function(...)
       local t = table.pack(...)
@@ -68,8 +71,9 @@ local function load_script(path)
   }
   local env = setmetatable({ txmq = api }, { __index = _G })
   local f, err = loadfile(path, "t", env)
-  if not f then error("txmq: " .. err, 3) end
-  f()
+  if not f then return nil, err end
+  local ok, rerr = pcall(f)
+  if not ok then return nil, tostring(rerr) end
   return env
 end
 
@@ -113,7 +117,8 @@ function M.transaction_producer(opts)
   local execute, script_check, stamp = opts.execute, nil, nil
   if opts.script then
     stamp = core.mtime(opts.script)
-    local env = load_script(opts.script)
+    local env, err = load_script(opts.script)
+    if not env then error("txmq.transaction_producer: " .. err, 2) end
     execute = execute or env.executeLocalTransaction
     script_check = env.checkLocalTransaction
   end
@@ -151,10 +156,13 @@ function TxProducer:reload_if_changed()
   local stamp = core.mtime(self.script)
   if stamp == self.stamp then return false end
   self.stamp = stamp
-  local ok, env = pcall(load_script, self.script)
-  if not ok or (self.script_execute and type(env.executeLocalTransaction) ~= "function") then
+  local env, err = load_script(self.script)
+  if env and self.script_execute and type(env.executeLocalTransaction) ~= "function" then
+    env, err = nil, "it defines no executeLocalTransaction"
+  end
+  if not env then
     io.stderr:write("txmq: ", self.script, " changed but does not load, the ",
-      "previous version stays: ", ok and "no executeLocalTransaction" or tostring(env), "\n")
+      "previous version stays: ", err, "\n")
     return false
   end
   if self.script_execute then self.execute = env.executeLocalTransaction end
