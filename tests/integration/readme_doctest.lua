@@ -1,7 +1,10 @@
 -- readme_doctest.lua - runs the console blocks of a README section against
 -- the real tools and compares what they print with what the README shows.
 --
---   lua5.4 readme_doctest.lua README.md "A five-minute tour" WORKDIR
+--   lua5.4 readme_doctest.lua README.md "A five-minute tour" WORKDIR [sh]
+--
+-- With "sh", the section's ```sh blocks are run instead, one command per
+-- line, each of which must exit 0 (their output is not shown in the README).
 --
 -- In WORKDIR (which has build/bin, scripts/ and TXMQ_SERVER set by the
 -- caller), every "$ command" line of every ```console block of the section
@@ -15,7 +18,7 @@
 -- yet (a check that is still due) is run again, for at most RETRY_S
 -- seconds; any other command runs once. "kill %1" is left to the caller. Prints one
 -- line per command; exits 1 on the first mismatch.
-local readme, section, work = arg[1], arg[2], arg[3]
+local readme, section, work, kind = arg[1], arg[2], arg[3], arg[4] or "console"
 local RETRY_S = tonumber(os.getenv("RETRY_S") or "20")
 
 local lines = {}
@@ -26,10 +29,12 @@ local steps, in_section, in_block = {}, false, false
 for _, l in ipairs(lines) do
   if l:match("^## ") then in_section = (l == "## " .. section) end
   if in_section then
-    if l:match("^```console") then
+    if l:match("^```" .. kind .. "$") then
       in_block = true
     elseif l:match("^```") then
       in_block = false
+    elseif in_block and kind == "sh" then
+      if l:match("%S") and not l:match("^%s*#") then steps[#steps + 1] = { cmd = l, want = {} } end
     elseif in_block then
       local cmd = l:match("^%$ (.*)$")
       if cmd then

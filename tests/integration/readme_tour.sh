@@ -3,7 +3,8 @@
 # it: from a folder with build/bin and scripts/order-payment.lua, against a
 # real txmqd with the default settings (on an ephemeral port, named by
 # TXMQ_SERVER), every console command's output compared with the README's
-# (tests/integration/readme_doctest.lua), then stopped with SIGTERM, exit 0.
+# (tests/integration/readme_doctest.lua), then stopped with SIGTERM, exit 0;
+# then the commands of "Inspecting a log offline" on the data it left.
 set -euo pipefail
 source "$(dirname "$0")/cli_lib.bash"
 cli_init "$1" readme-tour
@@ -19,4 +20,11 @@ else
   not_ok "the tour differs from the README"
 fi
 stop_txmqd
+# The offline tools of "Inspecting a log offline", on the tour's data
+# (./data, as in the README).
+if lua5.4 "$(dirname "$0")/readme_doctest.lua" "$repo/README.md" "Inspecting a log offline" "$work" sh; then
+  ok "the offline commands of the README run on the tour's data"
+else
+  not_ok "an offline command of the README failed"
+fi
 cli_finish readme_tour
