@@ -49,6 +49,21 @@ return {
                               -- "/usr/share/lua/5.4/?.lua"
 
   -- The server --------------------------------------------------------------
+  -- auth: nil (the default) = no authentication: a client's role is a
+  -- declaration. A table of secrets by role turns it on:
+  --   auth = {
+  --     producer = os.getenv("TXMQ_PRODUCER_SECRET"),
+  --     consumer = os.getenv("TXMQ_CONSUMER_SECRET"),
+  --     admin = os.getenv("TXMQ_ADMIN_SECRET"),
+  --   },
+  -- Each secret is a string of 8..256 bytes; os.getenv keeps it out of this
+  -- file. A client's hello must carry its role's secret or the admin secret
+  -- (accepted for every role, so one TXMQ_SECRET serves every `txmq`
+  -- command); a role left without a secret can be claimed with the admin
+  -- secret only. Roles then also limit what a connection may do (producer:
+  -- send and transactions; consumer: receive, ack, offsets; admin:
+  -- everything). A table that sets no secret at all is refused.
+  auth = nil,
   max_frame = 8 * 1024 * 1024,  -- largest frame either way
   max_connections = 10000,
   max_inflight = 1024,        -- requests in progress per connection
