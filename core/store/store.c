@@ -327,7 +327,11 @@ static int append_wrapped(txmq_store_t* st, const txmq_log_rec_t* recs,
  * the log, so a replay sees them in the same order). */
 static int create_topic_logged(txmq_store_t* st, const char* name, int nqueues,
                                txmq__topic_t** out) {
-  if (st->ntopics >= st->max_topics) return TXMQ_ERANGE;
+  if (st->ntopics >= st->max_topics) {
+    txmq__store_diag_set(st, "topic limit reached (max_topics = %zu): topic "
+                         "'%s' not created", st->max_topics, name);
+    return TXMQ_ERANGE;
+  }
   msgpack_sbuffer sb;
   msgpack_packer pk;
   msgpack_sbuffer_init(&sb);
