@@ -352,7 +352,10 @@ static int op_send(net_conn_t* c, uint64_t id, const msgpack_object* m,
   txmq_msg_free(msg);
   if (rc != 0) {
     free(r);
-    return net__errf(err, rc, "message not stored: %s", txmq_strerror(rc));
+    /* ERANGE is the topic limit: the store's diagnostic names it. */
+    return net__errf(err, rc, "message not stored: %s",
+                     rc == TXMQ_ERANGE ? txmq_store_diag(c->srv->st)
+                                       : txmq_strerror(rc));
   }
   return 0;
 }
@@ -385,6 +388,13 @@ static void on_begin(txmq_tx_t* tx, int status, const uint8_t* tx_id,
   for (size_t i = 0; i < nmsgs; i++)
     net__pk_bin(&w.pk, txmq_msg_id(msgs[i]), TXMQ_MSG_ID_LEN);
   req_send(r, &w);
+}
+
+/* Why txmq_tx_begin (directly or through the runtime) refused: a limit
+ * named by the engine's diagnostic, or the code's sentence. */
+static const char* tx_refusal(txmq_server_t* srv, int rc) {
+  const char* d = txmq_tx_diag(srv->tx);
+  return rc == TXMQ_ERANGE && d[0] != '\0' ? d : txmq_strerror(rc);
 }
 
 /* The fields tx.half and tx.send share: the producer group, the optional
@@ -421,7 +431,7 @@ static int op_tx_half(net_conn_t* c, uint64_t id, const msgpack_object* m,
   if (rc != 0) {
     free(r);
     return net__errf(err, rc, "half messages not stored: %s",
-                     txmq_strerror(rc));
+                     tx_refusal(c->srv, rc));
   }
   return 0;
 }
@@ -581,7 +591,7 @@ static int op_tx_send(net_conn_t* c, uint64_t id, const msgpack_object* m,
       return net__errf(err, rc, "group '%s' has no script (%s.lua) in the "
                                 "scripts directory", group, group);
     return net__errf(err, rc, "transaction not started: %s",
-                     txmq_strerror(rc));
+                     tx_refusal(c->srv, rc));
   }
   return 0;
 }
