@@ -664,6 +664,16 @@ int txmq_store_offset_get(const txmq_store_t* st, const char* group,
   return 0;
 }
 
+int txmq__store_offset_groups(const txmq_store_t* st,
+                              int (*fn)(void* arg, const char* group),
+                              void* arg) {
+  for (size_t i = 0; i < st->noffsets; i++) {
+    int rc = fn(arg, st->offsets[i]->group);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
 /* ---- checkpoints and retention ---- */
 
 int txmq_store_checkpoint(txmq_store_t* st, txmq_store_done_cb cb, void* arg) {
