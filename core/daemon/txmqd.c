@@ -18,14 +18,15 @@
  *   retain_bytes, retain_seconds, default_queues, checkpoint_interval_ms,
  *   max_topics                             the store and its log
  *   tx_timeout_ms, check_interval_ms, check_backoff_pct,
- *   check_interval_max_ms, max_checks, check_timeout_ms, check_retry_ms
- *                                          transactions and checks
+ *   check_interval_max_ms, max_checks, check_timeout_ms, check_retry_ms,
+ *   max_producer_groups                    transactions and checks
  *   workers, states_per_group, script_memory_limit, call_budget_ms,
  *   load_budget_ms, watch_scripts (boolean), allow_modules (array of
  *   module path patterns)                  the Lua handler host
  *   max_frame, max_connections, max_inflight, heartbeat_ms, max_output,
  *   drain_ms                               the server
- *   visibility_ms, max_deliveries, consumer_max_inflight    consumers
+ *   visibility_ms, max_deliveries, consumer_max_inflight,
+ *   max_consumer_groups                    consumers
  *   auth                                   { producer = S, consumer = S,
  *                                          admin = S }: secrets of 8..256
  *                                          bytes by role; absent (the
@@ -181,6 +182,7 @@ enum {
   I_MAX_CHECKS,
   I_CHECK_TIMEOUT_MS,
   I_CHECK_RETRY_MS,
+  I_MAX_PRODUCER_GROUPS,
   I_WORKERS,
   I_STATES_PER_GROUP,
   I_SCRIPT_MEMORY_LIMIT,
@@ -195,6 +197,7 @@ enum {
   I_VISIBILITY_MS,
   I_MAX_DELIVERIES,
   I_CONSUMER_MAX_INFLIGHT,
+  I_MAX_CONSUMER_GROUPS,
   I_COUNT
 };
 
@@ -248,6 +251,7 @@ static const struct {
     {"max_checks", K_INT, I_MAX_CHECKS},
     {"check_timeout_ms", K_INT, I_CHECK_TIMEOUT_MS},
     {"check_retry_ms", K_INT, I_CHECK_RETRY_MS},
+    {"max_producer_groups", K_INT, I_MAX_PRODUCER_GROUPS},
     {"workers", K_INT, I_WORKERS},
     {"states_per_group", K_INT, I_STATES_PER_GROUP},
     {"script_memory_limit", K_INT, I_SCRIPT_MEMORY_LIMIT},
@@ -262,6 +266,7 @@ static const struct {
     {"visibility_ms", K_INT, I_VISIBILITY_MS},
     {"max_deliveries", K_INT, I_MAX_DELIVERIES},
     {"consumer_max_inflight", K_INT, I_CONSUMER_MAX_INFLIGHT},
+    {"max_consumer_groups", K_INT, I_MAX_CONSUMER_GROUPS},
 };
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
 
@@ -778,6 +783,7 @@ static int apply_config(daemon_t* d) {
       {I_MAX_CHECKS, 1, TXMQ_TX_OPT_MAX_CHECKS},
       {I_CHECK_TIMEOUT_MS, 1, TXMQ_TX_OPT_CHECK_TIMEOUT_MS},
       {I_CHECK_RETRY_MS, 1, TXMQ_TX_OPT_RETRY_MS},
+      {I_MAX_PRODUCER_GROUPS, 1, TXMQ_TX_OPT_MAX_GROUPS},
       {I_WORKERS, 2, TXMQ_SCRIPT_OPT_WORKERS},
       {I_STATES_PER_GROUP, 2, TXMQ_SCRIPT_OPT_STATES_PER_GROUP},
       {I_SCRIPT_MEMORY_LIMIT, 2, TXMQ_SCRIPT_OPT_MEMORY_LIMIT},
@@ -792,6 +798,7 @@ static int apply_config(daemon_t* d) {
       {I_VISIBILITY_MS, 4, TXMQ_CONSUMERS_OPT_VISIBILITY_MS},
       {I_MAX_DELIVERIES, 4, TXMQ_CONSUMERS_OPT_MAX_DELIVERIES},
       {I_CONSUMER_MAX_INFLIGHT, 4, TXMQ_CONSUMERS_OPT_MAX_INFLIGHT},
+      {I_MAX_CONSUMER_GROUPS, 4, TXMQ_CONSUMERS_OPT_MAX_GROUPS},
   };
   int rc = txmq_store_set(st, TXMQ_STORE_OPT_SYNC,
                           c->sync >= 0 ? c->sync : TXMQ_SYNC_ALWAYS);
