@@ -23,7 +23,9 @@
  * again), RETRY (its DLQ put failed; in the heap to try again) or DLQ (its
  * DLQ put is running). At most MAX_INFLIGHT
  * deliveries exist per gstate, whatever their state, so a consumer that
- * never acknowledges cannot grow memory.
+ * never acknowledges cannot grow memory. Besides, a set of the group names
+ * the engine knows (groups with stored offsets at start, and every group
+ * that received or set an offset since), counted against MAX_GROUPS.
  *
  * TIME. Deadlines are on the engine's monotonic clock (the loop's uv_now, or
  * the clock callback). One uv_timer is armed for the earliest deadline of
@@ -65,6 +67,8 @@
 #define DEFAULT_VISIBILITY_MS 30000
 #define DEFAULT_MAX_DELIVERIES 16
 #define DEFAULT_MAX_INFLIGHT 10000
+#define DEFAULT_MAX_GROUPS 1024
+#define MAX_MAX_GROUPS 10000000
 #define MAX_VISIBILITY_MS (24 * 3600 * 1000) /* a day */
 #define MAX_MAX_DELIVERIES 10000
 #define MAX_MAX_INFLIGHT 1000000
@@ -134,6 +138,7 @@ struct txmq_consumers_s {
   uint64_t visibility_ms;
   uint32_t max_deliveries;
   size_t max_inflight;
+  size_t max_groups;
   int manual;
   uint64_t (*clock)(void*);
   void* clock_arg;
@@ -150,6 +155,14 @@ struct txmq_consumers_s {
   gstate_t** tbuckets;
   size_t gcap; /* 0 or a power of two */
   size_t ngroups;
+
+  /* The names of the groups the engine knows (those with stored offsets
+   * at start, and every group that received or set an offset since): an
+   * open-addressing set, never shrinking, counted against max_groups. */
+  char** names;
+  size_t names_cap; /* 0 or a power of two */
+  size_t nnames;
+  char diag[256];   /* why the last receive or offset_set was refused */
 
   /* INFLIGHT deliveries by nonce. */
   dlv_t** dbuckets;
@@ -313,6 +326,55 @@ static void dtab_remove(txmq_consumers_t* cs, dlv_t* d) {
     cs->ndlv--;
   }
   d->hnext = NULL;
+}
+
+/* ---- group names ---- */
+
+static size_t names_slot(char* const* names, size_t cap, const char* name) {
+  size_t i = (size_t)fnv_str(FNV_BASIS, name) & (cap - 1);
+  while (names[i] != NULL && strcmp(names[i], name) != 0) i = (i + 1) & (cap - 1);
+  return i;
+}
+
+static int names_has(const txmq_consumers_t* cs, const char* name) {
+  return cs->names_cap > 0 &&
+         cs->names[names_slot(cs->names, cs->names_cap, name)] != NULL;
+}
+
+/* Adds name to the set (nothing if it is in). 0 or TXMQ_ENOMEM. */
+static int names_add(txmq_consumers_t* cs, const char* name) {
+  if ((cs->nnames + 1) * 4 > cs->names_cap * 3) {
+    size_t cap = cs->names_cap ? cs->names_cap * 2 : 64;
+    char** n = calloc(cap, sizeof *n);
+    if (n == NULL) return TXMQ_ENOMEM;
+    for (size_t i = 0; i < cs->names_cap; i++)
+      if (cs->names[i] != NULL) n[names_slot(n, cap, cs->names[i])] = cs->names[i];
+    free(cs->names);
+    cs->names = n;
+    cs->names_cap = cap;
+  }
+  size_t i = names_slot(cs->names, cs->names_cap, name);
+  if (cs->names[i] != NULL) return 0;
+  if ((cs->names[i] = strdup(name)) == NULL) return TXMQ_ENOMEM;
+  cs->nnames++;
+  return 0;
+}
+
+static int seed_name(void* arg, const char* group) {
+  return names_add(arg, group);
+}
+
+/* A group may read (or set offsets) if the engine knows it or there is
+ * room for one more; else TXMQ_ERANGE with the limit in cs->diag. */
+static int admit_group(txmq_consumers_t* cs, const char* group) {
+  if (names_has(cs, group)) return 0;
+  if (cs->nnames >= cs->max_groups) {
+    snprintf(cs->diag, sizeof cs->diag,
+             "consumer group limit reached (max_consumer_groups = %zu): "
+             "group '%s' refused", cs->max_groups, group);
+    return TXMQ_ERANGE;
+  }
+  return names_add(cs, group);
 }
 
 /* ---- gstates ---- */
@@ -743,6 +805,7 @@ int txmq_consumers_new(txmq_consumers_t** out, uv_loop_t* loop,
   cs->visibility_ms = DEFAULT_VISIBILITY_MS;
   cs->max_deliveries = DEFAULT_MAX_DELIVERIES;
   cs->max_inflight = DEFAULT_MAX_INFLIGHT;
+  cs->max_groups = DEFAULT_MAX_GROUPS;
   if (getrandom(&cs->nonce_seed, sizeof cs->nonce_seed, GRND_NONBLOCK) !=
       (ssize_t)sizeof cs->nonce_seed)
     cs->nonce_seed = uv_hrtime() ^ (uint64_t)(uintptr_t)cs;
@@ -765,6 +828,10 @@ int txmq_consumers_set(txmq_consumers_t* cs, txmq_consumers_opt_t opt,
     case TXMQ_CONSUMERS_OPT_MAX_INFLIGHT:
       if (value < 1 || value > MAX_MAX_INFLIGHT) return TXMQ_EINVAL;
       cs->max_inflight = (size_t)value;
+      return 0;
+    case TXMQ_CONSUMERS_OPT_MAX_GROUPS:
+      if (value < 1 || value > MAX_MAX_GROUPS) return TXMQ_EINVAL;
+      cs->max_groups = (size_t)value;
       return 0;
     case TXMQ_CONSUMERS_OPT_MANUAL_CLOCK:
       if (cs->state != CS_NEW) return TXMQ_EBUSY;
@@ -798,6 +865,9 @@ static void init_handles(txmq_consumers_t* cs) {
 int txmq_consumers_start(txmq_consumers_t* cs) {
   if (cs == NULL) return TXMQ_EINVAL;
   if (cs->state != CS_NEW) return TXMQ_EBUSY;
+  /* Groups of earlier runs count (and keep reading) whatever the limit. */
+  int rc = txmq__store_offset_groups(cs->st, seed_name, cs);
+  if (rc != 0) return rc;
   init_handles(cs);
   txmq__store_set_publish_cb(cs->st, on_publish, cs);
   cs->state = CS_STARTED;
@@ -857,7 +927,13 @@ void txmq_consumers_free(txmq_consumers_t* cs) {
   free(cs->tbuckets);
   free(cs->dbuckets);
   free(cs->heap);
+  for (size_t i = 0; i < cs->names_cap; i++) free(cs->names[i]);
+  free(cs->names);
   free(cs);
+}
+
+const char* txmq_consumers_diag(const txmq_consumers_t* cs) {
+  return cs->diag;
 }
 
 /* ---- public: receive, ack, tick, progress ---- */
@@ -938,8 +1014,11 @@ int txmq_consumers_receive(txmq_consumers_t* cs, const char* group,
 
   int rc;
   gstate_t* g = gstate_find(cs, group, topic);
-  if (g == NULL && (rc = gstate_new(cs, group, topic, nq, from, offset, &g)) != 0)
-    return rc;
+  if (g == NULL) {
+    if ((rc = admit_group(cs, group)) != 0) return rc;
+    if ((rc = gstate_new(cs, group, topic, nq, from, offset, &g)) != 0)
+      return rc;
+  }
   txmq_delivery_t* res = calloc(max, sizeof *res);
   if (res == NULL) return TXMQ_ENOMEM;
   uint64_t now = now_ms(cs);
@@ -1073,6 +1152,23 @@ size_t txmq_consumers_tick(txmq_consumers_t* cs) {
   }
   arm(cs);
   return expired;
+}
+
+int txmq_consumers_offset_set(txmq_consumers_t* cs, const char* group,
+                              const char* topic, int qid, int64_t offset) {
+  if (cs == NULL) return TXMQ_EINVAL;
+  if (cs->state == CS_NEW) return TXMQ_EBUSY;
+  if (cs->state != CS_STARTED) return TXMQ_ECLOSED;
+  if (group == NULL || topic == NULL || !txmq_name_valid(group) ||
+      !txmq_name_valid(topic))
+    return TXMQ_EBADNAME;
+  if (offset < 0) return TXMQ_EINVAL;
+  /* A queue that does not exist must not take a place under the limit. */
+  int nq = txmq_store_topic_queues(cs->st, topic);
+  if (qid < 0 || qid >= nq) return TXMQ_ENOTFOUND;
+  int rc = admit_group(cs, group);
+  if (rc != 0) return rc;
+  return txmq_store_offset_set(cs->st, group, topic, qid, offset);
 }
 
 int txmq_consumers_progress(txmq_consumers_t* cs, const char* group,

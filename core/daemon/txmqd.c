@@ -18,16 +18,25 @@
  *   retain_bytes, retain_seconds, default_queues, checkpoint_interval_ms,
  *   max_topics                             the store and its log
  *   tx_timeout_ms, check_interval_ms, check_backoff_pct,
- *   check_interval_max_ms, max_checks, check_timeout_ms, check_retry_ms
- *                                          transactions and checks
+ *   check_interval_max_ms, max_checks, check_timeout_ms, check_retry_ms,
+ *   max_producer_groups                    transactions and checks
  *   workers, states_per_group, script_memory_limit, call_budget_ms,
  *   load_budget_ms, watch_scripts (boolean), allow_modules (array of
  *   module path patterns)                  the Lua handler host
  *   max_frame, max_connections, max_inflight, heartbeat_ms, max_output,
  *   drain_ms                               the server
- *   visibility_ms, max_deliveries, consumer_max_inflight    consumers
+ *   visibility_ms, max_deliveries, consumer_max_inflight,
+ *   max_consumer_groups                    consumers
+ *   auth                                   { producer = S, consumer = S,
+ *                                          admin = S }: secrets of 8..256
+ *                                          bytes by role; absent (the
+ *                                          default): no authentication
  *   log_level                              "debug"|"info"|"warn"|"error"
- * Relative paths are relative to the working directory.
+ * Relative paths are relative to the working directory. A secret need not
+ * be in the file: auth = { admin = os.getenv("TXMQ_ADMIN_SECRET") } reads
+ * it from the environment (an auth table that ends up with no secret at
+ * all is an error, so an unset variable cannot turn authentication off
+ * unnoticed). No error message or log line shows a secret.
  *
  * LOGGING: one line per event on stderr, greppable:
  *   2026-11-23T10:00:00.123Z txmqd level=info msg="listening" addr=...
@@ -156,7 +165,8 @@ typedef enum {
   K_BOOL,
   K_SYNC,
   K_LEVEL,
-  K_LIST
+  K_LIST,
+  K_AUTH
 } ktype_t;
 
 /* Integer keys, in the order of KEYS below. */
@@ -175,6 +185,7 @@ enum {
   I_MAX_CHECKS,
   I_CHECK_TIMEOUT_MS,
   I_CHECK_RETRY_MS,
+  I_MAX_PRODUCER_GROUPS,
   I_WORKERS,
   I_STATES_PER_GROUP,
   I_SCRIPT_MEMORY_LIMIT,
@@ -189,6 +200,7 @@ enum {
   I_VISIBILITY_MS,
   I_MAX_DELIVERIES,
   I_CONSUMER_MAX_INFLIGHT,
+  I_MAX_CONSUMER_GROUPS,
   I_COUNT
 };
 
@@ -203,7 +215,17 @@ typedef struct {
   unsigned char has[I_COUNT];
   char* modules[MAX_MODULE_PATHS];
   size_t nmodules;
+  /* auth: secrets by role, in the order of ROLES; NULL: none */
+  char* secrets[3];
+  unsigned auth_roles; /* bit r: ROLES[r] has a secret (kept after the
+                          secrets went to the server) */
+  int has_auth;
 } config_t;
+
+/* The roles of the auth key, as txmq_server_set_secret names them. */
+static const char* const ROLES[3] = {"producer", "consumer", "admin"};
+#define SECRET_MIN 8
+#define SECRET_MAX 256
 
 static const struct {
   const char* name;
@@ -217,6 +239,7 @@ static const struct {
     {"log_level", K_LEVEL, 0},
     {"watch_scripts", K_BOOL, 0},
     {"allow_modules", K_LIST, 0},
+    {"auth", K_AUTH, 0},
     {"sync_interval_ms", K_INT, I_SYNC_INTERVAL_MS},
     {"segment_size", K_INT, I_SEGMENT_SIZE},
     {"retain_bytes", K_INT, I_RETAIN_BYTES},
@@ -231,6 +254,7 @@ static const struct {
     {"max_checks", K_INT, I_MAX_CHECKS},
     {"check_timeout_ms", K_INT, I_CHECK_TIMEOUT_MS},
     {"check_retry_ms", K_INT, I_CHECK_RETRY_MS},
+    {"max_producer_groups", K_INT, I_MAX_PRODUCER_GROUPS},
     {"workers", K_INT, I_WORKERS},
     {"states_per_group", K_INT, I_STATES_PER_GROUP},
     {"script_memory_limit", K_INT, I_SCRIPT_MEMORY_LIMIT},
@@ -245,6 +269,7 @@ static const struct {
     {"visibility_ms", K_INT, I_VISIBILITY_MS},
     {"max_deliveries", K_INT, I_MAX_DELIVERIES},
     {"consumer_max_inflight", K_INT, I_CONSUMER_MAX_INFLIGHT},
+    {"max_consumer_groups", K_INT, I_MAX_CONSUMER_GROUPS},
 };
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
 
@@ -255,11 +280,21 @@ static void config_init(config_t* c) {
   c->watch = -1;
 }
 
+/* Forgets a secret so that it does not linger in freed memory. */
+static void secret_free(char** s) {
+  if (*s != NULL) {
+    explicit_bzero(*s, strlen(*s));
+    free(*s);
+    *s = NULL;
+  }
+}
+
 static void config_free(config_t* c) {
   free(c->listen);
   free(c->data);
   free(c->scripts);
   for (size_t i = 0; i < c->nmodules; i++) free(c->modules[i]);
+  for (size_t i = 0; i < 3; i++) secret_free(&c->secrets[i]);
 }
 
 static int parse_sync(const char* s) {
@@ -371,6 +406,69 @@ static int lua_int_of(lua_State* L, int idx, int64_t* out) {
   return -1;
 }
 
+/* Reads the auth table at the top of the stack into cfg: secrets by role,
+ * 8..256 bytes each. Errors never show a secret. */
+static int cfg_read_auth(lua_State* L, const char* path, config_t* cfg) {
+  int t = lua_gettop(L);
+  char unknown[256];
+  size_t nu = 0;
+  unknown[0] = '\0';
+  cfg->has_auth = 1;
+  lua_pushnil(L);
+  while (lua_next(L, t) != 0) {
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      usage_error("config %s: key 'auth' takes roles as names (producer, "
+                  "consumer, admin), not a %s", path, luaL_typename(L, -2));
+      return -1;
+    }
+    const char* role = lua_tostring(L, -2);
+    int r;
+    for (r = 0; r < 3; r++)
+      if (strcmp(role, ROLES[r]) == 0) break;
+    if (r == 3) {
+      if (nu < sizeof unknown)
+        nu += (size_t)snprintf(unknown + nu, sizeof unknown - nu, "%s'%s'",
+                               nu ? ", " : "", role);
+      lua_pop(L, 1);
+      continue;
+    }
+    size_t n = 0;
+    const char* v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n)
+                                                   : NULL;
+    if (v == NULL || n < SECRET_MIN || n > SECRET_MAX || strlen(v) != n) {
+      usage_error("config %s: auth.%s must be a string of %d to %d bytes "
+                  "(without NUL bytes)", path, role, SECRET_MIN, SECRET_MAX);
+      return -1;
+    }
+    secret_free(&cfg->secrets[r]);
+    if ((cfg->secrets[r] = strdup(v)) == NULL) return -1;
+    cfg->auth_roles |= 1u << r;
+    lua_pop(L, 1);
+  }
+  if (nu > 0) {
+    usage_error("config %s: key 'auth' has unknown role(s) %s (the roles are "
+                "producer, consumer and admin)", path, unknown);
+    return -1;
+  }
+  int any = 0;
+  for (int r = 0; r < 3; r++) any |= cfg->secrets[r] != NULL;
+  if (!any) {
+    usage_error("config %s: key 'auth' sets no secret (is the environment "
+                "variable it reads unset?); remove the key to run without "
+                "authentication", path);
+    return -1;
+  }
+  for (int r = 0; r < 2; r++) {
+    if (cfg->secrets[r] != NULL && cfg->secrets[2] != NULL &&
+        strcmp(cfg->secrets[r], cfg->secrets[2]) == 0) {
+      usage_error("config %s: auth.%s is the same as auth.admin: whoever has "
+                  "it would be an admin", path, ROLES[r]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
 /* Reads the table at the top of the stack into cfg. */
 static int cfg_read_table(lua_State* L, const char* path, config_t* cfg) {
   int t = lua_gettop(L);
@@ -463,6 +561,15 @@ static int cfg_read_table(lua_State* L, const char* path, config_t* cfg) {
         }
         break;
       }
+      case K_AUTH:
+        if (vt != LUA_TTABLE) {
+          usage_error("config %s: key 'auth' must be a table of secrets by "
+                      "role: { producer = ..., consumer = ..., admin = ... }",
+                      path);
+          return -1;
+        }
+        if (cfg_read_auth(L, path, cfg) != 0) return -1;
+        break;
     }
     lua_pop(L, 1);
   }
@@ -702,6 +809,7 @@ static int apply_config(daemon_t* d) {
       {I_MAX_CHECKS, 1, TXMQ_TX_OPT_MAX_CHECKS},
       {I_CHECK_TIMEOUT_MS, 1, TXMQ_TX_OPT_CHECK_TIMEOUT_MS},
       {I_CHECK_RETRY_MS, 1, TXMQ_TX_OPT_RETRY_MS},
+      {I_MAX_PRODUCER_GROUPS, 1, TXMQ_TX_OPT_MAX_GROUPS},
       {I_WORKERS, 2, TXMQ_SCRIPT_OPT_WORKERS},
       {I_STATES_PER_GROUP, 2, TXMQ_SCRIPT_OPT_STATES_PER_GROUP},
       {I_SCRIPT_MEMORY_LIMIT, 2, TXMQ_SCRIPT_OPT_MEMORY_LIMIT},
@@ -716,6 +824,7 @@ static int apply_config(daemon_t* d) {
       {I_VISIBILITY_MS, 4, TXMQ_CONSUMERS_OPT_VISIBILITY_MS},
       {I_MAX_DELIVERIES, 4, TXMQ_CONSUMERS_OPT_MAX_DELIVERIES},
       {I_CONSUMER_MAX_INFLIGHT, 4, TXMQ_CONSUMERS_OPT_MAX_INFLIGHT},
+      {I_MAX_CONSUMER_GROUPS, 4, TXMQ_CONSUMERS_OPT_MAX_GROUPS},
   };
   int rc = txmq_store_set(st, TXMQ_STORE_OPT_SYNC,
                           c->sync >= 0 ? c->sync : TXMQ_SYNC_ALWAYS);
@@ -752,7 +861,33 @@ static int apply_config(daemon_t* d) {
       return rc;
     }
   }
+  for (int r = 0; r < 3; r++) {
+    if (c->secrets[r] == NULL) continue;
+    rc = txmq_server_set_secret(d->srv, ROLES[r], c->secrets[r]);
+    if (rc != 0) {
+      usage_error("config: auth.%s refused: %s", ROLES[r], txmq_strerror(rc));
+      return rc;
+    }
+    /* The server keeps its own copy. */
+    secret_free(&c->secrets[r]);
+  }
   return 0;
+}
+
+/* "off", or the roles that have a secret: "producer,admin". */
+static const char* auth_summary(const config_t* c, char* buf, size_t len) {
+  size_t k = 0;
+  buf[0] = '\0';
+  for (int r = 0; r < 3 && c->has_auth; r++) {
+    if (c->auth_roles & (1u << r))
+      k += (size_t)snprintf(buf + k, len - k, "%s%s", k ? "," : "", ROLES[r]);
+  }
+  return k > 0 ? buf : "off";
+}
+
+/* Whether host is a loopback address (127.0.0.0/8 or ::1). */
+static int is_loopback(const char* host) {
+  return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0;
 }
 
 static void usage(FILE* f) {
@@ -1012,13 +1147,21 @@ int main(int argc, char** argv) {
     code = EXIT_USAGE;
     goto fail;
   }
+  char auth[64];
   logf_(&d->log, LV_INFO, "starting",
-        "version=%s pid=%d data=%s scripts=%s sync=%s", TXMQ_VERSION,
+        "version=%s pid=%d data=%s scripts=%s sync=%s auth=%s", TXMQ_VERSION,
         (int)getpid(), q(c->data, qa, sizeof qa), q(c->scripts, qb, sizeof qb),
         c->sync == TXMQ_SYNC_INTERVAL ? "interval"
         : c->sync == TXMQ_SYNC_NEVER  ? "never"
-                                      : "always");
+                                      : "always",
+        auth_summary(c, auth, sizeof auth));
   d->announced = 1;
+  if (!c->has_auth && !is_loopback(d->host)) {
+    logf_(&d->log, LV_WARN,
+          "listening beyond loopback without authentication: anyone who can "
+          "reach the port may send, consume and administer (set 'auth' in "
+          "the configuration)", "host=%s", d->host);
+  }
   if (prepare_dir(d, c->data, "data") != 0) goto fail;
   if (prepare_dir(d, c->scripts, "scripts") != 0) goto fail;
   rc = txmq_runtime_open(d->rt);

@@ -27,7 +27,8 @@ return {
   retain_seconds = 0,         -- ... or older than this; 0 = off
   default_queues = 4,         -- queues of a topic created by its first message
   checkpoint_interval_ms = 5000,
-  max_topics = 4096,
+  max_topics = 4096,          -- a send that would create one more topic
+                              -- fails: ERANGE "topic limit reached ..."
 
   -- Transactions and checks (RocketMQ's defaults) ---------------------------
   tx_timeout_ms = 6000,       -- first check of an undecided transaction
@@ -37,6 +38,9 @@ return {
   max_checks = 15,            -- then the transaction is parked
   check_timeout_ms = 5000,    -- a producer's answer to a check is due within
   check_retry_ms = 1000,      -- a check nobody could take is offered again
+  max_producer_groups = 1024, -- groups with undecided transactions at once;
+                              -- a transaction of one more group fails:
+                              -- ERANGE "producer group limit reached ..."
 
   -- The Lua handler host ----------------------------------------------------
   workers = 2,                -- threads running handlers
@@ -49,9 +53,26 @@ return {
                               -- "/usr/share/lua/5.4/?.lua"
 
   -- The server --------------------------------------------------------------
-  max_frame = 8 * 1024 * 1024,  -- largest frame either way
-  max_connections = 10000,
-  max_inflight = 1024,        -- requests in progress per connection
+  -- auth: nil (the default) = no authentication: a client's role is a
+  -- declaration. A table of secrets by role turns it on:
+  --   auth = {
+  --     producer = os.getenv("TXMQ_PRODUCER_SECRET"),
+  --     consumer = os.getenv("TXMQ_CONSUMER_SECRET"),
+  --     admin = os.getenv("TXMQ_ADMIN_SECRET"),
+  --   },
+  -- Each secret is a string of 8..256 bytes; os.getenv keeps it out of this
+  -- file. A client's hello must carry its role's secret or the admin secret
+  -- (accepted for every role, so one TXMQ_SECRET serves every `txmq`
+  -- command); a role left without a secret can be claimed with the admin
+  -- secret only. Roles then also limit what a connection may do (producer:
+  -- send and transactions; consumer: receive, ack, offsets; admin:
+  -- everything). A table that sets no secret at all is refused.
+  auth = nil,
+  max_frame = 8 * 1024 * 1024,  -- largest frame either way; a longer one
+                                -- gets ETOOBIG and the connection closes
+  max_connections = 10000,    -- one more gets EAGAIN and is closed
+  max_inflight = 1024,        -- requests in progress per connection; past
+                              -- it the socket is not read (back-pressure)
   heartbeat_ms = 10000,       -- idle connections are closed after 3x this
   max_output = 1024 * 1024,   -- queued response bytes per connection
   drain_ms = 10000,           -- shutdown waits this long for requests
@@ -60,4 +81,7 @@ return {
   visibility_ms = 30000,      -- a received message is invisible for ...
   max_deliveries = 16,        -- then it goes to DLQ.<group>
   consumer_max_inflight = 10000,  -- unacknowledged per group and topic
+  max_consumer_groups = 1024, -- a receive or offset.set of one more group
+                              -- fails: ERANGE "consumer group limit ..."
+                              -- (groups with stored offsets always count)
 }

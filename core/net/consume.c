@@ -115,6 +115,10 @@ static const char* receive_error(int rc, const net_recv_t* r, char* err) {
       net__errf(err, rc, "group '%s' is too long for its dead-letter topic "
                          "DLQ.%s", r->group, r->group);
       break;
+    case TXMQ_ERANGE: /* the consumer group limit, named by the engine */
+      net__errf(err, rc, "receive refused: %s",
+                txmq_consumers_diag(r->srv->cs));
+      break;
     default:
       net__errf(err, rc, "receive failed: %s", txmq_strerror(rc));
   }
@@ -413,9 +417,17 @@ int net__op_offset_set(net_conn_t* c, uint64_t id, const msgpack_object* m,
   int rc = queue_args(srv, m, group, topic, &qid, err);
   if (rc == 0) rc = net__get_int(m, "offset", 1, 0, INT64_MAX, &off, err);
   if (rc != 0) return rc;
-  rc = txmq_store_offset_set(srv->st, group, topic, qid, off);
+  /* Through the engine when there is one: a new group counts against its
+   * group limit. */
+  if (srv->cs != NULL)
+    rc = txmq_consumers_offset_set(srv->cs, group, topic, qid, off);
+  else
+    rc = txmq_store_offset_set(srv->st, group, topic, qid, off);
   if (rc != 0)
-    return net__errf(err, rc, "offset not set: %s", txmq_strerror(rc));
+    return net__errf(err, rc, "offset not set: %s",
+                     rc == TXMQ_ERANGE && srv->cs != NULL
+                         ? txmq_consumers_diag(srv->cs)
+                         : txmq_strerror(rc));
   net_wbuf_t w;
   net__wb_init(&w);
   net__resp_begin(&w, id, 0);

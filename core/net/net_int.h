@@ -46,6 +46,10 @@
 #define NET_MAX_PENDING_CHECKS 4096
 
 enum { ROLE_PRODUCER = 1, ROLE_CONSUMER = 2, ROLE_ADMIN = 3 };
+#define NET_NROLES 4 /* role values index arrays; 0 is unused */
+/* A secret's bounds (txmq_server_set_secret). */
+#define NET_SECRET_MIN 8
+#define NET_SECRET_MAX 256
 enum { C_HELLO = 0, C_READY = 1, C_CLOSING = 2 };
 
 typedef struct net_conn_s net_conn_t;
@@ -149,6 +153,10 @@ struct txmq_server_s {
   uint64_t drain_ms;
   int sync;
   char name[64];
+  /* authentication: secrets by role (NULL: none); auth is on when any is */
+  char* secrets[NET_NROLES];
+  size_t secret_len[NET_NROLES];
+  int auth;
   /* connections */
   net_conn_t* live;
   net_conn_t* dying;
@@ -177,6 +185,7 @@ struct txmq_server_s {
   uint64_t refused;
   uint64_t requests;
   uint64_t protocol_errors;
+  uint64_t auth_failures;
   char addr[80];
   int port;
   char diag[256];

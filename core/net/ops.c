@@ -1,7 +1,8 @@
 /*
  * ops.c - the request operations of PROTOCOL.md section 5 (except those of
  * consumers, in consume.c): hello, ping, send, tx.half, tx.end, tx.send,
- * status, tx.list, tx.show, tx.resume, reload.
+ * status, tx.list, tx.show, tx.resume, reload; the hello's authentication
+ * and the roles allowed each operation (txmq/net.h, AUTHENTICATION).
  *
  * Each operation reads its fields with the checked getters of wire.c, calls
  * the runtime and answers exactly once: at once, or from the runtime's
@@ -84,6 +85,63 @@ static int no_memory(char* err) {
 }
 
 /* ---- hello ---- */
+
+static const char* const ROLE_NAMES[NET_NROLES] = {"-", "producer", "consumer",
+                                                   "admin"};
+
+/* Whether got[0..glen) equals the configured secret want[0..wlen). The
+ * time it takes depends on wlen only, never on the bytes or on where they
+ * differ, so that a client cannot find a secret byte by byte by timing its
+ * refusals. */
+static int secret_equal(const char* want, size_t wlen, const char* got,
+                        size_t glen) {
+  volatile unsigned char diff = wlen != glen;
+  for (size_t i = 0; i < wlen; i++) {
+    unsigned char g = i < glen ? (unsigned char)got[i] : 0;
+    diff |= (unsigned char)((unsigned char)want[i] ^ g);
+  }
+  return diff == 0;
+}
+
+/* With auth on: 0 when the hello carries the secret of the role it claims
+ * or the admin secret; else TXMQ_EAUTH with a sentence in err and a short
+ * reason for the log in *why. Neither ever holds a secret. */
+static int authenticate(const txmq_server_t* srv, const msgpack_object* m,
+                        int role, char* err, const char** why) {
+  const msgpack_object* v = net__field(m, "secret");
+  const char* p = NULL;
+  size_t n = 0;
+  if (v != NULL && v->type == MSGPACK_OBJECT_STR) {
+    p = v->via.str.ptr;
+    n = v->via.str.size;
+  }
+  /* Both comparisons always run: the time does not tell which matched. */
+  int own = 0, adm = 0;
+  if (p != NULL && srv->secrets[role] != NULL)
+    own = secret_equal(srv->secrets[role], srv->secret_len[role], p, n);
+  if (p != NULL && srv->secrets[ROLE_ADMIN] != NULL)
+    adm = secret_equal(srv->secrets[ROLE_ADMIN], srv->secret_len[ROLE_ADMIN],
+                       p, n);
+  if (own || adm) return 0;
+  const char* name = ROLE_NAMES[role];
+  if (srv->secrets[role] == NULL) {
+    *why = "role has no secret";
+    return net__errf(err, TXMQ_EAUTH,
+                     "authentication failed: role \"%s\" has no secret on "
+                     "this server; only the admin secret is accepted for it",
+                     name);
+  }
+  if (p == NULL) {
+    *why = v == NULL ? "missing secret" : "secret not a string";
+    return net__errf(err, TXMQ_EAUTH,
+                     "authentication failed: role \"%s\" needs its secret "
+                     "(a string in field 'secret')", name);
+  }
+  *why = "wrong secret";
+  return net__errf(err, TXMQ_EAUTH,
+                   "authentication failed: wrong secret for role \"%s\"",
+                   name);
+}
 
 static int client_id_valid(const char* p, size_t n) {
   if (n == 0 || n > NET_CLIENT_MAX) return 0;
@@ -176,12 +234,29 @@ static int op_hello(net_conn_t* c, uint64_t id, const msgpack_object* m,
                      "field 'role' must be \"producer\", \"consumer\" or "
                      "\"admin\"");
   }
+  const char* why = NULL;
+  if (rc == 0 && srv->auth) rc = authenticate(srv, m, r, err, &why);
   if (rc == 0) rc = get_groups(m, "producer_groups", &pg, &npg, err);
+  if (rc == 0 && srv->auth && r == ROLE_CONSUMER && npg > 0) {
+    /* Answering checks decides transactions: a producer's job. */
+    rc = net__errf(err, TXMQ_EPROTO,
+                   "field 'producer_groups' needs role \"producer\" or "
+                   "\"admin\" (only they answer checks)");
+  }
   if (rc == 0) rc = get_groups(m, "consumer_groups", &cg, &ncg, err);
   if (rc != 0) {
     groups_free(pg, npg);
     /* A failed handshake ends the connection: nothing else may follow. */
-    c->srv->protocol_errors++;
+    if (rc == TXMQ_EAUTH) {
+      srv->auth_failures++;
+      /* The client id and role were checked before the secret. */
+      net__log(srv, TXMQ_SERVER_LOG_WARN, "authentication failed",
+               "conn=%llu peer=%s client=%.*s role=%s reason=\"%s\"",
+               (unsigned long long)c->cid, c->peer, (int)cllen, cl,
+               ROLE_NAMES[r], why);
+    } else {
+      srv->protocol_errors++;
+    }
     net__send_error(c, id, rc, err);
     net__close(c, 1, "handshake failed");
     net__done(c);
@@ -219,9 +294,7 @@ static int op_hello(net_conn_t* c, uint64_t id, const msgpack_object* m,
                           pg[i]);
   net__log(srv, TXMQ_SERVER_LOG_INFO, "hello",
            "conn=%llu peer=%s client=%s role=%s producer_groups=%s",
-           (unsigned long long)c->cid, c->peer, c->client,
-           r == ROLE_PRODUCER ? "producer" : r == ROLE_CONSUMER ? "consumer"
-                                                              : "admin",
+           (unsigned long long)c->cid, c->peer, c->client, ROLE_NAMES[r],
            groups[0] ? groups : "-");
   /* Checks of these groups that found nobody may go out now. */
   for (size_t i = 0; i < npg; i++) txmq_tx_kick_group(srv->tx, pg[i]);
@@ -279,7 +352,10 @@ static int op_send(net_conn_t* c, uint64_t id, const msgpack_object* m,
   txmq_msg_free(msg);
   if (rc != 0) {
     free(r);
-    return net__errf(err, rc, "message not stored: %s", txmq_strerror(rc));
+    /* ERANGE is the topic limit: the store's diagnostic names it. */
+    return net__errf(err, rc, "message not stored: %s",
+                     rc == TXMQ_ERANGE ? txmq_store_diag(c->srv->st)
+                                       : txmq_strerror(rc));
   }
   return 0;
 }
@@ -312,6 +388,13 @@ static void on_begin(txmq_tx_t* tx, int status, const uint8_t* tx_id,
   for (size_t i = 0; i < nmsgs; i++)
     net__pk_bin(&w.pk, txmq_msg_id(msgs[i]), TXMQ_MSG_ID_LEN);
   req_send(r, &w);
+}
+
+/* Why txmq_tx_begin (directly or through the runtime) refused: a limit
+ * named by the engine's diagnostic, or the code's sentence. */
+static const char* tx_refusal(txmq_server_t* srv, int rc) {
+  const char* d = txmq_tx_diag(srv->tx);
+  return rc == TXMQ_ERANGE && d[0] != '\0' ? d : txmq_strerror(rc);
 }
 
 /* The fields tx.half and tx.send share: the producer group, the optional
@@ -348,7 +431,7 @@ static int op_tx_half(net_conn_t* c, uint64_t id, const msgpack_object* m,
   if (rc != 0) {
     free(r);
     return net__errf(err, rc, "half messages not stored: %s",
-                     txmq_strerror(rc));
+                     tx_refusal(c->srv, rc));
   }
   return 0;
 }
@@ -508,7 +591,7 @@ static int op_tx_send(net_conn_t* c, uint64_t id, const msgpack_object* m,
       return net__errf(err, rc, "group '%s' has no script (%s.lua) in the "
                                 "scripts directory", group, group);
     return net__errf(err, rc, "transaction not started: %s",
-                     txmq_strerror(rc));
+                     tx_refusal(c->srv, rc));
   }
   return 0;
 }
@@ -563,7 +646,7 @@ static int op_status(net_conn_t* c, uint64_t id, const msgpack_object* m,
 
   net_wbuf_t w;
   net__wb_init(&w);
-  net__resp_begin(&w, id, 10);
+  net__resp_begin(&w, id, 12);
   net__pk_str(&w.pk, "version");
   net__pk_str(&w.pk, srv->name);
   net__pk_str(&w.pk, "protocol");
@@ -641,6 +724,12 @@ static int op_status(net_conn_t* c, uint64_t id, const msgpack_object* m,
   msgpack_pack_uint64(&w.pk, srv->requests);
   net__pk_str(&w.pk, "protocol_errors");
   msgpack_pack_uint64(&w.pk, srv->protocol_errors);
+  /* Whether auth is on and how many hellos it refused; never a secret. */
+  net__pk_str(&w.pk, "auth");
+  if (srv->auth) msgpack_pack_true(&w.pk);
+  else msgpack_pack_false(&w.pk);
+  net__pk_str(&w.pk, "auth_failures");
+  msgpack_pack_uint64(&w.pk, srv->auth_failures);
   return answer(c, &w);
 }
 
@@ -830,27 +919,62 @@ static int op_reload(net_conn_t* c, uint64_t id, const msgpack_object* m,
 typedef int (*op_fn)(net_conn_t* c, uint64_t id, const msgpack_object* m,
                      char* err);
 
+/* The roles allowed each operation. With auth off only the admin
+ * operations are checked; with auth on, every one (net.h). */
+enum {
+  R_P = 1 << ROLE_PRODUCER,
+  R_C = 1 << ROLE_CONSUMER,
+  R_A = 1 << ROLE_ADMIN,
+  R_ALL = R_P | R_C | R_A
+};
+
 static const struct {
   const char* name;
   op_fn fn;
-  int admin;
+  unsigned roles;
 } OPS[] = {
-    {"hello", op_hello, 0},
-    {"ping", op_ping, 0},
-    {"send", op_send, 0},
-    {"tx.half", op_tx_half, 0},
-    {"tx.end", op_tx_end, 0},
-    {"tx.send", op_tx_send, 0},
-    {"receive", net__op_receive, 0},
-    {"ack", net__op_ack, 0},
-    {"offset.get", net__op_offset_get, 0},
-    {"offset.set", net__op_offset_set, 0},
-    {"status", op_status, 0},
-    {"tx.list", op_tx_list, 0},
-    {"tx.show", op_tx_show, 0},
-    {"tx.resume", op_tx_resume, 1},
-    {"reload", op_reload, 1},
+    {"hello", op_hello, R_ALL},
+    {"ping", op_ping, R_ALL},
+    {"send", op_send, R_P | R_A},
+    {"tx.half", op_tx_half, R_P | R_A},
+    {"tx.end", op_tx_end, R_P | R_A},
+    {"tx.send", op_tx_send, R_P | R_A},
+    {"receive", net__op_receive, R_C | R_A},
+    {"ack", net__op_ack, R_C | R_A},
+    {"offset.get", net__op_offset_get, R_C | R_A},
+    {"offset.set", net__op_offset_set, R_C | R_A},
+    {"status", op_status, R_ALL},
+    {"tx.list", op_tx_list, R_P | R_A},
+    {"tx.show", op_tx_show, R_P | R_A},
+    {"tx.resume", op_tx_resume, R_A},
+    {"reload", op_reload, R_A},
 };
+
+/* Whether c's role may run an operation allowed to roles. */
+static int role_allows(const net_conn_t* c, unsigned roles) {
+  if (c->srv->auth) return (roles & (1u << c->role)) != 0;
+  return roles != R_A || c->role == ROLE_ADMIN;
+}
+
+/* The refusal of an operation outside c's role, naming the roles it
+ * needs. Without auth the sentence is the one admin operations always
+ * had. */
+static int role_refused(const net_conn_t* c, const char* op, unsigned roles,
+                        char* err) {
+  if (!c->srv->auth)
+    return net__errf(err, TXMQ_EPROTO, "op '%s' needs role \"admin\"", op);
+  char need[64];
+  size_t k = 0;
+  need[0] = '\0';
+  for (int r = 1; r < NET_NROLES; r++) {
+    if (!(roles & (1u << r))) continue;
+    k += (size_t)snprintf(need + k, sizeof need - k, "%s\"%s\"",
+                          k > 0 ? " or " : "", ROLE_NAMES[r]);
+  }
+  return net__errf(err, TXMQ_EPROTO,
+                   "op '%s' needs role %s; this connection's role is \"%s\"",
+                   op, need, ROLE_NAMES[c->role]);
+}
 
 void net__dispatch(net_conn_t* c, const msgpack_object* req, uint64_t id,
                    const char* op, size_t oplen) {
@@ -867,8 +991,8 @@ void net__dispatch(net_conn_t* c, const msgpack_object* req, uint64_t id,
     printable(name, sizeof name, op, oplen);
     net__errf(err, TXMQ_EPROTO, "unknown op '%s'", name);
     c->srv->protocol_errors++;
-  } else if (OPS[i].admin && c->role != ROLE_ADMIN) {
-    net__errf(err, TXMQ_EPROTO, "op '%s' needs role \"admin\"", OPS[i].name);
+  } else if (c->state == C_READY && !role_allows(c, OPS[i].roles)) {
+    rc = role_refused(c, OPS[i].name, OPS[i].roles, err);
   } else {
     rc = OPS[i].fn(c, id, req, err);
     if (rc == 0) return;

@@ -698,6 +698,41 @@ int txmq_server_set_name(txmq_server_t* srv, const char* name) {
   return 0;
 }
 
+/* Forgets a secret so that it does not linger in freed memory. */
+static void secret_clear(txmq_server_t* srv, int role) {
+  if (srv->secrets[role] != NULL) {
+    explicit_bzero(srv->secrets[role], srv->secret_len[role]);
+    free(srv->secrets[role]);
+  }
+  srv->secrets[role] = NULL;
+  srv->secret_len[role] = 0;
+}
+
+int txmq_server_set_secret(txmq_server_t* srv, const char* role,
+                           const char* secret) {
+  if (srv == NULL || role == NULL) return TXMQ_EINVAL;
+  if (srv->started || srv->closing) return TXMQ_EBUSY;
+  int r;
+  if (strcmp(role, "producer") == 0) r = ROLE_PRODUCER;
+  else if (strcmp(role, "consumer") == 0) r = ROLE_CONSUMER;
+  else if (strcmp(role, "admin") == 0) r = ROLE_ADMIN;
+  else return TXMQ_EINVAL;
+  char* copy = NULL;
+  size_t n = 0;
+  if (secret != NULL) {
+    n = strnlen(secret, NET_SECRET_MAX + 1);
+    if (n < NET_SECRET_MIN || n > NET_SECRET_MAX) return TXMQ_EINVAL;
+    if ((copy = malloc(n + 1)) == NULL) return TXMQ_ENOMEM;
+    memcpy(copy, secret, n + 1);
+  }
+  secret_clear(srv, r);
+  srv->secrets[r] = copy;
+  srv->secret_len[r] = n;
+  srv->auth = 0;
+  for (int i = 1; i < NET_NROLES; i++) srv->auth |= srv->secrets[i] != NULL;
+  return 0;
+}
+
 void txmq_server_set_log_cb(txmq_server_t* srv, txmq_server_log_cb cb,
                             void* arg) {
   srv->log_cb = cb;
@@ -833,5 +868,6 @@ int txmq_server_close(txmq_server_t* srv,
 
 void txmq_server_free(txmq_server_t* srv) {
   if (srv == NULL) return;
+  for (int i = 1; i < NET_NROLES; i++) secret_clear(srv, i);
   free(srv);
 }

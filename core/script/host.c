@@ -254,6 +254,16 @@ static group_t* group_get(txmq_script_host_t* h, const char* name) {
   return g;
 }
 
+/* Unlinks and frees a group that has no version and nothing waiting. */
+static void group_drop(txmq_script_host_t* h, group_t* g) {
+  group_t** p = &h->groups;
+  while (*p != NULL && *p != g) p = &(*p)->next;
+  if (*p == g) *p = g->next;
+  free(g->name);
+  free(g->path);
+  free(g);
+}
+
 /* ---- versions ----------------------------------------------------------- */
 
 static void version_destroy(version_t* v) {
@@ -581,6 +591,12 @@ static void finish_build(txmq_script_host_t* h, job_t* j) {
   }
   if (g->dirty && !h->closing) start_debounce(h);
   job_free(j);
+  /* A name without a script leaves nothing behind: reloads and calls name
+   * groups that come from the wire, and a record kept for every name asked
+   * would grow without bound. */
+  if (status == TXMQ_ENOTFOUND && g->current == NULL && !g->building &&
+      g->wait_head == NULL)
+    group_drop(h, g);
 }
 
 static void on_handle_closed(uv_handle_t* hd) {

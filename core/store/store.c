@@ -327,7 +327,11 @@ static int append_wrapped(txmq_store_t* st, const txmq_log_rec_t* recs,
  * the log, so a replay sees them in the same order). */
 static int create_topic_logged(txmq_store_t* st, const char* name, int nqueues,
                                txmq__topic_t** out) {
-  if (st->ntopics >= st->max_topics) return TXMQ_ERANGE;
+  if (st->ntopics >= st->max_topics) {
+    txmq__store_diag_set(st, "topic limit reached (max_topics = %zu): topic "
+                         "'%s' not created", st->max_topics, name);
+    return TXMQ_ERANGE;
+  }
   msgpack_sbuffer sb;
   msgpack_packer pk;
   msgpack_sbuffer_init(&sb);
@@ -657,6 +661,16 @@ int txmq_store_offset_get(const txmq_store_t* st, const char* group,
   const txmq__offset_t* o = txmq__smap_get(&st->offset_map, key);
   if (o == NULL) return TXMQ_ENOTFOUND;
   if (offset != NULL) *offset = o->offset;
+  return 0;
+}
+
+int txmq__store_offset_groups(const txmq_store_t* st,
+                              int (*fn)(void* arg, const char* group),
+                              void* arg) {
+  for (size_t i = 0; i < st->noffsets; i++) {
+    int rc = fn(arg, st->offsets[i]->group);
+    if (rc != 0) return rc;
+  }
   return 0;
 }
 

@@ -115,6 +115,16 @@ typedef void (*txmq__store_publish_cb)(void* arg, const char* topic, int qid,
 void txmq__store_set_publish_cb(txmq_store_t* st, txmq__store_publish_cb cb,
                                 void* arg);
 
+/* ---- consumer groups with stored offsets ----
+ *
+ * Calls fn with the group of every stored consumer offset (one call per
+ * group, topic and queue, in the order they were first set), so that the
+ * consumer engine counts the groups earlier runs left behind. Stops early
+ * when fn returns non-zero and returns that value; else 0. */
+int txmq__store_offset_groups(const txmq_store_t* st,
+                              int (*fn)(void* arg, const char* group),
+                              void* arg);
+
 /* Entries per new index file (default TXMQ_STORE_INDEX_FILE_ENTRIES). Files
  * already on disk keep their size: a file's entry count is read from its
  * length. Only for tests that want to see a queue grow to several files

@@ -105,6 +105,7 @@ txmq__istr_t* txmq__intern(txmq__itab_t* t, const char* s, size_t len) {
   e->hash = h;
   e->pending = 0;
   e->undeliv_head = TXMQ__NIL;
+  e->group_refs = 0;
   e->len = (uint32_t)len;
   memcpy(e->s, s, len);
   e->s[len] = '\0';

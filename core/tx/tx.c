@@ -88,6 +88,8 @@ struct txmq_tx_s {
   int64_t timeout_ms, interval_ms, backoff_pct, interval_max_ms;
   int64_t check_timeout_ms, retry_ms;
   uint32_t max_checks;
+  uint32_t max_groups; /* producer groups with live entries, at most */
+  uint32_t ngroups;    /* producer groups with live entries */
   int manual;
   txmq_tx_clock_t clock;
   int has_clock;
@@ -124,6 +126,8 @@ struct txmq_tx_s {
   void (*close_cb)(txmq_tx_t* tx, void* arg);
   void* close_arg;
 
+  /* Why the last txmq_tx_begin failed, when its code does not say. */
+  char diag[256];
   /* txmq_tx_show() hands out strings of decided transactions from here. */
   char* show_group;
   char* show_producer;
@@ -300,7 +304,14 @@ static int attach_strings(txmq_tx_t* tx, txmq__txe_t* e, const char* group,
     e->group = e->producer = e->topics = NULL;
     return TXMQ_ENOMEM;
   }
+  if (e->group->group_refs++ == 0) tx->ngroups++;
   return 0;
+}
+
+/* Drops an entry's reference on its group (taken by attach_strings). */
+static void group_unref(txmq_tx_t* tx, txmq__istr_t* g) {
+  if (--g->group_refs == 0) tx->ngroups--;
+  txmq__istr_unref(&tx->strs, g);
 }
 
 /* Forgets a live entry entirely (after its decision, or a failed half). */
@@ -311,7 +322,7 @@ static void remove_entry(txmq_tx_t* tx, uint32_t i) {
   age_unlink(tx, i);
   if (!(e->flags & TXE_DECIDING)) gauge(tx, e, -1);
   topics_unref(tx, e->topics);
-  txmq__istr_unref(&tx->strs, e->group);
+  group_unref(tx, e->group);
   txmq__istr_unref(&tx->strs, e->producer);
   txmq__txtab_del(&tx->txs, i);
 }
@@ -943,6 +954,7 @@ int txmq_tx_new(txmq_tx_t** out, uv_loop_t* loop, txmq_store_t* st) {
   tx->check_timeout_ms = 5000;
   tx->retry_ms = 1000;
   tx->dec.window = 1000000;
+  tx->max_groups = 1024;
   tx->txs.free_head = TXMQ__NIL;
   tx->age_head = tx->age_tail = TXMQ__NIL;
   msgpack_sbuffer_init(&tx->sb);
@@ -992,6 +1004,10 @@ int txmq_tx_set(txmq_tx_t* tx, txmq_tx_opt_t opt, int64_t v) {
     case TXMQ_TX_OPT_DECIDED_WINDOW:
       if (v < 0 || v > (INT64_C(1) << 30)) return TXMQ_EINVAL;
       txmq__dtab_set_window(&tx->dec, (uint32_t)v);
+      return 0;
+    case TXMQ_TX_OPT_MAX_GROUPS:
+      if (v < 1 || v > 10000000) return TXMQ_EINVAL;
+      tx->max_groups = (uint32_t)v;
       return 0;
     case TXMQ_TX_OPT_MANUAL_CLOCK:
       if (v != 0 && v != 1) return TXMQ_EINVAL;
@@ -1139,6 +1155,18 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
     return TXMQ_EINVAL;
   for (size_t k = 0; k < n; k++)
     if (msgs[k] == NULL || txmq_msg_topic(msgs[k]) == NULL) return TXMQ_EINVAL;
+  tx->diag[0] = '\0';
+  if (tx->ngroups >= tx->max_groups) {
+    /* Before anything is prepared: preparing may create topics. */
+    const txmq__istr_t* g = txmq__istr_find(&tx->strs, group, strlen(group));
+    if (g == NULL || g->group_refs == 0) {
+      snprintf(tx->diag, sizeof tx->diag,
+               "producer group limit reached (max_producer_groups = %u "
+               "groups with undecided transactions): group '%s' refused",
+               tx->max_groups, group);
+      return TXMQ_ERANGE;
+    }
+  }
 
   begin_op_t* op = calloc(1, sizeof *op + n * sizeof(txmq_msg_t*));
   if (op == NULL) return TXMQ_ENOMEM;
@@ -1157,6 +1185,9 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
     }
     rc = txmq_store_prepare(tx->st, op->msgs[op->n]);
     if (rc != 0) {
+      /* ERANGE: the topic limit, which the store's diagnostic names. */
+      if (rc == TXMQ_ERANGE)
+        snprintf(tx->diag, sizeof tx->diag, "%s", txmq_store_diag(tx->st));
       op->n++;
       break;
     }
@@ -1193,7 +1224,7 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
     if (rc != 0) {
       txmq__txe_t* e = E(tx, i);
       topics_unref(tx, e->topics);
-      txmq__istr_unref(&tx->strs, e->group);
+      group_unref(tx, e->group);
       txmq__istr_unref(&tx->strs, e->producer);
       txmq__txtab_del(&tx->txs, i);
     }
@@ -1566,6 +1597,8 @@ int txmq_tx_show(txmq_tx_t* tx, const uint8_t* tx_id, txmq_tx_info_t* info,
   free(arena);
   return rc;
 }
+
+const char* txmq_tx_diag(const txmq_tx_t* tx) { return tx->diag; }
 
 void txmq_tx_metrics(const txmq_tx_t* tx, txmq_tx_metrics_t* out) {
   if (tx == NULL || out == NULL) return;

@@ -38,6 +38,7 @@ typedef struct txmq__istr_s {
   uint32_t hash;
   uint64_t pending;       /* as a topic: PENDING transactions touching it */
   uint32_t undeliv_head;  /* as a group: first entry waiting for a target */
+  uint32_t group_refs;    /* as a group: live entries of the group */
   uint32_t len;
   char s[];
 } txmq__istr_t;

@@ -20,6 +20,8 @@
  *   conn NAME                 connect, make it current
  *   use NAME                  make NAME current
  *   hello CLIENT ROLE [G,G..] send hello (version 1) and expect ok
+ *   secret TEXT | secret -    hello and many send this secret from now on
+ *                             (- for none, the default)
  *   req JSON                  send a request (id added if absent) and wait
  *                             for its response (5 s); it becomes "last"
  *   send JSON                 send a frame without waiting (id added to a
@@ -100,6 +102,7 @@ static struct {
 } g_vars[MAX_VARS];
 static size_t g_nvars;
 static int g_line;
+static char g_secret[512]; /* sent by hello and many; "" for none */
 static int* g_many;
 static size_t g_nmany;
 
@@ -632,6 +635,7 @@ static void cmd_hello(char* args) {
   for (char* g = strtok_r(groups, ",", &save); g != NULL; g = strtok_r(NULL, ",", &save))
     json_array_append_new(pg, json_string(g));
   json_object_set_new(j, "producer_groups", pg);
+  if (g_secret[0]) json_object_set_new(j, "secret", json_string(g_secret));
   uint64_t id = send_request(c, j);
   json_decref(j);
   wait_response(c, id, DEFAULT_WAIT_MS);
@@ -660,6 +664,7 @@ static void cmd_many(char* args) {
              "{\"op\":\"hello\",\"id\":1,\"version\":1,\"client\":\"%s-%d\","
              "\"role\":\"consumer\"}", prefix, i);
     json_t* h = parse_json(buf);
+    if (g_secret[0]) json_object_set_new(h, "secret", json_string(g_secret));
     send_json(&tmp, h);
     json_decref(h);
     json_t* p = parse_json("{\"op\":\"ping\",\"id\":2}");
@@ -758,6 +763,8 @@ static void run_line(char* line) {
     g_cur = c;
   } else if (strcmp(cmd, "hello") == 0) {
     cmd_hello(args);
+  } else if (strcmp(cmd, "secret") == 0) {
+    snprintf(g_secret, sizeof g_secret, "%s", strcmp(args, "-") == 0 ? "" : args);
   } else if (strcmp(cmd, "req") == 0 || strcmp(cmd, "send") == 0) {
     conn_t* c = need_cur();
     json_t* j = parse_json(args);

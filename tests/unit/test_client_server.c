@@ -11,8 +11,11 @@
  * the producer that sent the half message is gone, multi-message
  * transactions with repeated and conflicting ends, pipelined sends,
  * receive/ack and offsets, the admin replies, a long poll failed by close,
- * and the server closing under a client. Every test closes its loop
- * cleanly.
+ * and the server closing under a client; authentication: each role with its
+ * secret or the admin's, wrong, missing and role-less secrets refused with
+ * EAUTH and the connection closed, operations outside the role refused on
+ * a connection that stays open, no secret in the server's log lines, and
+ * auth off as before. Every test closes its loop cleanly.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -45,9 +48,26 @@ typedef struct {
   txmq_server_t* srv;
   char addr[64];
   int stopped;
+  char log[16384]; /* the server's log lines, as a daemon would write them */
+  size_t loglen;
 } fx_t;
 
-static int fx_setup(void** state) {
+/* Secrets of the auth fixture; consumers have none of their own. */
+#define P_SECRET "producer-secret-1"
+#define A_SECRET "admin-secret-42"
+
+static void on_server_log(void* arg, txmq_server_log_level_t level,
+                          const char* msg, const char* fields) {
+  (void)level;
+  fx_t* fx = arg;
+  if (fx->loglen + 1 >= sizeof fx->log) return;
+  int n = snprintf(fx->log + fx->loglen, sizeof fx->log - fx->loglen,
+                   "msg=\"%s\" %s\n", msg, fields);
+  if (n > 0) fx->loglen += (size_t)n;
+  if (fx->loglen >= sizeof fx->log) fx->loglen = sizeof fx->log - 1;
+}
+
+static int fx_setup_with(void** state, int auth) {
   fx_t* fx = calloc(1, sizeof *fx);
   assert_int_equal(uv_loop_init(&fx->loop), 0);
   fx->root = tu_tmpdir("client-server");
@@ -67,6 +87,11 @@ static int fx_setup(void** state) {
   assert_int_equal(txmq_consumers_new(&fx->cs, &fx->loop, st), 0);
   assert_int_equal(txmq_server_new(&fx->srv, &fx->loop, fx->rt, fx->cs), 0);
   assert_int_equal(txmq_server_set_name(fx->srv, "in-process 1"), 0);
+  txmq_server_set_log_cb(fx->srv, on_server_log, fx);
+  if (auth) {
+    assert_int_equal(txmq_server_set_secret(fx->srv, "producer", P_SECRET), 0);
+    assert_int_equal(txmq_server_set_secret(fx->srv, "admin", A_SECRET), 0);
+  }
   assert_int_equal(txmq_runtime_open(fx->rt), 0);
   assert_int_equal(txmq_consumers_start(fx->cs), 0);
   assert_int_equal(txmq_server_start(fx->srv, "127.0.0.1", 0), 0);
@@ -74,6 +99,9 @@ static int fx_setup(void** state) {
   *state = fx;
   return 0;
 }
+
+static int fx_setup(void** state) { return fx_setup_with(state, 0); }
+static int fx_setup_auth(void** state) { return fx_setup_with(state, 1); }
 
 static void on_rt_closed(txmq_runtime_t* rt, void* arg) {
   (void)rt;
@@ -118,12 +146,13 @@ typedef struct {
   int closed;
   int lost;
   int lost_status;
+  char diag[256];
 } cli_t;
 
 static void on_connect(txmq_client_t* c, int status, void* arg) {
-  (void)c;
   cli_t* k = arg;
   k->status = status;
+  snprintf(k->diag, sizeof k->diag, "%s", txmq_client_diag(c));
   k->connected = 1;
 }
 static void on_closed(txmq_client_t* c, void* arg) {
@@ -137,13 +166,15 @@ static void on_lost(txmq_client_t* c, int status, void* arg) {
   k->lost_status = status;
 }
 
-static txmq_client_t* client(fx_t* fx, const char* id, txmq_role_t role,
-                             const char* pgroup, cli_t* k) {
+static txmq_client_t* client_secret(fx_t* fx, const char* id, txmq_role_t role,
+                                    const char* pgroup, const char* secret,
+                                    cli_t* k) {
   const char* groups[1] = {pgroup};
   txmq_client_options_t o;
   memset(&o, 0, sizeof o);
   o.client_id = id;
   o.role = role;
+  o.secret = secret;
   if (pgroup) {
     o.producer_groups = groups;
     o.n_producer_groups = 1;
@@ -155,11 +186,23 @@ static txmq_client_t* client(fx_t* fx, const char* id, txmq_role_t role,
   return c;
 }
 
+static txmq_client_t* client(fx_t* fx, const char* id, txmq_role_t role,
+                             const char* pgroup, cli_t* k) {
+  return client_secret(fx, id, role, pgroup, NULL, k);
+}
+
 static void connect_now(fx_t* fx, txmq_client_t* c, cli_t* k) {
   assert_int_equal(txmq_client_connect(c, fx->addr, on_connect, k), 0);
   assert_true(tu_run_until(&fx->loop, &k->connected, 5000));
   assert_int_equal(k->status, 0);
   assert_string_equal(txmq_client_server(c), "in-process 1");
+}
+
+/* Connects and returns the outcome (k->diag holds the server's words). */
+static int connect_status(fx_t* fx, txmq_client_t* c, cli_t* k) {
+  assert_int_equal(txmq_client_connect(c, fx->addr, on_connect, k), 0);
+  assert_true(tu_run_until(&fx->loop, &k->connected, 5000));
+  return k->status;
 }
 
 static void close_now(fx_t* fx, txmq_client_t* c, cli_t* k) {
@@ -653,6 +696,230 @@ static void server_closes_under_client(void** state) {
   assert_int_equal(p.calls, 0);
 }
 
+/* ---- authentication ---- */
+
+static void on_send_status(txmq_client_t* c, int status,
+                           const txmq_send_result_t* r, void* arg) {
+  (void)r;
+  spy_t* s = arg;
+  s->calls++;
+  s->status = status;
+  snprintf(s->text, sizeof s->text, "%s", status ? txmq_client_diag(c) : "");
+  s->done = 1;
+}
+
+static int send_one(fx_t* fx, txmq_client_t* c, const char* topic, spy_t* s) {
+  memset(s, 0, sizeof *s);
+  txmq_msg_t* m = mk(topic, "auth body");
+  assert_int_equal(txmq_client_send(c, m, on_send_status, s), 0);
+  txmq_msg_free(m);
+  assert_true(tu_run_until(&fx->loop, &s->done, 5000));
+  return s->status;
+}
+
+static int receive_status(fx_t* fx, txmq_client_t* c, const char* group,
+                          const char* topic, recv_t* r, char* diag) {
+  memset(r, 0, sizeof *r);
+  txmq_receive_opts_t o = {.group = group, .topic = topic, .max = 8};
+  assert_int_equal(txmq_client_receive(c, &o, on_receive, r), 0);
+  assert_true(tu_run_until(&fx->loop, &r->done, 5000));
+  snprintf(diag, 256, "%s", r->status ? txmq_client_diag(c) : "");
+  for (size_t i = 0; i < r->n; i++) free(r->handles[i]);
+  return r->status;
+}
+
+/* A hello refused with EAUTH: the connect fails with the server's reason,
+ * and the client is left unconnected. */
+static void refused(fx_t* fx, const char* id, txmq_role_t role,
+                    const char* secret, const char* why) {
+  cli_t k;
+  txmq_client_t* c = client_secret(fx, id, role, NULL, secret, &k);
+  assert_int_equal(connect_status(fx, c, &k), TXMQ_EAUTH);
+  if (strstr(k.diag, why) == NULL)
+    fail_msg("diag '%s' does not say '%s'", k.diag, why);
+  assert_false(txmq_client_is_connected(c));
+  close_now(fx, c, &k);
+}
+
+static void auth_secrets_by_role(void** state) {
+  fx_t* fx = *state;
+  /* Setting secrets: bounds, roles, and not once started. */
+  assert_int_equal(txmq_server_set_secret(fx->srv, "consumer", "short"),
+                   TXMQ_EBUSY);
+  spy_t s;
+  recv_t r;
+  char diag[256];
+
+  /* A producer with its own secret: producer operations only. */
+  cli_t kp;
+  txmq_client_t* p = client_secret(fx, "auth-p", TXMQ_ROLE_PRODUCER, "ag",
+                                   P_SECRET, &kp);
+  connect_now(fx, p, &kp);
+  assert_int_equal(send_one(fx, p, "auth-t", &s), 0);
+  assert_int_equal(receive_status(fx, p, "cg", "auth-t", &r, diag),
+                   TXMQ_EPROTO);
+  assert_string_equal(diag, "op 'receive' needs role \"consumer\" or "
+                            "\"admin\"; this connection's role is "
+                            "\"producer\"");
+  spy_t rl = {0};
+  assert_int_equal(txmq_client_reload(p, "ag", on_reply, &rl), 0);
+  assert_true(tu_run_until(&fx->loop, &rl.done, 5000));
+  assert_int_equal(rl.status, TXMQ_EPROTO);
+  assert_non_null(strstr(rl.text, "needs role \"admin\""));
+  /* Refused operations leave the connection open. */
+  assert_true(txmq_client_is_connected(p));
+  spy_t st = {0};
+  assert_int_equal(txmq_client_status(p, on_reply, &st), 0);
+  assert_true(tu_run_until(&fx->loop, &st.done, 5000));
+  assert_int_equal(st.status, 0);
+  close_now(fx, p, &kp);
+
+  /* A consumer with the admin secret (consumers have none of their own):
+   * consumer operations only. */
+  cli_t kc;
+  txmq_client_t* c = client_secret(fx, "auth-c", TXMQ_ROLE_CONSUMER, NULL,
+                                   A_SECRET, &kc);
+  connect_now(fx, c, &kc);
+  assert_int_equal(receive_status(fx, c, "cg", "auth-t", &r, diag), 0);
+  assert_int_equal(r.n, 1);
+  assert_int_equal(send_one(fx, c, "auth-t", &s), TXMQ_EPROTO);
+  assert_non_null(strstr(s.text, "needs role \"producer\" or \"admin\""));
+  assert_true(txmq_client_is_connected(c));
+  close_now(fx, c, &kc);
+
+  /* The admin secret for a producer; an admin may do everything. */
+  p = client_secret(fx, "auth-p2", TXMQ_ROLE_PRODUCER, NULL, A_SECRET, &kp);
+  connect_now(fx, p, &kp);
+  assert_int_equal(send_one(fx, p, "auth-t", &s), 0);
+  close_now(fx, p, &kp);
+  cli_t ka;
+  txmq_client_t* a = client_secret(fx, "auth-a", TXMQ_ROLE_ADMIN, NULL,
+                                   A_SECRET, &ka);
+  connect_now(fx, a, &ka);
+  assert_int_equal(send_one(fx, a, "auth-t", &s), 0);
+  assert_int_equal(receive_status(fx, a, "cg2", "auth-t", &r, diag), 0);
+  assert_int_equal(r.n, 3);
+
+  /* Refusals: EAUTH, then the server closes the connection. */
+  refused(fx, "bad-1", TXMQ_ROLE_PRODUCER, "producer-secret-2", "wrong secret");
+  refused(fx, "bad-2", TXMQ_ROLE_PRODUCER, NULL, "needs its secret");
+  refused(fx, "bad-3", TXMQ_ROLE_ADMIN, P_SECRET, "wrong secret");
+  refused(fx, "bad-4", TXMQ_ROLE_CONSUMER, P_SECRET,
+          "role \"consumer\" has no secret");
+  refused(fx, "bad-5", TXMQ_ROLE_CONSUMER, NULL, "has no secret");
+
+  /* status: auth on and its refusals counted. */
+  spy_t sa = {0};
+  assert_int_equal(txmq_client_status(a, on_reply, &sa), 0);
+  assert_true(tu_run_until(&fx->loop, &sa.done, 5000));
+  assert_int_equal(sa.status, 0);
+  close_now(fx, a, &ka);
+  /* The refusals are logged, without the secrets (the wrong ones either). */
+  fx->log[fx->loglen] = '\0';
+  assert_non_null(strstr(fx->log, "msg=\"authentication failed\" conn="));
+  assert_non_null(strstr(fx->log, "client=bad-4 role=consumer "
+                                  "reason=\"role has no secret\""));
+  assert_null(strstr(fx->log, "secret-1"));
+  assert_null(strstr(fx->log, "secret-2"));
+  assert_null(strstr(fx->log, "secret-42"));
+}
+
+/* status says auth is on and counts the refusals. */
+static void on_status_auth(txmq_client_t* c, int status, const msgpack_object* o,
+                           void* arg) {
+  (void)c;
+  spy_t* s = arg;
+  s->status = status;
+  const msgpack_object* a = txmq_client_map_get(o, "auth");
+  const msgpack_object* f = txmq_client_map_get(o, "auth_failures");
+  s->value = f && f->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int64_t)f->via.u64
+                                                             : -1;
+  snprintf(s->text, sizeof s->text, "%s",
+           a && a->type == MSGPACK_OBJECT_BOOLEAN ? (a->via.boolean ? "on" : "off")
+                                                  : "?");
+  s->done = 1;
+}
+
+static void auth_status_counts_refusals(void** state) {
+  fx_t* fx = *state;
+  refused(fx, "bad-1", TXMQ_ROLE_PRODUCER, "nope-nope-nope", "wrong secret");
+  /* A consumer may not answer checks: producer_groups is refused. */
+  cli_t k;
+  txmq_client_t* c = client_secret(fx, "c-groups", TXMQ_ROLE_CONSUMER, "pg",
+                                   A_SECRET, &k);
+  assert_int_equal(connect_status(fx, c, &k), TXMQ_EPROTO);
+  assert_non_null(strstr(k.diag, "producer_groups"));
+  close_now(fx, c, &k);
+  c = client_secret(fx, "c-ok", TXMQ_ROLE_CONSUMER, NULL, A_SECRET, &k);
+  connect_now(fx, c, &k);
+  spy_t s = {0};
+  assert_int_equal(txmq_client_status(c, on_status_auth, &s), 0);
+  assert_true(tu_run_until(&fx->loop, &s.done, 5000));
+  assert_int_equal(s.status, 0);
+  assert_string_equal(s.text, "on");
+  assert_int_equal(s.value, 1);
+  close_now(fx, c, &k);
+}
+
+/* Auth off: roles are declarations (a producer may receive), a secret is
+ * ignored, and only the admin operations check the role, as before. */
+static void auth_off_as_before(void** state) {
+  fx_t* fx = *state;
+  assert_int_equal(txmq_server_set_secret(fx->srv, "producer", P_SECRET),
+                   TXMQ_EBUSY);
+  cli_t k;
+  txmq_client_t* p = client_secret(fx, "off-p", TXMQ_ROLE_PRODUCER, NULL,
+                                   "whatever-it-is", &k);
+  connect_now(fx, p, &k);
+  spy_t s;
+  recv_t r;
+  char diag[256];
+  assert_int_equal(send_one(fx, p, "off-t", &s), 0);
+  assert_int_equal(receive_status(fx, p, "g", "off-t", &r, diag), 0);
+  assert_int_equal(r.n, 1);
+  spy_t rl = {0};
+  assert_int_equal(txmq_client_reload(p, "g", on_reply, &rl), 0);
+  assert_true(tu_run_until(&fx->loop, &rl.done, 5000));
+  assert_int_equal(rl.status, TXMQ_EPROTO);
+  assert_string_equal(rl.text, "op 'reload' needs role \"admin\"");
+  spy_t st = {0};
+  assert_int_equal(txmq_client_status(p, on_status_auth, &st), 0);
+  assert_true(tu_run_until(&fx->loop, &st.done, 5000));
+  assert_string_equal(st.text, "off");
+  assert_int_equal(st.value, 0);
+  close_now(fx, p, &k);
+}
+
+/* txmq_server_set_secret's checks, on a second server that is never
+ * started (over the fixture's runtime). */
+static void on_srv2_closed(txmq_server_t* srv, void* arg) {
+  (void)srv;
+  *(int*)arg = 1;
+}
+
+static void set_secret_arguments(void** state) {
+  fx_t* fx = *state;
+  txmq_server_t* srv;
+  assert_int_equal(txmq_server_new(&srv, &fx->loop, fx->rt, NULL), 0);
+  assert_int_equal(txmq_server_set_secret(srv, "producer", "1234567"), TXMQ_EINVAL);
+  char big[258];
+  memset(big, 's', sizeof big - 1);
+  big[257] = '\0';
+  assert_int_equal(txmq_server_set_secret(srv, "producer", big), TXMQ_EINVAL);
+  big[256] = '\0';
+  assert_int_equal(txmq_server_set_secret(srv, "producer", big), 0);
+  assert_int_equal(txmq_server_set_secret(srv, "producer", "12345678"), 0);
+  assert_int_equal(txmq_server_set_secret(srv, "king", "12345678"), TXMQ_EINVAL);
+  assert_int_equal(txmq_server_set_secret(srv, NULL, "12345678"), TXMQ_EINVAL);
+  assert_int_equal(txmq_server_set_secret(srv, "producer", NULL), 0);
+  assert_int_equal(txmq_server_set_secret(srv, "admin", "12345678"), 0);
+  int done = 0;
+  assert_int_equal(txmq_server_close(srv, on_srv2_closed, &done), 0);
+  assert_int_equal(txmq_server_set_secret(srv, "admin", "12345678"), TXMQ_EBUSY);
+  assert_true(tu_run_until(&fx->loop, &done, 5000));
+  txmq_server_free(srv);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(hosted_transaction_checked, fx_setup, fx_teardown),
@@ -662,6 +929,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(admin_replies, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(close_fails_long_poll, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(server_closes_under_client, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(auth_secrets_by_role, fx_setup_auth, fx_teardown),
+      cmocka_unit_test_setup_teardown(auth_status_counts_refusals, fx_setup_auth, fx_teardown),
+      cmocka_unit_test_setup_teardown(auth_off_as_before, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(set_secret_arguments, fx_setup, fx_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -53,6 +53,8 @@ static void error_names_and_messages(void** state) {
   (void)state;
   assert_string_equal(txmq_err_name(TXMQ_ECORRUPT), "ECORRUPT");
   assert_string_equal(txmq_strerror(TXMQ_ECORRUPT), "data on disk is corrupt");
+  assert_string_equal(txmq_err_name(TXMQ_EAUTH), "EAUTH");
+  assert_int_equal(TXMQ_EAUTH, -22); /* travels on the wire: never renumbered */
   assert_string_equal(txmq_err_name(0), "OK");
   assert_string_equal(txmq_err_name(-9999), "EUNKNOWN");
   assert_string_equal(txmq_strerror(-9999), "unknown error");

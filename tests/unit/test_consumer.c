@@ -3,8 +3,8 @@
  * members and groups, redelivery after the visibility timeout, stale and
  * malformed handles, the dead-letter topic, tag filters (with a tags-hash
  * collision), start positions, committed offsets across a restart, the
- * in-flight cap, retention under a group, the wake callback (put, publish,
- * redelivery, room under the cap) and bad input.
+ * in-flight cap, the group limit, retention under a group, the wake
+ * callback (put, publish, redelivery, room under the cap) and bad input.
  *
  * Every test has its own directory, store and engine on a manual clock (one
  * test uses the real timer with a short timeout), and closes its loop
@@ -643,6 +643,65 @@ static void committed_offset_survives_restart(void** state) {
   progress(fx, "g", "r", 0, 5, 5, 0);
 }
 
+/* At most MAX_GROUPS groups: a receive or an offset_set for one more is
+ * ERANGE naming the limit (and takes nothing); known groups go on; after a
+ * restart the groups with stored offsets count and keep working even when
+ * the limit was lowered below their number. */
+static void consumer_group_limit(void** state) {
+  fx_t* fx = *state;
+  assert_int_equal(txmq_consumers_set(fx->cs, TXMQ_CONSUMERS_OPT_MAX_GROUPS, 0),
+                   TXMQ_EINVAL);
+  assert_int_equal(txmq_consumers_set(fx->cs, TXMQ_CONSUMERS_OPT_MAX_GROUPS, 2), 0);
+  topic(fx, "lim", 1);
+  put(fx, "lim", 0, NULL, "m0");
+  size_t n;
+  txmq_delivery_t* d = rcv(fx, "ga", "lim", NULL, 8, &n);
+  assert_int_equal(n, 1);
+  ack_all(fx, "ga", d, n);
+  txmq_consumers_free_deliveries(d, n);
+  /* Setting an offset admits a group too; a missing queue does not. */
+  assert_int_equal(txmq_consumers_offset_set(fx->cs, "gb", "nope", 0, 0),
+                   TXMQ_ENOTFOUND);
+  assert_int_equal(txmq_consumers_offset_set(fx->cs, "gb", "lim", 5, 0),
+                   TXMQ_ENOTFOUND);
+  assert_int_equal(txmq_consumers_offset_set(fx->cs, "gb", "lim", 0, 0), 0);
+  d = NULL;
+  assert_int_equal(txmq_consumers_receive(fx->cs, "gc", "lim", NULL, 8, 0,
+                                          TXMQ_FROM_EARLIEST, 0, &d, &n),
+                   TXMQ_ERANGE);
+  assert_null(d);
+  assert_string_equal(txmq_consumers_diag(fx->cs),
+                      "consumer group limit reached (max_consumer_groups = 2): "
+                      "group 'gc' refused");
+  assert_int_equal(txmq_consumers_offset_set(fx->cs, "gd", "lim", 0, 0),
+                   TXMQ_ERANGE);
+  assert_int_equal(txmq_consumers_progress(fx->cs, "gc", "lim", 0, NULL, NULL, NULL),
+                   TXMQ_ENOTFOUND);
+  /* Known groups are served. */
+  d = rcv(fx, "gb", "lim", NULL, 8, &n);
+  assert_int_equal(n, 1);
+  ack_all(fx, "gb", d, n);
+  txmq_consumers_free_deliveries(d, n);
+  assert_int_equal(txmq_consumers_offset_set(fx->cs, "ga", "lim", 0, 0), 0);
+
+  /* Restart with a limit of 1: both stored groups still read. */
+  close_all(fx);
+  store_open(fx);
+  engine_new(fx);
+  assert_int_equal(txmq_consumers_set(fx->cs, TXMQ_CONSUMERS_OPT_MAX_GROUPS, 1), 0);
+  assert_int_equal(txmq_consumers_start(fx->cs), 0);
+  d = rcv(fx, "ga", "lim", NULL, 8, &n);
+  assert_int_equal(n, 1); /* its offset was set back to 0 */
+  ack_all(fx, "ga", d, n);
+  txmq_consumers_free_deliveries(d, n);
+  d = rcv(fx, "gb", "lim", NULL, 8, &n);
+  assert_int_equal(n, 0);
+  assert_int_equal(txmq_consumers_receive(fx->cs, "gc", "lim", NULL, 8, 0,
+                                          TXMQ_FROM_EARLIEST, 0, &d, &n),
+                   TXMQ_ERANGE);
+  assert_non_null(strstr(txmq_consumers_diag(fx->cs), "= 1)"));
+}
+
 static void inflight_cap_bounds_a_consumer_that_never_acks(void** state) {
   fx_t* fx = *state;
   assert_int_equal(txmq_consumers_set(fx->cs, TXMQ_CONSUMERS_OPT_MAX_INFLIGHT, 5), 0);
@@ -989,6 +1048,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(start_positions, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(committed_offset_survives_restart, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(inflight_cap_bounds_a_consumer_that_never_acks, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(consumer_group_limit, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(wake_on_put_and_publish, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(wake_callback_may_receive, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(retention_skips_lost_offsets, fx_setup_bare, fx_teardown),

@@ -734,9 +734,12 @@ static void reload_explicit(void** state) {
   r = exec_sync(&f, "pay", NULL);
   EXPECT_OK(r, TXMQ_SCRIPT_COMMIT);
   assert_string_equal(r.version, v1);
-  /* A reload of a group without a file. */
+  /* A reload of a group without a file, which leaves no record behind. */
   rr = reload_sync(&f, "ghost");
   assert_int_equal(rr.status, TXMQ_ENOTFOUND);
+  txmq_script_stats_t gst;
+  assert_int_equal(txmq_script_stats(f.host, "ghost", &gst), TXMQ_ENOTFOUND);
+  assert_false(txmq_script_has_group(f.host, "ghost"));
 
   txmq_script_stats_t st;
   assert_int_equal(txmq_script_stats(f.host, "pay", &st), 0);

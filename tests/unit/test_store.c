@@ -388,9 +388,13 @@ static void topics_names_and_limits(void** state) {
   exp_t* e = put_many(&fx->loop, st, 2, topics, 1, -1, "x");
   assert_int_equal(txmq_store_topic_queues(st, "t3"), 2);
   assert_int_equal(txmq_store_create_topic(st, "t4", 1), TXMQ_ERANGE);
+  assert_string_equal(txmq_store_diag(st),
+                      "topic limit reached (max_topics = 3): topic 't4' not "
+                      "created");
   txmq_msg_t* m = txmq_msg_new();
   assert_int_equal(txmq_msg_set_topic(m, "t5"), 0);
   assert_int_equal(txmq_store_put(st, m, NULL, NULL), TXMQ_ERANGE);
+  assert_non_null(strstr(txmq_store_diag(st), "max_topics = 3"));
   txmq_msg_free(m);
   /* Bad names for offsets, too. */
   assert_int_equal(txmq_store_offset_set(st, "bad group", "t1", 0, 1), TXMQ_EBADNAME);

@@ -2,7 +2,7 @@
  * test_tx.c - the transaction engine: decisions and their idempotence, the
  * check scheduler on a fake clock (no test sleeps), parking and resume,
  * recovery from crash images of the data directory, retention, the audit
- * chain and the metrics.
+ * chain, the metrics and the producer-group limit.
  *
  * Each test has its own data directory, store and engine, and closes its
  * loop cleanly. Check targets are in-process: they record what they were
@@ -61,6 +61,7 @@ typedef struct {
   int64_t segment_size;
   int64_t retain_bytes;
   int64_t max_checks;
+  int64_t max_groups;
   int ntargets;
 } env_t;
 
@@ -120,6 +121,8 @@ static void env_open_dir(env_t* env) {
   assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_MANUAL_CLOCK, 1), 0);
   if (env->max_checks)
     assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_MAX_CHECKS, env->max_checks), 0);
+  if (env->max_groups)
+    assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_MAX_GROUPS, env->max_groups), 0);
   txmq_tx_clock_t clk = {f_mono, f_wall, env};
   txmq_tx_set_clock(env->tx, &clk);
   for (int k = 0; k < env->ntargets; k++) {
@@ -1485,6 +1488,67 @@ typedef struct {
   int closed;
 } closer_t;
 
+/* At most MAX_GROUPS producer groups have undecided transactions: a new
+ * group beyond it is refused before anything is stored (not even its
+ * topic), a group already in is not, a group whose transactions are all
+ * decided frees its place, and recovery counts what it brings back. */
+static void producer_group_limit(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-groups");
+  env->max_groups = 2;
+  env_open_dir(env);
+  assert_int_equal(txmq_tx_set(env->tx, TXMQ_TX_OPT_MAX_GROUPS, 0), TXMQ_EINVAL);
+  uint8_t a1[TXMQ_TX_ID_LEN], a2[TXMQ_TX_ID_LEN], b1[TXMQ_TX_ID_LEN],
+      c1[TXMQ_TX_ID_LEN];
+  const char* t[1] = {"orders"};
+  begin_n(env, "ga", "p1", t, 1, 0, a1);
+  begin_n(env, "gb", "p1", t, 1, 0, b1);
+  assert_string_equal(txmq_tx_diag(env->tx), "");
+
+  txmq_msg_t* m = mk_msg("fresh-topic", "x");
+  begin_res_t r = {0};
+  assert_int_equal(txmq_tx_begin(env->tx, "gc", "p1", &m, 1, 0, on_begin, &r),
+                   TXMQ_ERANGE);
+  assert_string_equal(txmq_tx_diag(env->tx),
+                      "producer group limit reached (max_producer_groups = 2 "
+                      "groups with undecided transactions): group 'gc' "
+                      "refused");
+  assert_int_equal(txmq_store_topic_queues(env->st, "fresh-topic"),
+                   TXMQ_ENOTFOUND);
+  assert_int_equal(r.done, 0);
+
+  /* A group that is in takes more transactions. */
+  begin_n(env, "ga", "p2", t, 1, 0, a2);
+  assert_string_equal(txmq_tx_diag(env->tx), "");
+  /* gb decided: its place is free. */
+  assert_int_equal(end_wait(env, b1, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  assert_int_equal(txmq_tx_begin(env->tx, "gc", "p1", &m, 1, 0, on_begin, &r), 0);
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+  assert_int_equal(r.status, 0);
+  memcpy(c1, r.id, TXMQ_TX_ID_LEN);
+  memset(&r, 0, sizeof r);
+  assert_int_equal(txmq_tx_begin(env->tx, "gd", "p1", &m, 1, 0, on_begin, &r),
+                   TXMQ_ERANGE);
+
+  /* After a restart, ga and gc are back with their transactions and
+   * their places. */
+  env_reopen(env, NULL);
+  assert_int_equal(list_all(env, NULL).n, 3);
+  assert_int_equal(txmq_tx_begin(env->tx, "gd", "p1", &m, 1, 0, on_begin, &r),
+                   TXMQ_ERANGE);
+  assert_non_null(strstr(txmq_tx_diag(env->tx), "'gd'"));
+  assert_int_equal(end_wait(env, a1, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  assert_int_equal(txmq_tx_begin(env->tx, "gd", "p1", &m, 1, 0, on_begin, &r),
+                   TXMQ_ERANGE);
+  assert_int_equal(end_wait(env, a2, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  assert_int_equal(txmq_tx_begin(env->tx, "gd", "p1", &m, 1, 0, on_begin, &r), 0);
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+  assert_int_equal(r.status, 0);
+  txmq_msg_free(m);
+  assert_int_equal(end_wait(env, c1, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, NULL), 0);
+  env_free(env);
+}
+
 static int closing_check(void* arg, txmq_tx_t* tx, const txmq_tx_check_t* c) {
   (void)c;
   closer_t* k = arg;
@@ -1525,6 +1589,7 @@ static void no_check_offered_after_close(void** state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(unknown_check_commit),
+      cmocka_unit_test(producer_group_limit),
       cmocka_unit_test(unknown_check_rollback),
       cmocka_unit_test(park_after_max_then_resume),
       cmocka_unit_test(repeated_commit_visible_once),

@@ -29,6 +29,10 @@
  * LIMITS: at most MAX_INFLIGHT received-but-unacknowledged messages per
  * group and topic; receive returns fewer (or none) when the cap is reached,
  * so a consumer that never acknowledges cannot grow memory without bound.
+ * At most MAX_GROUPS consumer groups: those with offsets in the store when
+ * the engine starts (all of them, even past the limit) and those that
+ * received or set an offset since; a receive or offset_set for another
+ * group is TXMQ_ERANGE, with txmq_consumers_diag() naming the limit.
  *
  * THREADING: loop thread only.
  */
@@ -54,8 +58,9 @@ typedef enum {
   TXMQ_CONSUMERS_OPT_VISIBILITY_MS = 1, /* default 30000 */
   TXMQ_CONSUMERS_OPT_MAX_DELIVERIES,    /* default 16 */
   TXMQ_CONSUMERS_OPT_MAX_INFLIGHT,      /* per group and topic, default 10000 */
-  TXMQ_CONSUMERS_OPT_MANUAL_CLOCK       /* 1: time from the clock callback,
+  TXMQ_CONSUMERS_OPT_MANUAL_CLOCK,      /* 1: time from the clock callback,
                                            redelivery only on tick (tests) */
+  TXMQ_CONSUMERS_OPT_MAX_GROUPS         /* consumer groups, default 1024 */
 } txmq_consumers_opt_t;
 
 typedef enum {
@@ -98,7 +103,8 @@ int txmq_consumers_check_filter(const char* expr, char* diag, size_t diag_len);
  * the default). from/offset apply only when the group has no progress on
  * the topic yet. On success *out is an array of *n deliveries (possibly 0)
  * to free with txmq_consumers_free_deliveries. TXMQ_ENOTFOUND if the topic
- * does not exist, TXMQ_EBADNAME, TXMQ_EINVAL for a bad filter. */
+ * does not exist, TXMQ_EBADNAME, TXMQ_EINVAL for a bad filter, TXMQ_ERANGE
+ * for a group beyond MAX_GROUPS (see txmq_consumers_diag). */
 int txmq_consumers_receive(txmq_consumers_t* cs, const char* group,
                            const char* topic, const char* filter, size_t max,
                            int64_t visibility_ms, txmq_from_t from,
@@ -114,6 +120,19 @@ int txmq_consumers_ack(txmq_consumers_t* cs, const char* group,
 /* Makes expired deliveries deliverable again (or moves them to the DLQ);
  * runs on its own timer unless MANUAL_CLOCK. Returns how many expired. */
 size_t txmq_consumers_tick(txmq_consumers_t* cs);
+
+/* Sets the committed offset of group on a queue, in the store (see
+ * txmq_store_offset_set): the start of a group that does not read the topic
+ * now; while it does, the engine's own progress wins at its next move. A
+ * group the engine does not know counts against MAX_GROUPS (TXMQ_ERANGE
+ * past it). TXMQ_ENOTFOUND for a queue that does not exist. */
+int txmq_consumers_offset_set(txmq_consumers_t* cs, const char* group,
+                              const char* topic, int qid, int64_t offset);
+
+/* Why the last receive or offset_set was refused when its code alone does
+ * not say (TXMQ_ERANGE: the group limit and its value). Valid until the
+ * next refusal. */
+const char* txmq_consumers_diag(const txmq_consumers_t* cs);
 
 /* Progress of a group on a queue: committed offset (lowest unacknowledged),
  * next offset never delivered, in-flight count. TXMQ_ENOTFOUND if the group

@@ -36,13 +36,14 @@ extern "C" {
   XX(EPROTO, -18, "protocol error")                                            \
   XX(ESCRIPT, -19, "handler script failed")                                    \
   XX(EBADNAME, -20, "invalid name")                                            \
-  XX(EFAILED, -21, "storage failed earlier; refusing further writes")
+  XX(EFAILED, -21, "storage failed earlier; refusing further writes")          \
+  XX(EAUTH, -22, "authentication failed: missing or wrong secret")
 
 typedef enum {
 #define TXMQ_ERR_ENUM(name, val, msg) TXMQ_##name = (val),
   TXMQ_ERRNO_MAP(TXMQ_ERR_ENUM)
 #undef TXMQ_ERR_ENUM
-  TXMQ_ERRNO_MIN = -21
+  TXMQ_ERRNO_MIN = -22
 } txmq_errno_t;
 
 /* A sentence describing code, e.g. "data on disk is corrupt". Never NULL;

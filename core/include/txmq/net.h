@@ -27,6 +27,24 @@
  *   - past MAX_CONNECTIONS a new connection gets an EAGAIN error frame and
  *     is closed.
  *
+ * AUTHENTICATION is off until a role is given a secret
+ * (txmq_server_set_secret). Off, the hello's role is a declaration and its
+ * secret is ignored; only the admin operations (tx.resume, reload) check
+ * the role. On:
+ *   - a hello must carry the secret of the role it claims, or the admin
+ *     secret, which is accepted for every role; a role without a secret of
+ *     its own can be claimed with the admin secret only;
+ *   - a missing or wrong secret is answered with TXMQ_EAUTH and the
+ *     connection is closed; the refusal is logged (never the secret) and
+ *     counted in status (auth_failures);
+ *   - the role limits the operations: producer: ping, send, tx.half,
+ *     tx.end, tx.send, status, tx.list, tx.show, and answering checks;
+ *     consumer: ping, receive, ack, offset.get, offset.set, status; admin:
+ *     everything. Another operation gets EPROTO naming the roles it needs,
+ *     and the connection stays open.
+ * Secrets are compared in constant time (for a given configured length)
+ * and appear in no log line, status field or error message.
+ *
  * LIFE CYCLE
  *   txmq_runtime_open(rt); txmq_consumers_start(cs);
  *   txmq_server_new(&srv, loop, rt, cs); txmq_server_set(srv, ...);
@@ -98,6 +116,13 @@ int txmq_server_set(txmq_server_t* srv, txmq_server_opt_t opt, int64_t value);
 /* The name and version announced in hello and status (copied, < 64 bytes),
  * e.g. "txmqd 0.1.0"; default "libtxmq". Before start. */
 int txmq_server_set_name(txmq_server_t* srv, const char* name);
+/* Sets the secret of role "producer", "consumer" or "admin" (copied:
+ * 8..256 bytes, no NUL byte), or removes it (secret NULL). Auth is on once
+ * any role has a secret; see AUTHENTICATION above. Before start.
+ * TXMQ_EINVAL for an unknown role or a secret of another length,
+ * TXMQ_EBUSY after start, TXMQ_ENOMEM. */
+int txmq_server_set_secret(txmq_server_t* srv, const char* role,
+                           const char* secret);
 /* Events worth logging (connections, protocol violations, refusals). */
 void txmq_server_set_log_cb(txmq_server_t* srv, txmq_server_log_cb cb,
                             void* arg);

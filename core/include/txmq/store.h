@@ -123,7 +123,9 @@ txmq_log_t* txmq_store_log(txmq_store_t* st);
 
 /* Creates a topic with nqueues queues (1..TXMQ_STORE_MAX_QUEUES); EEXIST if
  * it exists (with any queue count), EBADNAME for an invalid name, ERANGE
- * over MAX_TOPICS. Durable through a TXMQ_REC_TOPIC log record. */
+ * over MAX_TOPICS (txmq_store_diag() then names the limit and its value;
+ * the same for a put or prepare that would create one topic too many).
+ * Durable through a TXMQ_REC_TOPIC log record. */
 int txmq_store_create_topic(txmq_store_t* st, const char* topic, int nqueues);
 /* Queue count of topic, or TXMQ_ENOTFOUND. */
 int txmq_store_topic_queues(const txmq_store_t* st, const char* topic);
@@ -184,7 +186,9 @@ int txmq_store_offset_get(const txmq_store_t* st, const char* group,
  * one is already being written. */
 int txmq_store_checkpoint(txmq_store_t* st, txmq_store_done_cb cb, void* arg);
 
-/* What open found and did ("" if nothing), valid until the next call. */
+/* What open found and did, or the details of a later failure whose code
+ * alone does not say enough (a damaged record, the topic limit); "" if
+ * nothing. Valid until the next call. */
 const char* txmq_store_diag(const txmq_store_t* st);
 /* Records replayed at the last open (for tests and figures). */
 uint64_t txmq_store_replayed(const txmq_store_t* st);

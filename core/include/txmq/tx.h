@@ -142,9 +142,13 @@ typedef enum {
                                         default 1000 */
   TXMQ_TX_OPT_DECIDED_WINDOW,        /* decided transactions remembered for
                                         idempotent repeats, default 1000000 */
-  TXMQ_TX_OPT_MANUAL_CLOCK           /* 1: no timer; time comes from the
+  TXMQ_TX_OPT_MANUAL_CLOCK,          /* 1: no timer; time comes from the
                                         clock callback and the caller runs
                                         txmq_tx_tick (tests) */
+  TXMQ_TX_OPT_MAX_GROUPS             /* producer groups with undecided
+                                        (pending, parked) transactions at
+                                        once, default 1024; begin for
+                                        another group is TXMQ_ERANGE */
 } txmq_tx_opt_t;
 
 /* A check offered to a target. Everything is valid only during the call; a
@@ -206,10 +210,16 @@ int txmq_tx_start(txmq_tx_t* tx);
  * group `group` sent by client `producer` (may be NULL). immunity_ms > 0
  * delays the first check instead of the timeout. The messages are only read
  * during the call. cb runs when the half record is durable. If the call
- * fails, cb is never called. */
+ * fails, cb is never called. TXMQ_ERANGE for a group beyond MAX_GROUPS or a
+ * topic beyond the store's MAX_TOPICS, with txmq_tx_diag() naming the
+ * limit. Recovery after a restart is never refused. */
 int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
                   txmq_msg_t* const* msgs, size_t n, int64_t immunity_ms,
                   txmq_tx_begin_cb cb, void* arg);
+
+/* Why the last txmq_tx_begin failed when its code alone does not say (a
+ * limit and its value), "" otherwise. Valid until the next begin. */
+const char* txmq_tx_diag(const txmq_tx_t* tx);
 
 /* Ends (or answers for) a transaction. version is the script version for
  * TXMQ_TX_SRC_SCRIPT (may be NULL), who names the client or operator (may be
