@@ -37,6 +37,9 @@
 -- ECLOSED: ...": a half message may have been stored and is then decided
 -- by checks) and connects again on its next call.
 --
+-- Every constructor takes server = "HOST:PORT" (default 127.0.0.1:8967),
+-- client_id, and secret (default $TXMQ_SECRET) for a txmqd with auth on.
+--
 -- Failures of the server or the network return nil and a message
 -- ("ECLOSED: ..."); bad arguments raise errors.
 local core = require "txmq.core"
@@ -47,6 +50,14 @@ local M = {
   UNKNOWN = "UNKNOW",
   core = core,
 }
+
+-- The secret sent in the handshake when txmqd has auth on: opts.secret,
+-- else $TXMQ_SECRET (as for the txmq tool), else none.
+local function secret_of(opts)
+  local s = opts.secret or os.getenv("TXMQ_SECRET")
+  if s == "" then return nil end
+  return s
+end
 
 local seq = 0
 local function client_id(prefix)
@@ -85,7 +96,7 @@ Producer.__index = Producer
 function M.producer(opts)
   opts = opts or {}
   local conn, err = core.connect(opts.server or "127.0.0.1:8967",
-    opts.client_id or client_id("lua-producer"))
+    opts.client_id or client_id("lua-producer"), "producer", secret_of(opts))
   if not conn then return nil, err end
   return setmetatable({ conn = conn }, Producer)
 end
@@ -132,16 +143,17 @@ function M.transaction_producer(opts)
     script_execute = opts.execute == nil }, TxProducer)
   if opts.check then
     -- Copied now, so a refused local is reported before any connection.
-    local ok, checker, cerr = pcall(core.checker, server, id, group, opts.check, M)
+    local ok, checker, cerr = pcall(core.checker, server, id, group, opts.check, M,
+      secret_of(opts))
     if not ok then error("txmq.transaction_producer: " .. tostring(checker), 2) end
     if not checker then return nil, cerr end
     self.checker = checker
   elseif opts.script and script_check then
-    local checker, cerr = core.checker(server, id, group, opts.script)
+    local checker, cerr = core.checker(server, id, group, opts.script, nil, secret_of(opts))
     if not checker then return nil, cerr end
     self.checker = checker
   end
-  local conn, err = core.connect(server, id)
+  local conn, err = core.connect(server, id, "producer", secret_of(opts))
   if not conn then
     if self.checker then self.checker:close() end
     return nil, err
@@ -209,7 +221,7 @@ function M.consumer(opts)
   assert(type(opts) == "table", "txmq.consumer: expected a table")
   assert(opts.group and opts.topic, "txmq.consumer: group and topic are required")
   local conn, err = core.connect(opts.server or "127.0.0.1:8967",
-    opts.client_id or client_id("lua-consumer"), "consumer")
+    opts.client_id or client_id("lua-consumer"), "consumer", secret_of(opts))
   if not conn then return nil, err end
   return setmetatable({ conn = conn, group = opts.group, topic = opts.topic,
     tags = opts.tags }, Consumer)

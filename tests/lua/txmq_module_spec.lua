@@ -383,3 +383,46 @@ describe("txmq module and the check schedule", function()
     p:close()
   end)
 end)
+
+describe("txmq module against a txmqd with auth on", function()
+  setup(function()
+    start_txmqd("return { tx_timeout_ms = 200, check_interval_ms = 200, auth = { "
+      .. "producer = 'producer-secret-1', consumer = 'consumer-secret-1' } }")
+  end)
+  teardown(stop_txmqd)
+
+  it("connects with the role's secret and is refused without it", function()
+    local p, err = txmq.producer{ server = server, secret = "wrong-secret" }
+    assert.is_nil(p)
+    assert.matches("EAUTH", err)
+    p = assert(txmq.producer{ server = server, secret = "producer-secret-1" })
+    assert(p:send{ topic = "Auth", body = "with a secret" })
+    p:close()
+    local c = assert(txmq.consumer{ server = server, group = "g1", topic = "Auth",
+      secret = "consumer-secret-1" })
+    local list = assert(c:receive{ max = 1, wait_ms = 2000 })
+    assert.are.equal("with a secret", list[1].body)
+    assert.are.equal(1, list[1]:ack())
+    c:close()
+  end)
+
+  it("a transaction producer's check thread authenticates too", function()
+    local p = assert(txmq.transaction_producer{ group = "g-auth", server = server,
+      secret = "producer-secret-1",
+      execute = function() return txmq.UNKNOWN end,
+      check = function() return txmq.COMMIT end })
+    local r = assert(p:send_in_transaction{ topic = "AuthTx", body = "checked" })
+    assert.are.equal("UNKNOW", r.tx_state)
+    local c = assert(txmq.consumer{ server = server, group = "g1", topic = "AuthTx",
+      secret = "consumer-secret-1" })
+    local got
+    for _ = 1, 20 do
+      got = assert(c:receive{ max = 1, wait_ms = 500 })
+      if #got > 0 then break end
+    end
+    assert.are.equal("checked", got[1].body)
+    assert.is_true(p:checks() >= 1)
+    c:close()
+    p:close()
+  end)
+end)

@@ -2,7 +2,7 @@
  * txmq_lua.c - "txmq.core", the C half of the Lua module (lua/txmq.lua is
  * the API users see). It provides two userdata on top of the C client:
  *
- *   core.connect(server, client_id) -> conn
+ *   core.connect(server, client_id [, role [, secret]]) -> conn
  *     A client on a private libuv loop that runs only during a call (like
  *     the blocking layer of txmq/client.h, but it also drives
  *     txmq_client_send_in_transaction, whose execute callback calls back
@@ -11,7 +11,7 @@
  *     conn:send(msg) conn:send_in_transaction(group, msg, execute, arg)
  *     conn:receive(opts) conn:ack(group, handles) conn:close()
  *
- *   core.checker(server, client_id, group, script_or_function, txmq)
+ *   core.checker(server, client_id, group, script_or_function, txmq, secret)
  *     A background thread with its own loop, its own connection (announcing
  *     the group in its hello) and its own lua_State that answers check
  *     requests. Given a path, the state loads that handler script and calls
@@ -261,13 +261,15 @@ static void conn_shutdown(conn_t* k) {
   uv_loop_close(&k->loop);
 }
 
-/* core.connect(server, client_id [, role]) -> conn | nil, err */
+/* core.connect(server, client_id [, role [, secret]]) -> conn | nil, err */
 static int l_connect(lua_State* L) {
   const char* server = luaL_optstring(L, 1, TXMQ_DEFAULT_SERVER);
   const char* id = luaL_checkstring(L, 2);
   const char* role = luaL_optstring(L, 3, "producer");
+  const char* secret = luaL_optstring(L, 4, NULL);
   txmq_client_options_t o = {0};
   o.client_id = id;
+  o.secret = secret;  /* copied by txmq_client_new */
   o.role = !strcmp(role, "consumer") ? TXMQ_ROLE_CONSUMER
            : !strcmp(role, "admin")  ? TXMQ_ROLE_ADMIN
                                      : TXMQ_ROLE_PRODUCER;
@@ -821,6 +823,7 @@ static int l_checker(lua_State* L) {
   int inline_fn = lua_type(L, 4) == LUA_TFUNCTION;
   const char* script = inline_fn ? NULL : luaL_checkstring(L, 4);
   int midx = lua_type(L, 5) == LUA_TTABLE ? 5 : 0;
+  const char* secret = luaL_optstring(L, 6, NULL);
   checker_t* k = lua_newuserdatauv(L, sizeof *k, 0);
   memset(k, 0, sizeof *k);
   luaL_setmetatable(L, CHECKER_MT);
@@ -856,6 +859,7 @@ static int l_checker(lua_State* L) {
   txmq_client_options_t o = {0};
   o.client_id = k->id;
   o.role = TXMQ_ROLE_PRODUCER;
+  o.secret = secret;  /* copied by txmq_client_new */
   o.producer_groups = groups;
   o.n_producer_groups = 1;
   int rc = uv_loop_init(&k->loop) < 0 ? TXMQ_EIO : 0;
