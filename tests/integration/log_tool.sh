@@ -215,7 +215,7 @@ check "--from the end prints no record" \
 run "$txmq" log verify "$data"
 expect "verify of a clean log exits 0 with nothing on stderr" 0
 check "verify prints the counts" grep -qxF \
-  "$logdir: ok, $nseg segments, $nrec records ($nmsg msg, $ntopic topic, 0 other), $((lend - lbegin)) bytes, positions $lbegin..$lend" "$out"
+  "$logdir: ok, $nseg segments, $nrec records ($nmsg msg, $ntopic topic, 0 tx_half, 0 tx_event, 0 other), $((lend - lbegin)) bytes, positions $lbegin..$lend" "$out"
 run "$txmq" log verify --json "$data"
 check "verify --json: status ok and the same counts as dump" \
   test "$(jl "$out" 'local v = kind("verify")[1]; print(#lines, v.status, v.segments, v.records, v.msgs, v.bytes)')" \
@@ -272,7 +272,7 @@ run "$txmq" log verify "$lone"
 expect_err_prefix "verify: a torn lone record names the newest segment file" 0 \
   "txmq: torn tail: $lone/$lone_last: 2007 bytes after position $lone_base are an incomplete write"
 check "...and counts both segment files and the 2 complete records" \
-  grep -qF "$lone: torn tail, 2 segments, 2 records (0 msg, 0 topic, 2 other)" "$out"
+  grep -qF "$lone: torn tail, 2 segments, 2 records (0 msg, 0 topic, 0 tx_half, 0 tx_event, 2 other)" "$out"
 
 # --- torn tail: zeros after the last record (preallocated, never written) ----
 zeros="$work/zeros"
@@ -341,7 +341,7 @@ check "dump --json: type_id 42, payload base64" \
   = "42	42	base64	16"
 run "$txmq" log verify "$raw"
 check "verify counts other record types" \
-  test "$rc/$(grep -c '3 records (0 msg, 0 topic, 3 other)' "$out")" = "0/1"
+  test "$rc/$(grep -c '3 records (0 msg, 0 topic, 0 tx_half, 0 tx_event, 3 other)' "$out")" = "0/1"
 
 # --- command line --------------------------------------------------------------
 run "$txmq"
