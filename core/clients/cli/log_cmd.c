@@ -476,8 +476,10 @@ static void put_label(const char* s, size_t len) {
   int plain = len > 0;
   for (size_t i = 0; i < len && plain; i++) {
     unsigned char ch = (unsigned char)s[i];
+    /* (strchr finds the terminator too: a NUL is not plain.) */
     plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-            (ch >= '0' && ch <= '9') || strchr("._:@/+-", ch) != NULL;
+            (ch >= '0' && ch <= '9') ||
+            (ch != 0 && strchr("._:@/+-", ch) != NULL);
   }
   if (plain)
     fwrite(s, 1, len, stdout);
