@@ -1,6 +1,8 @@
 /*
  * tx_int.h - internals of the transaction engine (core/tx), shared by its
- * files and by nothing else. Not installed.
+ * files, its benchmark and the offline log tool (core/clients/cli/log_cmd.c,
+ * which reads TX_HALF and TX_EVENT records with the codec below so that it
+ * never disagrees with a replay). Not installed.
  *
  * Memory layout, chosen so that a pending transaction costs well under 200
  * bytes in all (see txmq/tx.h and the design's scheduler goals):

@@ -6,7 +6,11 @@
 # (truncated tail, zeros after the tail, a flipped byte in the middle of a
 # segment, a missing segment, a record that is not a message) and with bad
 # command lines, and checks exit codes, the exact error lines and, through
-# --json (parsed with Lua 5.4 and dkjson), what was read.
+# --json (parsed with Lua 5.4 and dkjson), what was read. The transaction
+# engine's records come from fixtures that tests/fixtures/log/gen.py wrote
+# with its own msgpack encoder (a good log, and records whose checksum is
+# valid but whose payload is not a transaction record); cli_log_tx.sh
+# dumps a log that a real txmqd wrote.
 #
 #   bash tests/integration/log_tool.sh BUILD/bin
 set -euo pipefail
@@ -18,6 +22,7 @@ demo="$bin/log-demo"
 for b in "$txmq" "$demo"; do
   [ -x "$b" ] || { echo "FAIL: $b is not built"; exit 1; }
 done
+fixtures="$(cd "$(dirname "${BASH_SOURCE[0]}")/../fixtures/log" && pwd)"
 command -v lua5.4 >/dev/null || { echo "FAIL: lua5.4 is not installed"; exit 1; }
 lua5.4 -e 'require "dkjson"' 2>/dev/null ||
   { echo "FAIL: the Lua module dkjson (Debian lua-dkjson, pulled in by lua-busted) is missing"; exit 1; }
@@ -215,7 +220,7 @@ check "--from the end prints no record" \
 run "$txmq" log verify "$data"
 expect "verify of a clean log exits 0 with nothing on stderr" 0
 check "verify prints the counts" grep -qxF \
-  "$logdir: ok, $nseg segments, $nrec records ($nmsg msg, $ntopic topic, 0 other), $((lend - lbegin)) bytes, positions $lbegin..$lend" "$out"
+  "$logdir: ok, $nseg segments, $nrec records ($nmsg msg, $ntopic topic, 0 tx_half, 0 tx_event, 0 other), $((lend - lbegin)) bytes, positions $lbegin..$lend" "$out"
 run "$txmq" log verify --json "$data"
 check "verify --json: status ok and the same counts as dump" \
   test "$(jl "$out" 'local v = kind("verify")[1]; print(#lines, v.status, v.segments, v.records, v.msgs, v.bytes)')" \
@@ -272,7 +277,7 @@ run "$txmq" log verify "$lone"
 expect_err_prefix "verify: a torn lone record names the newest segment file" 0 \
   "txmq: torn tail: $lone/$lone_last: 2007 bytes after position $lone_base are an incomplete write"
 check "...and counts both segment files and the 2 complete records" \
-  grep -qF "$lone: torn tail, 2 segments, 2 records (0 msg, 0 topic, 2 other)" "$out"
+  grep -qF "$lone: torn tail, 2 segments, 2 records (0 msg, 0 topic, 0 tx_half, 0 tx_event, 2 other)" "$out"
 
 # --- torn tail: zeros after the last record (preallocated, never written) ----
 zeros="$work/zeros"
@@ -341,7 +346,95 @@ check "dump --json: type_id 42, payload base64" \
   = "42	42	base64	16"
 run "$txmq" log verify "$raw"
 check "verify counts other record types" \
-  test "$rc/$(grep -c '3 records (0 msg, 0 topic, 3 other)' "$out")" = "0/1"
+  test "$rc/$(grep -c '3 records (0 msg, 0 topic, 0 tx_half, 0 tx_event, 3 other)' "$out")" = "0/1"
+
+# --- transaction records (fixtures written by gen.py) --------------------------
+# Copied first: the fixtures are never opened in place.
+cp -r "$fixtures/tx_records" "$fixtures/tx_garbage" "$fixtures/tx_bad_msg" \
+  "$fixtures/tx_bad_event" "$work/"
+txr="$work/tx_records"
+run "$txmq" log dump "$txr"
+expect "dump of transaction records exits 0 with nothing on stderr" 0
+check "dump: the header and the segment" test "$(head -n 2 "$out")" = \
+  "log $txr: 1 segment, positions 0..1035
+segment 00000000000000000000.log base=0 size=1035 file_bytes=1067"
+cat >"$work/tx_records.want" <<'DUMP'
+record pos=0 type=topic len=9 next=21 topic=orders queues=4
+record pos=21 type=tx_half len=302 next=335 tx=101112131415161718191a1b1c1d1e1f group=shop producer=txmq-cli:host:42 at=2023-11-14T22:13:20.000Z immunity_ms=0 msgs=2
+  msg id=303132333435363738393a3b3c3d3e3f topic=orders qid=0 tags="paid" keys="order-1" props={"source":"gen.py"} born=2023-11-14T22:13:19.998Z stored=2023-11-14T22:13:20.000Z body_len=12 body=text:"order 1 paid"
+  msg id=404142434445464748494a4b4c4d4e4f topic=audit qid=3 born=2023-11-14T22:13:19.998Z stored=2023-11-14T22:13:20.000Z body_len=3 body=hex:00ff10
+record pos=335 type=tx_event len=104 next=451 tx=101112131415161718191a1b1c1d1e1f ev=commit src=script ver=0123456789abcdef who=txmq-cli:host:42 count=0 at=2023-11-14T22:13:20.004Z prev=21
+record pos=451 type=tx_half len=150 next=613 tx=a0a1a2a3a4a5a6a7a8a9aaabacadaeaf group=shop at=2023-11-14T22:13:20.010Z immunity_ms=60000 msgs=1
+  msg id=505152535455565758595a5b5c5d5e5f topic=orders qid=1 born=2023-11-14T22:13:20.009Z stored=2023-11-14T22:13:20.010Z body_len=7 body=text:"order 2"
+record pos=613 type=tx_event len=78 next=703 tx=a0a1a2a3a4a5a6a7a8a9aaabacadaeaf ev=unknown src=producer who="client 7" count=0 at=2023-11-14T22:13:20.011Z prev=451
+record pos=703 type=tx_event len=63 next=778 tx=a0a1a2a3a4a5a6a7a8a9aaabacadaeaf ev=check src=timeout count=1 at=2023-11-14T22:14:25.000Z prev=613
+record pos=778 type=tx_event len=62 next=852 tx=a0a1a2a3a4a5a6a7a8a9aaabacadaeaf ev=park src=max_checks count=15 at=2023-11-14T22:28:20.000Z prev=703
+record pos=852 type=tx_event len=72 next=936 tx=a0a1a2a3a4a5a6a7a8a9aaabacadaeaf ev=resume src=operator who=ops count=0 at=2023-11-14T22:30:00.000Z prev=778
+record pos=936 type=tx_event len=87 next=1035 tx=a0a1a2a3a4a5a6a7a8a9aaabacadaeaf ev=rollback src=check who=txmq-cli:host:43 count=1 at=2023-11-14T22:30:30.000Z prev=852
+DUMP
+tail -n +3 "$out" >"$work/tx_records.got"
+if cmp -s "$work/tx_records.got" "$work/tx_records.want"; then
+  ok "dump: a tx_half with its messages on indented lines, every tx_event field, as gen.py wrote them"
+else
+  not_ok "dump of tx_records differs: $(diff "$work/tx_records.want" "$work/tx_records.got" | head -c 600)"
+fi
+run "$txmq" log dump --json "$txr"
+expect "dump --json of transaction records" 0
+got=$(jl "$out" '
+  local r = kind("record")
+  local h, e = r[2].tx_half, r[3].tx_event
+  local m = h.msgs
+  print(r[2].type, r[2].type_id, r[2].payload, h.tx, h.group, h.producer, h.at_ms,
+    h.immunity_ms, #m, m[1].topic, m[1].keys, m[1].props.source, m[1].body,
+    m[2].topic, m[2].body_encoding, m[2].body)
+  print(r[3].type, r[3].type_id, e.tx, e.ev, e.src, e.ver, e.who, e.count, e.at_ms, e.prev)
+  local evs = {}
+  for _, x in ipairs(r) do
+    if x.tx_event then evs[#evs + 1] = x.tx_event.ev .. "/" .. x.tx_event.src end
+  end
+  print(table.concat(evs, " "), r[4].tx_half.producer, r[5].tx_event.ver, r[5].tx_event.who)')
+check "dump --json: tx_half and tx_event objects with every field" test "$got" = \
+"tx_half	16	nil	101112131415161718191a1b1c1d1e1f	shop	txmq-cli:host:42	1700000000000	0	2	orders	order-1	gen.py	order 1 paid	audit	base64	AP8Q
+tx_event	17	101112131415161718191a1b1c1d1e1f	commit	script	0123456789abcdef	txmq-cli:host:42	0	1700000000004	21
+commit/script unknown/producer check/timeout park/max_checks resume/operator rollback/check	nil	nil	client 7"
+run "$txmq" log verify "$txr"
+expect "verify of transaction records exits 0 with nothing on stderr" 0
+check "verify counts tx_half and tx_event records" test "$(cat "$out")" = \
+  "$txr: ok, 1 segment, 9 records (0 msg, 1 topic, 2 tx_half, 6 tx_event, 0 other), 1035 bytes, positions 0..1035"
+run "$txmq" log verify --json "$txr"
+check "verify --json: tx_halfs and tx_events" \
+  test "$(jl "$out" 'local v = kind("verify")[1]; print(v.status, v.records, v.topics, v.tx_halfs, v.tx_events, v.other)')" \
+  = "ok	9	1	2	6	0"
+run "$txmq" log dump "$txr" --from 451 -n 2
+check "-n counts a half record and its message lines as one record" \
+  test "$rc/$(grep -c '^record ' "$out")/$(grep -c '^  msg ' "$out")/$(grep -c '^record pos=451 type=tx_half ' "$out")" = "0/2/1/1"
+
+bad_tx="the record's checksum is valid but its payload is not a transaction"
+run "$txmq" log verify "$work/tx_garbage"
+expect "verify: a type-16 record that is not a half record exits 1 with the reason" 1 \
+  "txmq: corrupt log: $work/tx_garbage/00000000000000000000.log at position 160 (file offset 192): $bad_tx half record (ECORRUPT); 1 records before it are valid"
+check "...after counting the good half record before it" grep -qxF \
+  "$work/tx_garbage: CORRUPT, 1 segment, 1 records (0 msg, 0 topic, 1 tx_half, 0 tx_event, 0 other), 160 bytes, positions 0..160; corrupt at 160 in 00000000000000000000.log" "$out"
+run "$txmq" log verify --json "$work/tx_garbage"
+check "verify --json: corrupt at the garbage record, with the reason" \
+  test "$rc/$(jl "$out" 'local v = kind("verify")[1]; print(v.status, v.pos, v.records, v.tx_halfs, v.reason)')" \
+  = "1/corrupt	160	1	1	$bad_tx half record (ECORRUPT)"
+run "$txmq" log dump "$work/tx_garbage"
+check "dump: the garbage record as hex with the error, exit 1, nothing after it" \
+  test "$rc/$(tail -n 1 "$out")" = \
+  "1/record pos=160 type=tx_half len=18 next=190 error=ECORRUPT payload=hex:$(printf 'not msgpack at all' | od -An -tx1 | tr -d ' \n')"
+check "dump names the bad record on one stderr line" \
+  test "$(err_lines)/$(grep -c "at position 160 (file offset 192): $bad_tx half record (ECORRUPT)" "$err")" = "1/1"
+run "$txmq" log dump --json "$work/tx_garbage"
+check "dump --json: error and base64 payload for the garbage record" \
+  test "$rc/$(jl "$out" 'local r = kind("record"); print(#r, r[2].type, r[2].error, r[2].payload_encoding, r[2].tx_half)')" \
+  = "1/2	tx_half	ECORRUPT	base64	nil"
+run "$txmq" log verify "$work/tx_bad_msg"
+expect "verify: a half record holding something that is not a message exits 1, naming it" 1 \
+  "txmq: corrupt log: $work/tx_bad_msg/00000000000000000000.log at position 0 (file offset 32): $bad_tx half record (message 2 of 2: EPROTO); 0 records before it are valid"
+run "$txmq" log verify "$work/tx_bad_event"
+expect "verify: an event record with an unknown event exits 1" 1 \
+  "txmq: corrupt log: $work/tx_bad_event/00000000000000000000.log at position 160 (file offset 192): $bad_tx event record (ECORRUPT); 1 records before it are valid"
 
 # --- command line --------------------------------------------------------------
 run "$txmq"

@@ -5,9 +5,11 @@
  * they never change a file, and read it through the log's own iterator, so
  * they see exactly what the runtime would see.
  *
- * dump prints each segment and each record (decoding messages and topic
- * records); verify reads every record, decodes what it knows, and tells a
- * clean log, a torn tail (an incomplete last write, which the next
+ * dump prints each segment and each record (decoding messages, topic
+ * records and the transaction engine's half and event records, the latter
+ * with the engine's own codec so that the tool never reads them differently
+ * from a replay); verify reads every record, decodes what it knows, and
+ * tells a clean log, a torn tail (an incomplete last write, which the next
  * read-write open cuts) and corruption in the middle (which it names by
  * segment file and position) apart. It does not repair anything.
  */
@@ -21,10 +23,12 @@
 #include <msgpack.h>
 
 #include "clients/cli/cli.h"
+#include "tx/tx_int.h"
 #include "txmq/error.h"
 #include "txmq/log.h"
 #include "txmq/msg.h"
 #include "txmq/store.h"
+#include "txmq/tx.h"
 
 typedef struct {
   const cli_args_t* a;
@@ -32,7 +36,7 @@ typedef struct {
   txmq_log_t* log;
   char* open_diag;      /* copy of the diagnostic after open */
   /* Counts of what was read. */
-  uint64_t records, bytes, msgs, topics, other;
+  uint64_t records, bytes, msgs, topics, tx_halfs, tx_events, other;
   /* The first problem found. */
   enum { ST_OK, ST_TORN, ST_CORRUPT } status;
   uint64_t bad_pos;     /* corrupt: first invalid position; torn: cut point */
@@ -50,14 +54,17 @@ void cli_usage_log(FILE* f) {
       "data directory holding log/. Both commands only read.\n"
       "\n"
       "dump    prints each segment (base position, data size) and each record\n"
-      "        (position, type, length; messages and topics decoded). Bodies\n"
-      "        are shown as text when they are printable UTF-8, else as hex\n"
-      "        (base64 with --json), and the output says which.\n"
+      "        (position, type, length; messages, topics and transaction\n"
+      "        records decoded, a half record's messages one per indented\n"
+      "        line). Bodies are shown as text when they are printable\n"
+      "        UTF-8, else as hex (base64 with --json), and the output says\n"
+      "        which.\n"
       "          --from POS  start at the first record at or after POS\n"
       "          -n N        print at most N records\n"
       "verify  reads every record and prints the counts. A torn tail (an\n"
       "        incomplete last write, cut at the next open) is reported but\n"
-      "        is not corruption: exit 0. Corruption in the middle exits 1\n"
+      "        is not corruption: exit 0. Corruption in the middle, or a\n"
+      "        record of a known type whose payload does not decode, exits 1\n"
       "        with the segment file and position on standard error.\n",
       f);
 }
@@ -289,9 +296,57 @@ static int decode_topic(const txmq_log_entry_t* e, char* name, size_t cap,
   return ok;
 }
 
+/* A TX_HALF record read with the engine's decoder, and every message in
+ * it decoded by the store's message codec, as a commit publishes them. */
+typedef struct {
+  txmq__half_t h;
+  txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
+  uint32_t n;     /* messages decoded */
+  uint32_t total; /* messages in the record (kept after a failure) */
+} half_rec_t;
+
+static void half_rec_done(half_rec_t* hr) {
+  for (uint32_t i = 0; i < hr->n; i++) txmq_msg_free(hr->msgs[i]);
+  txmq__half_done(&hr->h);
+}
+
+/* 0, or the decoder's code with *bad set to the index of the message that
+ * did not decode (UINT32_MAX if the record itself did not). On success the
+ * caller calls half_rec_done(). */
+static int half_rec_decode(const txmq_log_entry_t* e, half_rec_t* hr,
+                           uint32_t* bad) {
+  memset(hr, 0, sizeof *hr);
+  *bad = UINT32_MAX;
+  int rc = txmq__half_decode(e->data, e->len, &hr->h);
+  if (rc != 0) return rc;
+  /* The decoder bounds the count by TXMQ_TX_MAX_MSGS. */
+  hr->total = hr->h.msgs->size;
+  for (uint32_t i = 0; i < hr->total; i++) {
+    rc = txmq__half_msg(&hr->h, i, &hr->msgs[i]);
+    if (rc != 0) {
+      *bad = i;
+      half_rec_done(hr);
+      return rc;
+    }
+    hr->n++;
+  }
+  return 0;
+}
+
+/* "ECORRUPT", or "message 2 of 3: EPROTO" when a message is at fault. */
+static const char* half_error(const half_rec_t* hr, int rc, uint32_t bad,
+                              char* buf, size_t cap) {
+  if (bad == UINT32_MAX) return txmq_err_name(rc);
+  snprintf(buf, cap, "message %" PRIu32 " of %" PRIu32 ": %s", bad + 1,
+           hr->total, txmq_err_name(rc));
+  return buf;
+}
+
 static const char* type_name(uint8_t t, char buf[8]) {
   if (t == TXMQ_REC_MSG) return "msg";
   if (t == TXMQ_REC_TOPIC) return "topic";
+  if (t == TXMQ_REC_TX_HALF) return "tx_half";
+  if (t == TXMQ_REC_TX_EVENT) return "tx_event";
   snprintf(buf, 8, "%u", (unsigned)t);
   return buf;
 }
@@ -303,6 +358,10 @@ static void count(logcmd_t* c, const txmq_log_entry_t* e) {
     c->msgs++;
   else if (e->type == TXMQ_REC_TOPIC)
     c->topics++;
+  else if (e->type == TXMQ_REC_TX_HALF)
+    c->tx_halfs++;
+  else if (e->type == TXMQ_REC_TX_EVENT)
+    c->tx_events++;
   else
     c->other++;
 }
@@ -326,6 +385,31 @@ static int check_payload(logcmd_t* c, const txmq_log_entry_t* e) {
     if (decode_topic(e, name, sizeof name, &q)) return 1;
     snprintf(c->reason, sizeof c->reason,
              "the record's checksum is valid but its payload is not [topic, queues]");
+    return 0;
+  }
+  if (e->type == TXMQ_REC_TX_HALF) {
+    half_rec_t hr;
+    uint32_t bad;
+    char eb[64];
+    int r = half_rec_decode(e, &hr, &bad);
+    if (r == 0) {
+      half_rec_done(&hr);
+      return 1;
+    }
+    snprintf(c->reason, sizeof c->reason,
+             "the record's checksum is valid but its payload is not a "
+             "transaction half record (%s)",
+             half_error(&hr, r, bad, eb, sizeof eb));
+    return 0;
+  }
+  if (e->type == TXMQ_REC_TX_EVENT) {
+    txmq__event_t ev;
+    int r = txmq__event_decode(e->data, e->len, &ev);
+    if (r == 0) return 1;
+    snprintf(c->reason, sizeof c->reason,
+             "the record's checksum is valid but its payload is not a "
+             "transaction event record (%s)",
+             txmq_err_name(r));
     return 0;
   }
   return 1;
@@ -385,6 +469,61 @@ static void put_msg_plain(const txmq_msg_t* m) {
   }
 }
 
+/* A label (a client id, a script version) as is when it is one plain word,
+ * else quoted, so that a space or '=' inside cannot be taken for the next
+ * field. */
+static void put_label(const char* s, size_t len) {
+  int plain = len > 0;
+  for (size_t i = 0; i < len && plain; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    /* (strchr finds the terminator too: a NUL is not plain.) */
+    plain = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+            (ch >= '0' && ch <= '9') ||
+            (ch != 0 && strchr("._:@/+-", ch) != NULL);
+  }
+  if (plain)
+    fwrite(s, 1, len, stdout);
+  else
+    cli_put_quoted(stdout, s, len);
+}
+
+/* The half record's fields, then each message on its own indented line. */
+static void put_half_plain(const half_rec_t* hr) {
+  char tid[TXMQ_TX_ID_STRLEN + 1];
+  const txmq__half_t* h = &hr->h;
+  /* The decoder accepts only a valid name as the group: one plain word. */
+  printf(" tx=%s group=%.*s", txmq_tx_id_str(h->id, tid), (int)h->group_len,
+         h->group);
+  if (h->producer) {
+    fputs(" producer=", stdout);
+    put_label(h->producer, h->producer_len);
+  }
+  fputs(" at=", stdout);
+  cli_put_time_ms(stdout, h->at);
+  printf(" immunity_ms=%" PRId64 " msgs=%" PRIu32, h->immunity_ms, hr->n);
+  for (uint32_t i = 0; i < hr->n; i++) {
+    fputs("\n  msg", stdout);
+    put_msg_plain(hr->msgs[i]);
+  }
+}
+
+static void put_event_plain(const txmq__event_t* ev) {
+  char tid[TXMQ_TX_ID_STRLEN + 1];
+  printf(" tx=%s ev=%s src=%s", txmq_tx_id_str(ev->id, tid),
+         txmq__ev_name(ev->ev), txmq_tx_source_name(ev->src));
+  if (ev->ver) {
+    fputs(" ver=", stdout);
+    put_label(ev->ver, ev->ver_len);
+  }
+  if (ev->who) {
+    fputs(" who=", stdout);
+    put_label(ev->who, ev->who_len);
+  }
+  printf(" count=%" PRIu32 " at=", ev->count);
+  cli_put_time_ms(stdout, ev->at);
+  printf(" prev=%" PRIu64, ev->prev);
+}
+
 static int dump_record_plain(logcmd_t* c, const txmq_log_entry_t* e) {
   char tb[8];
   printf("record pos=%" PRIu64 " type=%s len=%" PRIu32 " next=%" PRIu64, e->pos,
@@ -411,6 +550,23 @@ static int dump_record_plain(logcmd_t* c, const txmq_log_entry_t* e) {
       cli_put_hex(stdout, e->data, e->len);
       ok = check_payload(c, e);
     }
+  } else if (e->type == TXMQ_REC_TX_HALF || e->type == TXMQ_REC_TX_EVENT) {
+    half_rec_t hr;
+    txmq__event_t ev;
+    uint32_t bad;
+    int r = e->type == TXMQ_REC_TX_HALF ? half_rec_decode(e, &hr, &bad)
+                                        : txmq__event_decode(e->data, e->len, &ev);
+    if (r == 0 && e->type == TXMQ_REC_TX_HALF) {
+      put_half_plain(&hr);
+      half_rec_done(&hr);
+    } else if (r == 0) {
+      put_event_plain(&ev);
+    } else {
+      /* The reason, with the message at fault, goes to standard error. */
+      printf(" error=%s payload=hex:", txmq_err_name(r));
+      cli_put_hex(stdout, e->data, e->len);
+      ok = check_payload(c, e);
+    }
   } else {
     fputs(" payload=hex:", stdout);
     cli_put_hex(stdout, e->data, e->len);
@@ -428,6 +584,37 @@ static void dump_segment_plain(logcmd_t* c, size_t i) {
 }
 
 /* ---- dump: JSON ---- */
+
+static json_t* half_json(const half_rec_t* hr) {
+  char tid[TXMQ_TX_ID_STRLEN + 1];
+  const txmq__half_t* h = &hr->h;
+  json_t* o = json_object();
+  json_object_set_new(o, "tx", json_string(txmq_tx_id_str(h->id, tid)));
+  json_object_set_new(o, "group", cli_json_str(h->group, h->group_len));
+  if (h->producer)
+    json_object_set_new(o, "producer", cli_json_str(h->producer, h->producer_len));
+  json_object_set_new(o, "at_ms", json_integer(h->at));
+  json_object_set_new(o, "immunity_ms", json_integer(h->immunity_ms));
+  json_t* msgs = json_array();
+  for (uint32_t i = 0; i < hr->n; i++)
+    json_array_append_new(msgs, cli_msg_json(hr->msgs[i], 0));
+  json_object_set_new(o, "msgs", msgs);
+  return o;
+}
+
+static json_t* event_json(const txmq__event_t* ev) {
+  char tid[TXMQ_TX_ID_STRLEN + 1];
+  json_t* o = json_object();
+  json_object_set_new(o, "tx", json_string(txmq_tx_id_str(ev->id, tid)));
+  json_object_set_new(o, "ev", json_string(txmq__ev_name(ev->ev)));
+  json_object_set_new(o, "src", json_string(txmq_tx_source_name(ev->src)));
+  if (ev->ver) json_object_set_new(o, "ver", cli_json_str(ev->ver, ev->ver_len));
+  if (ev->who) json_object_set_new(o, "who", cli_json_str(ev->who, ev->who_len));
+  json_object_set_new(o, "count", json_integer(ev->count));
+  json_object_set_new(o, "at_ms", json_integer(ev->at));
+  json_object_set_new(o, "prev", json_integer((json_int_t)ev->prev));
+  return o;
+}
 
 static int dump_record_json(logcmd_t* c, const txmq_log_entry_t* e) {
   char tb[8];
@@ -462,6 +649,22 @@ static int dump_record_json(logcmd_t* c, const txmq_log_entry_t* e) {
       json_object_set_new(o, "topic", t);
     } else {
       json_object_set_new(o, "error", json_string("EPROTO"));
+      ok = check_payload(c, e);
+      raw = 1;
+    }
+  } else if (e->type == TXMQ_REC_TX_HALF || e->type == TXMQ_REC_TX_EVENT) {
+    half_rec_t hr;
+    txmq__event_t ev;
+    uint32_t bad;
+    int r = e->type == TXMQ_REC_TX_HALF ? half_rec_decode(e, &hr, &bad)
+                                        : txmq__event_decode(e->data, e->len, &ev);
+    if (r == 0 && e->type == TXMQ_REC_TX_HALF) {
+      json_object_set_new(o, "tx_half", half_json(&hr));
+      half_rec_done(&hr);
+    } else if (r == 0) {
+      json_object_set_new(o, "tx_event", event_json(&ev));
+    } else {
+      json_object_set_new(o, "error", json_string(txmq_err_name(r)));
       ok = check_payload(c, e);
       raw = 1;
     }
@@ -617,6 +820,8 @@ static int cmd_verify(logcmd_t* c) {
     json_object_set_new(o, "records", json_integer((json_int_t)c->records));
     json_object_set_new(o, "msgs", json_integer((json_int_t)c->msgs));
     json_object_set_new(o, "topics", json_integer((json_int_t)c->topics));
+    json_object_set_new(o, "tx_halfs", json_integer((json_int_t)c->tx_halfs));
+    json_object_set_new(o, "tx_events", json_integer((json_int_t)c->tx_events));
     json_object_set_new(o, "other", json_integer((json_int_t)c->other));
     json_object_set_new(o, "bytes", json_integer((json_int_t)c->bytes));
     json_object_set_new(o, "begin", json_integer((json_int_t)begin));
@@ -634,12 +839,13 @@ static int cmd_verify(logcmd_t* c) {
     cli_json_print(o);
   } else {
     printf("%s: %s, %zu segment%s, %" PRIu64 " records (%" PRIu64 " msg, %" PRIu64
-           " topic, %" PRIu64 " other), %" PRIu64 " bytes, positions %" PRIu64
-           "..%" PRIu64,
+           " topic, %" PRIu64 " tx_half, %" PRIu64 " tx_event, %" PRIu64
+           " other), %" PRIu64 " bytes, positions %" PRIu64 "..%" PRIu64,
            c->dir,
            c->status == ST_OK ? "ok" : c->status == ST_TORN ? "torn tail" : "CORRUPT",
-           nseg, nseg == 1 ? "" : "s", c->records, c->msgs, c->topics, c->other,
-           c->bytes, begin, c->status == ST_CORRUPT ? c->bad_pos : end);
+           nseg, nseg == 1 ? "" : "s", c->records, c->msgs, c->topics,
+           c->tx_halfs, c->tx_events, c->other, c->bytes, begin,
+           c->status == ST_CORRUPT ? c->bad_pos : end);
     if (c->status == ST_TORN)
       printf("; %" PRIu64 " bytes at %" PRIu64 " in %s are cut at the next open",
              c->torn_bytes, c->bad_pos, seg_name(c->bad_seg));
