@@ -13,7 +13,8 @@
 -- match any value of their kind: ids (32 hex digits, or abbreviated as
 -- "01a2…9e3b", whose real value is remembered so that a later command may
 -- use the full id the README shows), timestamps, the client ids of the
--- tool, durations, script versions, queue ids and offsets. A reading
+-- tool, durations, queue ids and offsets. A script's version (a hash of
+-- its file) must be the README's. A reading
 -- command (consume, tx list, tx show, status) whose output does not match
 -- yet (a check that is still due) is run again, for at most RETRY_S
 -- seconds; any other command runs once. "kill %1" is left to the caller. Prints one
@@ -80,7 +81,7 @@ local function pattern_of(want)
     elseif dur then
       out[#out + 1] = "%-?%d+%.%d+s"
       i = i + #dur
-    elseif hex and #hex >= 16 and (#hex == 16 or #hex == 32) then
+    elseif hex and #hex == 32 then
       out[#out + 1] = "%x+"
       i = i + #hex
     elseif ws then
