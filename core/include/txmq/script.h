@@ -54,6 +54,11 @@
  * reload of the same group runs fails with TXMQ_EBUSY. The version is a
  * 64-bit FNV-1a hash of the file's bytes, printed as 16 hex digits: the same
  * file always has the same version, and every decision records it.
+ *
+ * LOG: the host's log lines (a script loaded, replaced or refused, a
+ * handler's failure, the scripts' own txmq.log) go to standard error as
+ *   txmq script group=G version=V level=L msg=M
+ * unless the host installs its own logger (txmq_script_set_log_cb).
  */
 #ifndef TXMQ_SCRIPT_H
 #define TXMQ_SCRIPT_H
@@ -89,6 +94,13 @@ typedef enum {
   TXMQ_SCRIPT_UNKNOWN = 3
 } txmq_script_result_t;
 
+typedef enum {
+  TXMQ_SCRIPT_LOG_DEBUG = 0,
+  TXMQ_SCRIPT_LOG_INFO = 1,
+  TXMQ_SCRIPT_LOG_WARN = 2,
+  TXMQ_SCRIPT_LOG_ERROR = 3
+} txmq_script_log_level_t;
+
 /* The outcome of one handler call, on the loop thread. status is 0 when the
  * handler returned a valid result, else a TXMQ_E* code (ESCRIPT for an
  * error, a wrong result or a missing handler; ETIMEDOUT; ENOMEM for the
@@ -102,6 +114,20 @@ typedef void (*txmq_script_call_cb)(txmq_script_host_t* host, int status,
 typedef void (*txmq_script_reload_cb)(txmq_script_host_t* host, int status,
                                       const char* group, const char* version,
                                       const char* diag, void* arg);
+
+/* One log line of the host. group is the producer group; version is the
+ * script version it concerns, "" when there is none (a file that could not
+ * be read). msg is the line's text as written: it names the script's path
+ * (and its line, for a handler's error) and may span lines (a Lua
+ * traceback), so escape it as the host's log format needs. All three are
+ * valid during the call only. Runs on the loop thread (a load's outcome)
+ * and on the worker threads, where scripts are built and handlers run (a
+ * script's error, the scripts' txmq.log), possibly on several threads at
+ * once: it must be thread-safe, and it must not call txmq_script_*
+ * functions. */
+typedef void (*txmq_script_log_cb)(void* arg, txmq_script_log_level_t level,
+                                   const char* group, const char* version,
+                                   const char* msg);
 
 int txmq_script_host_new(txmq_script_host_t** out, uv_loop_t* loop,
                          const char* scripts_dir);
@@ -117,6 +143,14 @@ int txmq_script_allow_path(txmq_script_host_t* host, const char* pattern);
 int txmq_script_register(txmq_script_host_t* host, const char* name,
                          lua_CFunction fn, void* arg);
 void* txmq_script_fn_arg(lua_State* L);
+/* Sends the host's log lines to cb instead of standard error (cb NULL:
+ * back to standard error). arg is passed to cb and must stay valid until
+ * the close callback ran. Before start (the workers read it without a
+ * lock): TXMQ_EINVAL after txmq_script_host_start. */
+int txmq_script_set_log_cb(txmq_script_host_t* host, txmq_script_log_cb cb,
+                           void* arg);
+/* "debug", "info", "warn" or "error" ("info" for any other value). */
+const char* txmq_script_log_level_name(txmq_script_log_level_t level);
 /* Starts the worker threads and the file watch. */
 int txmq_script_host_start(txmq_script_host_t* host);
 
