@@ -130,6 +130,8 @@ struct txmq_script_host_s {
   txmq__hostfn_t* fns;
   size_t n_fns;
   txmq__script_logger_t log;   /* fixed once the workers run */
+  txmq_script_loaded_cb loaded_cb;
+  void* loaded_arg;
   group_t* groups;
   version_t* versions;         /* every live version */
 
@@ -549,6 +551,11 @@ static void finish_build(txmq_script_host_t* h, job_t* j) {
     snprintf(j->diag, sizeof j->diag, "the script host is closing");
   }
   const char* reported = j->ver;
+  /* The version that served before this load, for the loaded callback:
+   * the replaced one may be freed below. */
+  char prev[TXMQ_SCRIPT_VERSION_LEN + 1] = "";
+  int had_prev = g->current != NULL;
+  if (had_prev) memcpy(prev, g->current->id, sizeof prev);
   if (status == 0 && !j->unchanged) {
     version_t* v = j->built;
     v->group = g;
@@ -584,10 +591,17 @@ static void finish_build(txmq_script_host_t* h, job_t* j) {
       fail_call(h, w, status != 0 ? status : TXMQ_ESCRIPT, j->diag);
     }
   }
+  /* Taken before the loaded callback runs: it may start the next reload. */
   txmq_script_reload_cb cb = g->rcb;
   void* arg = g->rarg;
   g->rcb = NULL;
   g->rarg = NULL;
+  /* A watch event that left the bytes as they were loaded nothing. */
+  if (h->loaded_cb != NULL && status != TXMQ_ECLOSED && !j->unchanged) {
+    const char* ver = status == 0 ? g->cur_id : j->ver[0] ? j->ver : NULL;
+    h->loaded_cb(h, status, g->name, ver, had_prev ? prev : NULL,
+                 status == 0 ? "" : j->diag, h->loaded_arg);
+  }
   if (cb != NULL) {
     cb(h, status, g->name, reported, status == 0 ? "" : j->diag, arg);
   }
@@ -855,6 +869,14 @@ int txmq_script_set_log_cb(txmq_script_host_t* h, txmq_script_log_cb cb,
   if (h == NULL || h->started) return TXMQ_EINVAL;
   h->log.cb = cb;
   h->log.arg = arg;
+  return 0;
+}
+
+int txmq_script_set_loaded_cb(txmq_script_host_t* h,
+                              txmq_script_loaded_cb cb, void* arg) {
+  if (h == NULL) return TXMQ_EINVAL;
+  h->loaded_cb = cb;
+  h->loaded_arg = arg;
   return 0;
 }
 

@@ -1,8 +1,11 @@
 /*
  * test_script_events.c - what the Lua handler host (txmq/script.h) tells its
  * host program: its log lines, through the host's own logger
- * (txmq_script_set_log_cb) or on standard error in the default format.
- * Standard error is captured (fd 2 onto a file) to prove what reaches it.
+ * (txmq_script_set_log_cb) or on standard error in the default format, and
+ * every load of a script (txmq_script_set_loaded_cb) - first loads,
+ * explicit reloads, reloads by the file watch, failed ones - once each, on
+ * the loop thread. Standard error is captured (fd 2 onto a file) to prove
+ * what reaches it.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -54,6 +57,12 @@ static void fx_free(fx_t* f) {
   free(f->dir);
 }
 
+/* Runs the loop for about ms milliseconds. */
+static void run_for(fx_t* f, int ms) {
+  volatile int never = 0;
+  tu_run_until(&f->loop, &never, ms);
+}
+
 static char* script_file(fx_t* f, const char* group) {
   char name[160];
   snprintf(name, sizeof name, "%s.lua", group);
@@ -65,6 +74,17 @@ static void write_script(fx_t* f, const char* group, const char* src) {
   char* p = script_file(f, group);
   assert_int_equal(tu_write_file(p, src, strlen(src)), 0);
   free(p);
+}
+
+/* Writes the script as an editor saves it: a temporary file renamed over
+ * it, so that the watch never sees it half-written. */
+static void save_script(fx_t* f, const char* group, const char* src) {
+  char* tmp = tu_path(f->dir, "save.tmp");
+  char* dst = script_file(f, group);
+  assert_int_equal(tu_write_file(tmp, src, strlen(src)), 0);
+  assert_int_equal(rename(tmp, dst), 0);
+  free(tmp);
+  free(dst);
 }
 
 static void version_of(const char* src, char out[17]) {
@@ -109,9 +129,73 @@ static res_t exec_sync(fx_t* f, const char* group) {
   return r;
 }
 
+/* ---- the loaded callback ------------------------------------------------ */
+
+#define MAX_EVENTS 16
+
+typedef struct {
+  int status;
+  char group[64];
+  char version[32];  /* "(null)" for NULL */
+  char prev[32];
+  char diag[600];
+} event_t;
+
+typedef struct {
+  uv_thread_t loop_thread;
+  event_t ev[MAX_EVENTS];
+  volatile int n;
+  int off_loop;      /* a call that was not on the loop thread */
+} events_t;
+
+static void on_loaded(txmq_script_host_t* host, int status, const char* group,
+                      const char* version, const char* prev_version,
+                      const char* diag, void* arg) {
+  (void)host;
+  events_t* e = arg;
+  uv_thread_t self = uv_thread_self();
+  if (!uv_thread_equal(&self, &e->loop_thread)) e->off_loop++;
+  if (e->n == MAX_EVENTS) return;
+  event_t* v = &e->ev[e->n];
+  v->status = status;
+  snprintf(v->group, sizeof v->group, "%s", group);
+  snprintf(v->version, sizeof v->version, "%s", version != NULL ? version : "(null)");
+  snprintf(v->prev, sizeof v->prev, "%s", prev_version != NULL ? prev_version : "(null)");
+  snprintf(v->diag, sizeof v->diag, "%s", diag);
+  e->n++;
+}
+
+static void events_init(events_t* e) {
+  memset(e, 0, sizeof *e);
+  e->loop_thread = uv_thread_self();
+}
+
+/* Runs the loop until there are n events (or 20 s pass). */
+static void wait_events(fx_t* f, events_t* e, int n) {
+  for (int i = 0; i < 2000 && e->n < n; i++) run_for(f, 10);
+  if (e->n < n) fail_msg("%d loaded event(s), want %d", e->n, n);
+}
+
+static void expect_event(const events_t* e, int i, int status,
+                         const char* group, const char* version,
+                         const char* prev) {
+  if (i >= e->n) fail_msg("event %d missing: only %d", i, e->n);
+  const event_t* v = &e->ev[i];
+  if (v->status != status || strcmp(v->group, group) != 0 ||
+      strcmp(v->version, version) != 0 || strcmp(v->prev, prev) != 0) {
+    fail_msg("event %d: status %s group %s version %s prev %s (diag %s); "
+             "want %s %s %s %s", i, txmq_err_name(v->status), v->group,
+             v->version, v->prev, v->diag, txmq_err_name(status), group,
+             version, prev);
+  }
+  if (status == 0) assert_string_equal(v->diag, "");
+}
+
 typedef struct {
   volatile int done;
   int status;
+  events_t* events;  /* if set: how many loaded events had come before */
+  int events_before;
 } reload_res_t;
 
 static void on_reload(txmq_script_host_t* host, int status, const char* group,
@@ -122,15 +206,21 @@ static void on_reload(txmq_script_host_t* host, int status, const char* group,
   (void)diag;
   reload_res_t* r = arg;
   r->status = status;
+  if (r->events != NULL) r->events_before = r->events->n;
   r->done = 1;
 }
 
-static int reload_sync(fx_t* f, const char* group) {
+static reload_res_t reload_sync_ev(fx_t* f, const char* group, events_t* e) {
   reload_res_t r;
   memset(&r, 0, sizeof r);
+  r.events = e;
   assert_int_equal(txmq_script_reload(f->host, group, on_reload, &r), 0);
   assert_true(tu_run_until(&f->loop, &r.done, 20000));
-  return r.status;
+  return r;
+}
+
+static int reload_sync(fx_t* f, const char* group) {
+  return reload_sync_ev(f, group, NULL).status;
 }
 
 /* ---- standard error, captured ------------------------------------------- */
@@ -360,6 +450,119 @@ static void default_log_is_stderr(void** state) {
   uv_mutex_destroy(&lg.mu);
 }
 
+static const char* V1 = "function executeLocalTransaction() return txmq.COMMIT end\n";
+static const char* V2 = "function executeLocalTransaction() return txmq.ROLLBACK end\n";
+static const char* BROKEN = "function executeLocalTransaction() return txmq.COMMIT\n";
+
+static void loaded_on_first_load_and_reload(void** state) {
+  (void)state;
+  events_t e;
+  events_init(&e);
+  fx_t f;
+  fx_new(&f, 0);
+  assert_int_equal(txmq_script_set_loaded_cb(f.host, on_loaded, &e), 0);
+  assert_int_equal(txmq_script_host_start(f.host), 0);
+  char v1[17], v2[17], vb[17];
+  version_of(V1, v1);
+  version_of(V2, v2);
+  version_of(BROKEN, vb);
+
+  /* A first call loads the group: a first load, nothing before it. */
+  write_script(&f, "pay", V1);
+  res_t r = exec_sync(&f, "pay");
+  assert_int_equal(r.status, 0);
+  assert_int_equal(r.result, TXMQ_SCRIPT_COMMIT);
+  assert_int_equal(e.n, 1);
+  expect_event(&e, 0, 0, "pay", v1, "(null)");
+
+  /* An explicit reload: the host is told before the caller. */
+  write_script(&f, "pay", V2);
+  reload_res_t rr = reload_sync_ev(&f, "pay", &e);
+  assert_int_equal(rr.status, 0);
+  assert_int_equal(rr.events_before, 2);
+  expect_event(&e, 1, 0, "pay", v2, v1);
+
+  /* The same bytes again: loaded again, the same version. */
+  rr = reload_sync_ev(&f, "pay", &e);
+  assert_int_equal(rr.status, 0);
+  expect_event(&e, 2, 0, "pay", v2, v2);
+
+  /* A broken version: its failure, and the version that keeps serving. */
+  write_script(&f, "pay", BROKEN);
+  rr = reload_sync_ev(&f, "pay", &e);
+  assert_int_equal(rr.status, TXMQ_ESCRIPT);
+  assert_int_equal(rr.events_before, 4);
+  expect_event(&e, 3, TXMQ_ESCRIPT, "pay", vb, v2);
+  assert_non_null(strstr(e.ev[3].diag, "pay.lua version"));
+  assert_non_null(strstr(e.ev[3].diag, "line 2"));
+  r = exec_sync(&f, "pay");
+  assert_int_equal(r.status, 0);
+  assert_int_equal(r.result, TXMQ_SCRIPT_ROLLBACK);
+  assert_string_equal(r.version, v2);
+
+  /* A group without a file: nothing was read, nothing serves. */
+  assert_int_equal(reload_sync(&f, "nosuch"), TXMQ_ENOTFOUND);
+  expect_event(&e, 4, TXMQ_ENOTFOUND, "nosuch", "(null)", "(null)");
+
+  /* Off again. */
+  assert_int_equal(txmq_script_set_loaded_cb(f.host, NULL, NULL), 0);
+  write_script(&f, "pay", V1);
+  assert_int_equal(reload_sync(&f, "pay"), 0);
+  assert_int_equal(e.n, 5);
+  assert_int_equal(e.off_loop, 0);
+  fx_free(&f);
+}
+
+static void loaded_on_watch(void** state) {
+  (void)state;
+  events_t e;
+  events_init(&e);
+  fx_t f;
+  fx_new(&f, 1);
+  assert_int_equal(txmq_script_set_loaded_cb(f.host, on_loaded, &e), 0);
+  assert_int_equal(txmq_script_host_start(f.host), 0);
+  char v1[17], v2[17], vb[17];
+  version_of(V1, v1);
+  version_of(V2, v2);
+  version_of(BROKEN, vb);
+  write_script(&f, "pay", V1);
+  assert_int_equal(reload_sync(&f, "pay"), 0);
+  expect_event(&e, 0, 0, "pay", v1, "(null)");
+
+  /* An edit: one event, however many file events the save made. */
+  save_script(&f, "pay", V2);
+  wait_events(&f, &e, 2);
+  expect_event(&e, 1, 0, "pay", v2, v1);
+  run_for(&f, 300);
+  assert_int_equal(e.n, 2);
+  res_t r = exec_sync(&f, "pay");
+  assert_int_equal(r.result, TXMQ_SCRIPT_ROLLBACK);
+  assert_string_equal(r.version, v2);
+
+  /* A broken edit: reported as failed, and v2 keeps serving. */
+  save_script(&f, "pay", BROKEN);
+  wait_events(&f, &e, 3);
+  expect_event(&e, 2, TXMQ_ESCRIPT, "pay", vb, v2);
+  assert_non_null(strstr(e.ev[2].diag, "line 2"));
+  assert_string_equal(txmq_script_version(f.host, "pay"), v2);
+  r = exec_sync(&f, "pay");
+  assert_int_equal(r.status, 0);
+  assert_int_equal(r.result, TXMQ_SCRIPT_ROLLBACK);
+  assert_string_equal(r.version, v2);
+
+  /* Fixed. */
+  save_script(&f, "pay", V1);
+  wait_events(&f, &e, 4);
+  expect_event(&e, 3, 0, "pay", v1, v2);
+
+  /* Saved with the same bytes: nothing is loaded, nothing is said. */
+  save_script(&f, "pay", V1);
+  run_for(&f, 500);
+  assert_int_equal(e.n, 4);
+  assert_int_equal(e.off_loop, 0);
+  fx_free(&f);
+}
+
 static void log_level_names(void** state) {
   (void)state;
   assert_string_equal(txmq_script_log_level_name(TXMQ_SCRIPT_LOG_DEBUG), "debug");
@@ -374,6 +577,8 @@ int main(void) {
       cmocka_unit_test(log_cb_gets_every_line),
       cmocka_unit_test(default_log_is_stderr),
       cmocka_unit_test(log_level_names),
+      cmocka_unit_test(loaded_on_first_load_and_reload),
+      cmocka_unit_test(loaded_on_watch),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

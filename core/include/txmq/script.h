@@ -54,6 +54,8 @@
  * reload of the same group runs fails with TXMQ_EBUSY. The version is a
  * 64-bit FNV-1a hash of the file's bytes, printed as 16 hex digits: the same
  * file always has the same version, and every decision records it.
+ * txmq_script_set_loaded_cb tells the host of every load, whatever asked
+ * for it (the watch, txmq_script_reload, a group's first call).
  *
  * LOG: the host's log lines (a script loaded, replaced or refused, a
  * handler's failure, the scripts' own txmq.log) go to standard error as
@@ -129,6 +131,19 @@ typedef void (*txmq_script_log_cb)(void* arg, txmq_script_log_level_t level,
                                    const char* group, const char* version,
                                    const char* msg);
 
+/* The outcome of one load of group's script, on the loop thread. status 0:
+ * version is now serving and prev_version is the version it replaced (NULL
+ * on the group's first load; equal to version when the same file was
+ * loaded again), diag is "". Non-zero status (TXMQ_ESCRIPT, ETIMEDOUT,
+ * ENOMEM, ENOTFOUND, EIO, ...): the load failed, version is the version of
+ * the file that failed (NULL if it could not be read), prev_version the
+ * version that keeps serving (NULL if none) and diag says why, with the
+ * script's path and line. The strings are valid during the call only. */
+typedef void (*txmq_script_loaded_cb)(txmq_script_host_t* host, int status,
+                                      const char* group, const char* version,
+                                      const char* prev_version,
+                                      const char* diag, void* arg);
+
 int txmq_script_host_new(txmq_script_host_t** out, uv_loop_t* loop,
                          const char* scripts_dir);
 int txmq_script_host_set(txmq_script_host_t* host, txmq_script_opt_t opt,
@@ -151,6 +166,14 @@ int txmq_script_set_log_cb(txmq_script_host_t* host, txmq_script_log_cb cb,
                            void* arg);
 /* "debug", "info", "warn" or "error" ("info" for any other value). */
 const char* txmq_script_log_level_name(txmq_script_log_level_t level);
+/* Calls cb (NULL: no one) after every load of any group's script: a first
+ * load, a txmq_script_reload, a reload by the file watch, failed or not,
+ * once per load, before the reload's own callback. Not called when the
+ * watch finds the file's bytes unchanged (nothing is loaded) nor for a
+ * load cut short by txmq_script_host_close. arg must stay valid until the
+ * close callback ran. Any time, on the loop thread. */
+int txmq_script_set_loaded_cb(txmq_script_host_t* host,
+                              txmq_script_loaded_cb cb, void* arg);
 /* Starts the worker threads and the file watch. */
 int txmq_script_host_start(txmq_script_host_t* host);
 
