@@ -41,7 +41,10 @@
  * LOGGING: one line per event on stderr, greppable:
  *   2026-11-23T10:00:00.123Z txmqd level=info msg="listening" addr=...
  * The "listening" line carries the port actually bound (--listen HOST:0
- * picks a free one).
+ * picks a free one). The handler host's lines (a script loaded, replaced
+ * or refused, a handler's error, the scripts' own txmq.log) are lines of
+ * the same kind, msg="script" group=G version=V text="...", the text
+ * naming the script's path and line; log_level applies to them too.
  *
  * EXIT STATUS: 0 after a clean shutdown (SIGINT or SIGTERM: stop accepting,
  * answer or refuse requests in progress, close the runtime - log flushed,
@@ -100,7 +103,7 @@ static void log_line(logger_t* lg, int level, const char* msg,
   clock_gettime(CLOCK_REALTIME, &ts);
   struct tm tm;
   gmtime_r(&ts.tv_sec, &tm);
-  char line[2048];
+  char line[4096];
   int n = snprintf(line, sizeof line,
                    "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ txmqd level=%s "
                    "msg=\"%s\"%s%s",
@@ -135,7 +138,7 @@ static void logf_(logger_t* lg, int level, const char* msg, const char* fmt,
 }
 
 /* Quotes a value for a log field: as is when it is a plain word, else in
- * double quotes with " and \ escaped. */
+ * double quotes with " and \ escaped and line breaks and tabs as spaces. */
 static const char* q(const char* s, char* buf, size_t len) {
   int plain = s[0] != '\0';
   for (const char* p = s; *p && plain; p++)
@@ -145,7 +148,7 @@ static const char* q(const char* s, char* buf, size_t len) {
   buf[k++] = '"';
   for (const char* p = s; *p && k + 3 < len; p++) {
     if (*p == '"' || *p == '\\') buf[k++] = '\\';
-    buf[k++] = (*p == '\n' || *p == '\r') ? ' ' : *p;
+    buf[k++] = (*p == '\n' || *p == '\r' || *p == '\t') ? ' ' : *p;
   }
   buf[k++] = '"';
   buf[k] = '\0';
@@ -155,6 +158,22 @@ static const char* q(const char* s, char* buf, size_t len) {
 static void on_server_log(void* arg, txmq_server_log_level_t level,
                           const char* msg, const char* fields) {
   log_line(arg, (int)level, msg, fields);
+}
+
+/* The handler host's lines. They come from the loop and from the handler
+ * workers at once: log_line only reads the level, fixed before start, and
+ * writes each line with one write. */
+static void on_script_log(void* arg, txmq_script_log_level_t level,
+                          const char* group, const char* version,
+                          const char* text) {
+  logger_t* lg = arg;
+  int lv = level <= TXMQ_SCRIPT_LOG_ERROR ? (int)level : LV_ERROR;
+  if (lv < lg->level) return;
+  char qg[160], qt[2600], fields[3000];
+  snprintf(fields, sizeof fields, "group=%s version=%s text=%s",
+           q(group, qg, sizeof qg), version[0] != '\0' ? version : "-",
+           q(text, qt, sizeof qt));
+  log_line(lg, lv, "script", fields);
 }
 
 /* ---- configuration ---- */
@@ -1141,6 +1160,7 @@ int main(int argc, char** argv) {
   }
   txmq_server_set_name(d->srv, "txmqd " TXMQ_VERSION);
   txmq_server_set_log_cb(d->srv, on_server_log, &d->log);
+  txmq_script_set_log_cb(txmq_runtime_scripts(d->rt), on_script_log, &d->log);
   txmq_server_set(d->srv, TXMQ_SERVER_OPT_SYNC,
                   c->sync >= 0 ? c->sync : TXMQ_SYNC_ALWAYS);
   if (apply_config(d) != 0) {

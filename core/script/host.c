@@ -129,6 +129,9 @@ struct txmq_script_host_s {
   size_t n_allow;
   txmq__hostfn_t* fns;
   size_t n_fns;
+  txmq__script_logger_t log;   /* fixed once the workers run */
+  txmq_script_loaded_cb loaded_cb;
+  void* loaded_arg;
   group_t* groups;
   version_t* versions;         /* every live version */
 
@@ -411,6 +414,7 @@ static void run_build(txmq_script_host_t* h, job_t* j) {
       .n_allow = h->n_allow,
       .fns = h->fns,
       .n_fns = h->n_fns,
+      .log = h->log,
   };
   for (size_t i = 0; i < j->n_states; i++) {
     j->status = txmq__lstate_new(&conf, &v->states[i], j->diag, sizeof j->diag);
@@ -547,6 +551,11 @@ static void finish_build(txmq_script_host_t* h, job_t* j) {
     snprintf(j->diag, sizeof j->diag, "the script host is closing");
   }
   const char* reported = j->ver;
+  /* The version that served before this load, for the loaded callback:
+   * the replaced one may be freed below. */
+  char prev[TXMQ_SCRIPT_VERSION_LEN + 1] = "";
+  int had_prev = g->current != NULL;
+  if (had_prev) memcpy(prev, g->current->id, sizeof prev);
   if (status == 0 && !j->unchanged) {
     version_t* v = j->built;
     v->group = g;
@@ -558,10 +567,10 @@ static void finish_build(txmq_script_host_t* h, job_t* j) {
     g->current = v;
     memcpy(g->cur_id, v->id, sizeof g->cur_id);
     g->stats.reloads++;
-    char msg[128];
+    char msg[DIAG_MAX + 64];
     snprintf(msg, sizeof msg, "loaded %s%s%s", g->path, old ? ", replacing " : "",
              old ? old->id : "");
-    txmq__script_log(g->name, v->id, "info", msg);
+    txmq__script_log(&h->log, g->name, v->id, TXMQ_SCRIPT_LOG_INFO, msg);
     if (old != NULL) version_unref(h, old);
   } else if (status == 0) {
     reported = g->current != NULL ? g->current->id : j->ver;
@@ -571,7 +580,7 @@ static void finish_build(txmq_script_host_t* h, job_t* j) {
     snprintf(msg, sizeof msg, "load failed, %s%s: %s",
              g->current ? "keeping version " : "no version loaded",
              g->current ? g->current->id : "", j->diag);
-    txmq__script_log(g->name, j->ver, "error", msg);
+    txmq__script_log(&h->log, g->name, j->ver, TXMQ_SCRIPT_LOG_ERROR, msg);
   }
   /* Calls that waited for the first load. */
   job_t* w;
@@ -582,10 +591,17 @@ static void finish_build(txmq_script_host_t* h, job_t* j) {
       fail_call(h, w, status != 0 ? status : TXMQ_ESCRIPT, j->diag);
     }
   }
+  /* Taken before the loaded callback runs: it may start the next reload. */
   txmq_script_reload_cb cb = g->rcb;
   void* arg = g->rarg;
   g->rcb = NULL;
   g->rarg = NULL;
+  /* A watch event that left the bytes as they were loaded nothing. */
+  if (h->loaded_cb != NULL && status != TXMQ_ECLOSED && !j->unchanged) {
+    const char* ver = status == 0 ? g->cur_id : j->ver[0] ? j->ver : NULL;
+    h->loaded_cb(h, status, g->name, ver, had_prev ? prev : NULL,
+                 status == 0 ? "" : j->diag, h->loaded_arg);
+  }
   if (cb != NULL) {
     cb(h, status, g->name, reported, status == 0 ? "" : j->diag, arg);
   }
@@ -843,6 +859,24 @@ int txmq_script_register(txmq_script_host_t* h, const char* name,
   f[h->n_fns].fn = fn;
   f[h->n_fns].arg = arg;
   h->n_fns++;
+  return 0;
+}
+
+int txmq_script_set_log_cb(txmq_script_host_t* h, txmq_script_log_cb cb,
+                           void* arg) {
+  /* Workers copy the logger into every state they build, without a lock:
+   * it may change only while there are none. */
+  if (h == NULL || h->started) return TXMQ_EINVAL;
+  h->log.cb = cb;
+  h->log.arg = arg;
+  return 0;
+}
+
+int txmq_script_set_loaded_cb(txmq_script_host_t* h,
+                              txmq_script_loaded_cb cb, void* arg) {
+  if (h == NULL) return TXMQ_EINVAL;
+  h->loaded_cb = cb;
+  h->loaded_arg = arg;
   return 0;
 }
 

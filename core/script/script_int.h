@@ -86,6 +86,24 @@ void txmq__codec_push_msg(lua_State* L, const txmq_msg_t* m,
 int txmq__codec_to_msg(lua_State* L, int idx, txmq_msg_t** out, char* err,
                        size_t errlen);
 
+/* ---- the log (state.c) ------------------------------------------------ */
+
+/* Where the host's log lines go: cb, or standard error when cb is NULL.
+ * Set before the workers start and never changed after, so any thread may
+ * read it without a lock. */
+typedef struct {
+  txmq_script_log_cb cb;
+  void* arg;
+} txmq__script_logger_t;
+
+/* Writes one log line through lg (NULL: standard error). On standard error
+ * it is "txmq script group=G version=V level=L msg=M", with control
+ * characters in M escaped so the line stays one line, in one write. Any
+ * thread. */
+void txmq__script_log(const txmq__script_logger_t* lg, const char* group,
+                      const char* version, txmq_script_log_level_t level,
+                      const char* msg);
+
 /* ---- one Lua state (state.c) ------------------------------------------ */
 
 typedef struct txmq__lstate_s txmq__lstate_t;
@@ -109,6 +127,7 @@ typedef struct {
   size_t n_allow;
   const txmq__hostfn_t* fns;
   size_t n_fns;
+  txmq__script_logger_t log; /* copied into the state */
 } txmq__lstate_conf_t;
 
 /* Builds a state: capped allocator, libraries (in a protected call), the
@@ -140,10 +159,5 @@ int txmq__lstate_call(txmq__lstate_t* S, const txmq__lcall_t* c,
 /* The handler module (lua/txmq/handler.lua) embedded at build time. */
 extern const unsigned char txmq__handler_lua[];
 extern const size_t txmq__handler_lua_len;
-
-/* Writes one log line "txmq script group=G version=V level=L msg=M" to
- * stderr; control characters in M are escaped so the line stays one line. */
-void txmq__script_log(const char* group, const char* version,
-                      const char* level, const char* msg);
 
 #endif /* TXMQ_SCRIPT_INT_H */

@@ -8,7 +8,8 @@
  * (re-armed on every instruction once past, so a pcall in the script cannot
  * swallow the kill), the one pcall wrapper with a traceback handler that
  * turns Lua errors into a TXMQ_E* code and a diagnostic naming the script's
- * path, version and line, and the script's load and handler calls.
+ * path, version and line, the script's load and handler calls, and the
+ * host's log line (to the host's logger, or standard error).
  *
  * It does not: know about threads (the caller guarantees one thread at a
  * time per state), groups, versions or reloads (host.c).
@@ -54,6 +55,7 @@ struct txmq__lstate_s {
   char version[TXMQ_SCRIPT_VERSION_LEN + 1];
   char** allow;
   size_t n_allow;
+  txmq__script_logger_t log;
 };
 
 static txmq__lstate_t* S_of(lua_State* L) {
@@ -220,7 +222,7 @@ static void log_failure(txmq__lstate_t* S, const char* diag) {
   } else {
     snprintf(line, sizeof line, "%s", diag);
   }
-  txmq__script_log(S->group, S->version, "error", line);
+  txmq__script_log(&S->log, S->group, S->version, TXMQ_SCRIPT_LOG_ERROR, line);
 }
 
 static void reset_flags(txmq__lstate_t* S) {
@@ -233,16 +235,34 @@ static void reset_flags(txmq__lstate_t* S) {
 
 /* ---- the log line ------------------------------------------------------- */
 
-void txmq__script_log(const char* group, const char* version,
-                      const char* level, const char* msg) {
+const char* txmq_script_log_level_name(txmq_script_log_level_t level) {
+  switch (level) {
+    case TXMQ_SCRIPT_LOG_DEBUG: return "debug";
+    case TXMQ_SCRIPT_LOG_WARN: return "warn";
+    case TXMQ_SCRIPT_LOG_ERROR: return "error";
+    case TXMQ_SCRIPT_LOG_INFO: break;
+  }
+  return "info";
+}
+
+void txmq__script_log(const txmq__script_logger_t* lg, const char* group,
+                      const char* version, txmq_script_log_level_t level,
+                      const char* msg) {
+  if (group == NULL) group = "";
+  if (version == NULL) version = "";
+  if (msg == NULL) msg = "";
+  if (lg != NULL && lg->cb != NULL) {
+    lg->cb(lg->arg, level, group, version, msg);
+    return;
+  }
   char buf[2048 + 256];
   int n = snprintf(buf, sizeof buf, "txmq script group=%s version=%s level=%s msg=",
-                   group != NULL ? group : "-",
-                   version != NULL && *version ? version : "-", level);
+                   *group ? group : "-", *version ? version : "-",
+                   txmq_script_log_level_name(level));
   if (n < 0) return;
   size_t pos = (size_t)n;
   for (const unsigned char* p = (const unsigned char*)msg;
-       p != NULL && *p != '\0' && pos + 6 < sizeof buf; p++) {
+       *p != '\0' && pos + 6 < sizeof buf; p++) {
     if (*p == '\n') {
       buf[pos++] = '\\';
       buf[pos++] = 'n';
@@ -260,11 +280,16 @@ void txmq__script_log(const char* group, const char* version,
 
 /* ---- functions the sandbox gets ----------------------------------------- */
 
+/* The handler module passes one of its four level names. */
 static int sb_log(lua_State* L) {
   txmq__lstate_t* S = S_of(L);
-  const char* level = luaL_checkstring(L, 1);
+  const char* name = luaL_checkstring(L, 1);
   const char* msg = luaL_optstring(L, 2, "");
-  txmq__script_log(S->group, S->version, level, msg);
+  txmq_script_log_level_t level = TXMQ_SCRIPT_LOG_INFO;
+  if (strcmp(name, "debug") == 0) level = TXMQ_SCRIPT_LOG_DEBUG;
+  else if (strcmp(name, "warn") == 0) level = TXMQ_SCRIPT_LOG_WARN;
+  else if (strcmp(name, "error") == 0) level = TXMQ_SCRIPT_LOG_ERROR;
+  txmq__script_log(&S->log, S->group, S->version, level, msg);
   return 0;
 }
 
@@ -537,6 +562,7 @@ int txmq__lstate_new(const txmq__lstate_conf_t* conf, txmq__lstate_t** out,
   txmq__lstate_t* S = calloc(1, sizeof *S);
   if (S == NULL) return TXMQ_ENOMEM;
   S->limit = conf->mem_limit;
+  S->log = conf->log;
   S->group = dupstr(conf->group);
   S->path = dupstr(conf->path);
   S->chunk = malloc(strlen(conf->path) + 2);
@@ -714,7 +740,10 @@ int txmq__lstate_call(txmq__lstate_t* S, const txmq__lcall_t* c,
     log_failure(S, diag);
   } else {
     status = t.status;
-    if (status != 0) txmq__script_log(S->group, S->version, "error", diag);
+    if (status != 0) {
+      txmq__script_log(&S->log, S->group, S->version, TXMQ_SCRIPT_LOG_ERROR,
+                       diag);
+    }
   }
   lua_settop(L, 0);
   if (status == TXMQ_ENOMEM) lua_gc(L, LUA_GCCOLLECT);

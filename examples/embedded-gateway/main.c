@@ -13,8 +13,9 @@
  *     UNKNOWN order is settled later by checkLocalTransaction, which asks
  *     the ledger again after an operator (here: the program) decided it;
  *   - the program rewrites its handler script while it runs, the runtime's
- *     file watch hot-reloads it, and the next orders are decided by the new
- *     version (every decision names the version that made it);
+ *     file watch hot-reloads it and says so (txmq_script_set_loaded_cb),
+ *     and the next orders are decided by the new version (every decision
+ *     names the version that made it);
  *   - a consumer group reads the topic and gets exactly the committed
  *     orders, each once.
  *
@@ -312,6 +313,9 @@ typedef struct {
   outcome_t out[NORDERS];
   int reload_done;
   int reload_status;
+  size_t loads;             /* of the group's script, as the runtime told */
+  int load_status;          /* the last load's */
+  char load_diag[256];
   int closed;
   int failures;
 } gateway_t;
@@ -605,22 +609,41 @@ static int reload_now(gateway_t* gw) {
   return rc;
 }
 
-static int cond_new_version(gateway_t* gw, size_t i) {
-  (void)i;
-  const char* v = txmq_script_version(txmq_runtime_scripts(gw->rt), GROUP);
-  return v != NULL && strcmp(v, gw->ver[1]) != 0;
+/* The runtime tells of every load of a script, whatever asked for it: the
+ * program's own reload at start, the file watch after an edit. A failed
+ * load (the old version keeps serving) is told too. On the loop thread. */
+static void on_loaded(txmq_script_host_t* host, int status, const char* group,
+                      const char* version, const char* prev_version,
+                      const char* diag, void* arg) {
+  (void)host;
+  (void)version;      /* read back with txmq_script_version */
+  (void)prev_version;
+  gateway_t* gw = arg;
+  if (strcmp(group, GROUP) != 0) return;
+  gw->load_status = status;
+  snprintf(gw->load_diag, sizeof gw->load_diag, "%s", diag);
+  gw->loads++;
 }
 
-/* Writes v2 over the running script and waits until the runtime runs it:
- * the file watch notices the change and reloads; if the watch stays
- * silent (a file system without change events), the program asks for the
- * reload itself, as an operator's `txmq reload` would. */
+/* i: the number of loads before. */
+static int cond_loaded(gateway_t* gw, size_t i) { return gw->loads > i; }
+
+/* Writes v2 over the running script and waits until the runtime says it
+ * loaded it: the file watch notices the change and reloads; if the watch
+ * stays silent (a file system without change events), the program asks
+ * for the reload itself, as an operator's `txmq reload` would. */
 static int hot_reload(gateway_t* gw) {
   txmq_script_host_t* sh = txmq_runtime_scripts(gw->rt);
   printf("gateway: writing handler v2 over %s/" GROUP ".lua while the "
          "runtime runs\n", gw->scripts);
+  size_t before = gw->loads;
   if (install_script(gw, "v2") != 0) return -1;
-  if (wait_until(gw, cond_new_version, 0, WATCH_WAIT_MS)) {
+  if (wait_until(gw, cond_loaded, before, WATCH_WAIT_MS)) {
+    if (gw->load_status != 0) {
+      fail(gw, "the file watch reloaded v2, but it did not load: %s: %s",
+           txmq_strerror(gw->load_status), gw->load_diag);
+      return -1;
+    }
     printf("gateway: the runtime's file watch noticed the edit and "
            "hot-reloaded the script\n");
   } else {
@@ -755,6 +778,7 @@ static int open_runtime(gateway_t* gw) {
   if (rc == 0) rc = txmq_script_register(sh, "hold", host_hold, &gw->ledger);
   if (rc == 0) rc = txmq_script_register(sh, "refuse", host_refuse, &gw->ledger);
   if (rc == 0) rc = txmq_script_register(sh, "state", host_state, &gw->ledger);
+  if (rc == 0) rc = txmq_script_set_loaded_cb(sh, on_loaded, gw);
   if (rc == 0) {
     rc = txmq_consumers_new(&gw->cs, &gw->loop, txmq_runtime_store(gw->rt));
   }

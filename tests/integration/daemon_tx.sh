@@ -343,6 +343,14 @@ expect state = "committed"
 print version
 EOF
 same "the old version decided" "$(drive_value version)" "$v2"
+# The handler host's lines are txmqd's own: group, version, path and line.
+log_has "a load is logged with its version" \
+  "txmqd level=info msg=\"script\" group=order version=$v2 text=\"loaded [^\"]*/scripts/order.lua, replacing $v1\""
+log_has "a handler's error is logged with the script's path and line" \
+  'txmqd level=error msg="script" group=order version=[0-9a-f]{16} text="[^"]*/scripts/order.lua version [0-9a-f]{16} line 7: boom in the handler'
+log_has "a broken script's refusal is logged" \
+  "txmqd level=error msg=\"script\" group=order version=[0-9a-f]{16} text=\"load failed, keeping version $v2: [^\"]*/scripts/order.lua version [0-9a-f]{16} line 2:"
+if grep -q '^txmq script ' "$d_log"; then not_ok "a script line outside txmqd's format"; else ok "every script line is in txmqd's format"; fi
 
 drive "status reports transactions and topics" <<'EOF'
 conn a

@@ -20,6 +20,8 @@
  *   txmq_store_set(txmq_runtime_store(rt), TXMQ_STORE_OPT_SYNC, ...);  // any
  *   txmq_tx_set(txmq_runtime_tx(rt), ...);                              // part
  *   txmq_script_register(txmq_runtime_scripts(rt), "name", fn, arg);    // option
+ *   txmq_script_set_log_cb(txmq_runtime_scripts(rt), log_fn, ctx);      // its log
+ *   txmq_script_set_loaded_cb(txmq_runtime_scripts(rt), on_loaded, ctx);
  *   txmq_runtime_open(rt);
  *   txmq_runtime_tx_send(rt, "order-payment", NULL, msgs, 1, arg, len, 0,
  *                        on_done, ctx);

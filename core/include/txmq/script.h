@@ -54,6 +54,13 @@
  * reload of the same group runs fails with TXMQ_EBUSY. The version is a
  * 64-bit FNV-1a hash of the file's bytes, printed as 16 hex digits: the same
  * file always has the same version, and every decision records it.
+ * txmq_script_set_loaded_cb tells the host of every load, whatever asked
+ * for it (the watch, txmq_script_reload, a group's first call).
+ *
+ * LOG: the host's log lines (a script loaded, replaced or refused, a
+ * handler's failure, the scripts' own txmq.log) go to standard error as
+ *   txmq script group=G version=V level=L msg=M
+ * unless the host installs its own logger (txmq_script_set_log_cb).
  */
 #ifndef TXMQ_SCRIPT_H
 #define TXMQ_SCRIPT_H
@@ -89,6 +96,13 @@ typedef enum {
   TXMQ_SCRIPT_UNKNOWN = 3
 } txmq_script_result_t;
 
+typedef enum {
+  TXMQ_SCRIPT_LOG_DEBUG = 0,
+  TXMQ_SCRIPT_LOG_INFO = 1,
+  TXMQ_SCRIPT_LOG_WARN = 2,
+  TXMQ_SCRIPT_LOG_ERROR = 3
+} txmq_script_log_level_t;
+
 /* The outcome of one handler call, on the loop thread. status is 0 when the
  * handler returned a valid result, else a TXMQ_E* code (ESCRIPT for an
  * error, a wrong result or a missing handler; ETIMEDOUT; ENOMEM for the
@@ -101,6 +115,33 @@ typedef void (*txmq_script_call_cb)(txmq_script_host_t* host, int status,
                                     void* arg);
 typedef void (*txmq_script_reload_cb)(txmq_script_host_t* host, int status,
                                       const char* group, const char* version,
+                                      const char* diag, void* arg);
+
+/* One log line of the host. group is the producer group; version is the
+ * script version it concerns, "" when there is none (a file that could not
+ * be read). msg is the line's text as written: it names the script's path
+ * (and its line, for a handler's error) and may span lines (a Lua
+ * traceback), so escape it as the host's log format needs. All three are
+ * valid during the call only. Runs on the loop thread (a load's outcome)
+ * and on the worker threads, where scripts are built and handlers run (a
+ * script's error, the scripts' txmq.log), possibly on several threads at
+ * once: it must be thread-safe, and it must not call txmq_script_*
+ * functions. */
+typedef void (*txmq_script_log_cb)(void* arg, txmq_script_log_level_t level,
+                                   const char* group, const char* version,
+                                   const char* msg);
+
+/* The outcome of one load of group's script, on the loop thread. status 0:
+ * version is now serving and prev_version is the version it replaced (NULL
+ * on the group's first load; equal to version when the same file was
+ * loaded again), diag is "". Non-zero status (TXMQ_ESCRIPT, ETIMEDOUT,
+ * ENOMEM, ENOTFOUND, EIO, ...): the load failed, version is the version of
+ * the file that failed (NULL if it could not be read), prev_version the
+ * version that keeps serving (NULL if none) and diag says why, with the
+ * script's path and line. The strings are valid during the call only. */
+typedef void (*txmq_script_loaded_cb)(txmq_script_host_t* host, int status,
+                                      const char* group, const char* version,
+                                      const char* prev_version,
                                       const char* diag, void* arg);
 
 int txmq_script_host_new(txmq_script_host_t** out, uv_loop_t* loop,
@@ -117,6 +158,22 @@ int txmq_script_allow_path(txmq_script_host_t* host, const char* pattern);
 int txmq_script_register(txmq_script_host_t* host, const char* name,
                          lua_CFunction fn, void* arg);
 void* txmq_script_fn_arg(lua_State* L);
+/* Sends the host's log lines to cb instead of standard error (cb NULL:
+ * back to standard error). arg is passed to cb and must stay valid until
+ * the close callback ran. Before start (the workers read it without a
+ * lock): TXMQ_EINVAL after txmq_script_host_start. */
+int txmq_script_set_log_cb(txmq_script_host_t* host, txmq_script_log_cb cb,
+                           void* arg);
+/* "debug", "info", "warn" or "error" ("info" for any other value). */
+const char* txmq_script_log_level_name(txmq_script_log_level_t level);
+/* Calls cb (NULL: no one) after every load of any group's script: a first
+ * load, a txmq_script_reload, a reload by the file watch, failed or not,
+ * once per load, before the reload's own callback. Not called when the
+ * watch finds the file's bytes unchanged (nothing is loaded) nor for a
+ * load cut short by txmq_script_host_close. arg must stay valid until the
+ * close callback ran. Any time, on the loop thread. */
+int txmq_script_set_loaded_cb(txmq_script_host_t* host,
+                              txmq_script_loaded_cb cb, void* arg);
 /* Starts the worker threads and the file watch. */
 int txmq_script_host_start(txmq_script_host_t* host);
 
