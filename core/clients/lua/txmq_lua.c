@@ -725,8 +725,10 @@ static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
     d = to_decision(S, -1);
   }
   lua_pop(S, 1);
-  txmq_client_check_reply(c, chk->check_id, d);
+  /* Counted before the answer leaves, so that whatever the answer causes
+   * (a commit, a park) is seen after the count. */
   atomic_fetch_add(&k->checks, 1);
+  txmq_client_check_reply(c, chk->check_id, d);
 }
 
 static void checker_on_connected(txmq_client_t* c, int status, void* arg);
