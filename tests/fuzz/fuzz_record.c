@@ -40,11 +40,15 @@
 
 static char* g_root;
 static uv_loop_t g_loop;
+/* TXMQ_FUZZ_VERBOSE=1 prints what each open found. */
+static int g_verbose;
 
 int LLVMFuzzerInitialize(int* argc, char*** argv) {
   (void)argc;
   (void)argv;
   g_root = fz_tmpdir("record");
+  const char* v = getenv("TXMQ_FUZZ_VERBOSE");
+  g_verbose = v != NULL && *v != '\0' && *v != '0';
   FZ_CHECK(uv_loop_init(&g_loop) == 0);
   return 0;
 }
@@ -299,6 +303,9 @@ static int rt_open(const char* data, const char* scripts,
   FZ_CHECK(txmq_script_host_set(txmq_runtime_scripts(rt),
                                 TXMQ_SCRIPT_OPT_WATCH, 0) == 0);
   int rc = txmq_runtime_open(rt);
+  if (g_verbose)
+    fprintf(stderr, "open: %s; runtime: %s; store: %s\n", txmq_err_name(rc),
+            txmq_runtime_diag(rt), txmq_store_diag(st));
   if (rc != 0) FZ_CHECK(txmq_runtime_diag(rt)[0] != '\0');
   if (rc != 0) {
     int closed = 0;
@@ -337,6 +344,10 @@ static void replay(const rec_t* recs, size_t n, int ckpt, int reopen) {
   if (rt_open(data, scripts, &rt) == 0) {
     snap_t a, b;
     snapshot(rt, &a);
+    if (g_verbose)
+      fprintf(stderr, "topics %llu queues %llu msgs %llu txs %llu\n",
+              (unsigned long long)a.topics, (unsigned long long)a.queues,
+              (unsigned long long)a.msgs, (unsigned long long)a.txs);
     rt_close(rt);
     if (reopen) {
       rt = NULL;
