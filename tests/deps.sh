@@ -2,6 +2,10 @@
 # txmq needs to build, test and run, if any is missing.
 TXMQ_DEB_PACKAGES=(cmake make gcc pkg-config liblua5.4-dev lua5.4 libuv1-dev
   libmsgpack-dev libcmocka-dev libjansson-dev lua-busted)
+# The fuzz targets (tests/fuzz) need clang and its sanitizer and libFuzzer
+# runtimes, which Debian ships apart (clang only recommends them):
+# libclang-rt-dev is the one for Debian's default clang.
+TXMQ_FUZZ_DEB_PACKAGES=(clang libclang-rt-dev)
 
 txmq_install_deps() {
   local need=() p
