@@ -137,6 +137,9 @@ int txmq__log_parse_name(const char* name, uint64_t* base) {
     if (v > (UINT64_MAX - d) / 10) return -1; /* not a position we write */
     v = v * 10 + d;
   }
+  /* Nor is a base at or past TXMQ_LOG_MAX_POS: the positions after it
+   * would wrap around. */
+  if (v >= TXMQ_LOG_MAX_POS) return -1;
   *base = v;
   return 0;
 }

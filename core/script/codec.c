@@ -135,7 +135,9 @@ static int scan_items(scan_t* s, uint64_t items, int depth) {
   /* Every element takes at least one byte: a count that the remaining
    * bytes cannot back is refused before anything is allocated for it. */
   if (scan_need(s, items) != 0) return TXMQ_EPROTO;
-  if (items > 0 && depth >= TXMQ_SCRIPT_MAX_DEPTH) {
+  /* An empty container is a level too: msgpack-c refuses a 33rd level
+   * whatever it holds, and the encoder refuses a 33rd table. */
+  if (depth >= TXMQ_SCRIPT_MAX_DEPTH) {
     set_err(s->err, s->errlen, "msgpack: nested deeper than %d",
             TXMQ_SCRIPT_MAX_DEPTH);
     return TXMQ_EPROTO;
@@ -294,7 +296,7 @@ static int push_rec(lua_State* L, const msgpack_object* o, int depth,
       return 0;
     case MSGPACK_OBJECT_ARRAY: {
       uint32_t n = o->via.array.size;
-      if (n > 0 && depth >= TXMQ_SCRIPT_MAX_DEPTH) {
+      if (depth >= TXMQ_SCRIPT_MAX_DEPTH) {
         set_err(err, errlen, "msgpack: nested deeper than %d",
                 TXMQ_SCRIPT_MAX_DEPTH);
         return TXMQ_EPROTO;
@@ -315,7 +317,7 @@ static int push_rec(lua_State* L, const msgpack_object* o, int depth,
     }
     case MSGPACK_OBJECT_MAP: {
       uint32_t n = o->via.map.size;
-      if (n > 0 && depth >= TXMQ_SCRIPT_MAX_DEPTH) {
+      if (depth >= TXMQ_SCRIPT_MAX_DEPTH) {
         set_err(err, errlen, "msgpack: nested deeper than %d",
                 TXMQ_SCRIPT_MAX_DEPTH);
         return TXMQ_EPROTO;

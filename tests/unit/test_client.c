@@ -690,6 +690,36 @@ static void handshake_failures(void** state) {
   }
 }
 
+/* The hello answer in two writes: its length prefix alone, then (after a
+ * pause, so that the client reads the four bytes by themselves) the
+ * payload. A read that ended right after a length prefix copied zero bytes
+ * from a NULL frame buffer (memcpy(NULL, p, 0), undefined behaviour that
+ * UBSan reports; found by fuzzing). */
+static void hello_split(fs_t* fs, fs_conn_t* c, uint64_t id) {
+  pkb_t b;
+  resp_begin(&b, id, 1, 2);
+  kv_i(&b.pk, "version", 1);
+  kv_s(&b.pk, "server", "fake split");
+  (void)fs;
+  uint8_t len[4] = {(uint8_t)(b.sb.size >> 24), (uint8_t)(b.sb.size >> 16),
+                    (uint8_t)(b.sb.size >> 8), (uint8_t)b.sb.size};
+  fs_raw(c, len, 4);
+  uv_sleep(100);
+  fs_raw(c, b.sb.data, b.sb.size);
+  msgpack_sbuffer_destroy(&b.sb);
+}
+
+static void length_prefix_alone_in_a_read(void** state) {
+  (void)state;
+  fx_t fx;
+  fx_init(&fx, NULL, NULL);
+  fx.fs->on_hello = hello_split;
+  fs_run(fx.fs);
+  fx_connect_opts(&fx, NULL);
+  assert_string_equal(txmq_client_server(fx.c), "fake split");
+  fx_close(&fx);
+}
+
 /* ---- requests and their responses ---- */
 
 static const uint8_t ID_A[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
@@ -1903,6 +1933,7 @@ int main(void) {
       cmocka_unit_test(bad_arguments),
       cmocka_unit_test(handshake),
       cmocka_unit_test(handshake_failures),
+      cmocka_unit_test(length_prefix_alone_in_a_read),
       cmocka_unit_test(requests_and_responses),
       cmocka_unit_test(pipelined_out_of_order),
       cmocka_unit_test(malformed_responses),

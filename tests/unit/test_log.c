@@ -1164,6 +1164,56 @@ static void torn_segment_creation(void** state) {
   tu_loop_close_clean(&loop);
 }
 
+/* A segment file named after a base near 2^64 is not one of ours: taking
+ * it made the positions of the next appends wrap around past 2^64 (found
+ * by fuzzing). Names beyond TXMQ_LOG_MAX_POS are ignored like any other
+ * file, and left alone. */
+static void segment_name_beyond_positions(void** state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char* dir = tu_tmpdir("log");
+  uint64_t base = UINT64_MAX - 15;
+  uint8_t seg[HDR + RHDR + 4];
+  txmq__log_seg_header(seg, base, 0);
+  txmq_log_rec_t r = {1, "abcd", 4};
+  txmq__log_rec_encode(seg + HDR, base, &r);
+  char* path = seg_file(dir, base);
+  assert_int_equal(tu_write_file(path, seg, sizeof seg), 0);
+  txmq_log_t* log;
+  assert_rc(0, open_log(&log, &loop, dir, TXMQ_LOG_OPT_SYNC,
+                        (int64_t)TXMQ_SYNC_NEVER, END_OPTS));
+  assert_int_equal(txmq_log_begin(log), 0);
+  uint64_t p;
+  app_t a;
+  memset(&a, 0, sizeof a);
+  assert_rc(0, append1(log, 8, 7, &p, &a));
+  wait_all(&loop, &a, 1);
+  assert_int_equal(p, 0);
+  assert_int_equal(txmq_log_next_pos(log), RHDR + 8);
+  check_rec(log, p, 8, 7);
+  close_log(&loop, log);
+  assert_int_equal(tu_file_size(path), sizeof seg);
+  /* Just below the bound the name is taken as before. */
+  tu_rmrf(dir);
+  assert_int_equal(mkdir(dir, 0755), 0);
+  base = TXMQ_LOG_MAX_POS - 64;
+  free(path);
+  path = seg_file(dir, base);
+  txmq__log_seg_header(seg, base, 0);
+  txmq__log_rec_encode(seg + HDR, base, &r);
+  assert_int_equal(tu_write_file(path, seg, sizeof seg), 0);
+  assert_rc(0, open_log(&log, &loop, dir, TXMQ_LOG_OPT_SYNC,
+                        (int64_t)TXMQ_SYNC_NEVER, END_OPTS));
+  assert_int_equal(txmq_log_begin(log), base);
+  assert_int_equal(txmq_log_end(log), base + RHDR + 4);
+  close_log(&loop, log);
+  free(path);
+  tu_rmrf(dir);
+  free(dir);
+  tu_loop_close_clean(&loop);
+}
+
 /* Retention. */
 
 typedef struct {
@@ -1690,6 +1740,7 @@ int main(void) {
       cmocka_unit_test(segment_rolling),
       cmocka_unit_test(damaged_or_missing_segments),
       cmocka_unit_test(torn_segment_creation),
+      cmocka_unit_test(segment_name_beyond_positions),
       cmocka_unit_test(retention_by_size),
       cmocka_unit_test(retention_by_age),
       cmocka_unit_test(eagain_when_buffer_full),

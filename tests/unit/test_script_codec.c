@@ -424,6 +424,23 @@ static void depth_limit(void** state) {
       assert_non_null(strstr(err, "nested deeper"));
     }
   }
+  /* An empty container counts as a level too: 32 arrays around an empty
+   * one (or an empty map) are 33 levels, refused as too deep like the
+   * encoder refuses 33 nested tables, not passed by the scan to msgpack-c,
+   * whose own limit then failed as "out of memory" (found by fuzzing). */
+  static const uint8_t empty[2] = {0x90, 0x80};
+  for (int k = 0; k < 2; k++) {
+    uint8_t buf[64];
+    for (int i = 0; i < TXMQ_SCRIPT_MAX_DEPTH; i++) buf[i] = 0x91;
+    buf[TXMQ_SCRIPT_MAX_DEPTH] = empty[k];
+    size_t n = TXMQ_SCRIPT_MAX_DEPTH + 1;
+    char e[TXMQ__CODEC_ERRLEN] = "";
+    assert_int_equal(txmq__msgpack_scan(buf, n, e, sizeof e), TXMQ_EPROTO);
+    assert_non_null(strstr(e, "nested deeper"));
+    assert_int_equal(txmq__codec_decode(L, buf, n, e, sizeof e), TXMQ_EPROTO);
+    assert_non_null(strstr(e, "nested deeper"));
+    assert_int_equal(lua_gettop(L), 0);
+  }
   size_t big = 100000;
   uint8_t* deep = malloc(big + 1);
   memset(deep, 0x91, big);

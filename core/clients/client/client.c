@@ -733,6 +733,9 @@ static void feed(txmq_client_t* c, const uint8_t* p, size_t n) {
       }
       c->flen = len;
       c->fgot = 0;
+      /* The payload comes with a later read (and the frame buffer may not
+       * exist yet: nothing to copy into it now). */
+      if (n == 0) return;
     }
     size_t k = c->flen - c->fgot < n ? c->flen - c->fgot : n;
     if (c->fgot + k > c->fcap) {

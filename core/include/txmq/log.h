@@ -79,6 +79,10 @@ extern "C" {
 #define TXMQ_LOG_FORMAT_VERSION 1
 /* Largest payload of one record. */
 #define TXMQ_LOG_MAX_RECORD (16u * 1024u * 1024u)
+/* Positions stay below 2^62 (4 EiB written), so that a position never
+ * wraps around and fits beside two bits of state in a 64-bit word. A file
+ * whose name is a base at or beyond it is not a segment of the log. */
+#define TXMQ_LOG_MAX_POS (UINT64_C(1) << 62)
 
 typedef struct txmq_log_s txmq_log_t;
 typedef struct txmq_log_iter_s txmq_log_iter_t;
