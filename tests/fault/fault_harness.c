@@ -1,0 +1,1674 @@
+/*
+ * fault_harness.c - crash testing of txmqd: concurrent transactional load,
+ * kill -9 at random instants, restarts on the same data directory, then a
+ * check of everything the daemon acknowledged against what a consumer
+ * finally reads.
+ *
+ *   fault_harness [--rounds N] [--default-rounds N] [--seed S] [--keep]
+ *
+ * Rounds come from --rounds, else FAULT_ROUNDS, else --default-rounds,
+ * else 50; the seed from --seed, else FAULT_SEED, else the clock (it is
+ * printed, so a failing run's choices can be replayed; the instants are
+ * the machine's). FAULT_WINDOW (requests in flight, 32) and FAULT_LOAD_MS
+ * (longest load of a round, 2500) tune the load; FAULT_KEEP=1 or --keep
+ * keeps the work directory. txmqd and txmq are taken from the harness's
+ * own directory (the build's bin/).
+ *
+ * ONE ROUND: start txmqd (sync always, short transaction timeout and check
+ * interval, small log segments, frequent checkpoints), let the producers
+ * connect, load it for a random time, kill -9 it (one round in ten kills
+ * it during its start, before it listens: in the middle of recovery).
+ * The producers keep going across the kills: they reconnect, finish late
+ * decisions, repeat decisions on purpose, and answer checks.
+ *
+ * THE LOAD (every transaction gets a number; its messages carry it in
+ * their properties with its intended outcome, which the producers' check
+ * callback and the hosted script's handlers read):
+ *   plain       acknowledged plain sends;
+ *   producer-1  txmq_client_send_in_transaction, the execute callback
+ *               answering the intended outcome, or UNKNOWN (checks decide);
+ *   producer-n  tx.half of 2..4 messages to several topics, then tx.end
+ *               with the outcome at once, after a delay, as UNKNOWN, or
+ *               never (a producer that died: checks decide);
+ *   hosted-1/-n tx.send to group fault-hosted, whose script decides from
+ *               the arg: the outcome, UNKNOWN, or an error (checks decide).
+ * Properties: ft (transaction number), fi (index of the message), fw (c
+ * or r: the intended outcome), fu (1: answer the first check UNKNOWN), fk
+ * (the kind). Acknowledged decisions are repeated at once, pipelined, or
+ * in a later incarnation of the daemon; the opposite decision is sent as a
+ * probe that must be refused.
+ *
+ * AT THE END: a last start without a kill; the producers stay connected
+ * until tx.list shows nothing pending or parked; a consumer group reads
+ * every topic from the earliest offset; the status counts must agree; a
+ * clean SIGTERM must exit 0; `txmq log verify` must pass. Then the history
+ * is checked (see tests/fault/README.md for the invariants), the figures
+ * are printed, and the exit status is 1 if anything was violated, with
+ * one line per violation naming the transaction.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+#include <uv.h>
+
+#include "txmq/client.h"
+#include "txmq/error.h"
+#include "txmq/msg.h"
+#include "txmq/tx.h"
+
+#define PROD_GROUP "fault-prod"
+#define HOSTED_GROUP "fault-hosted"
+#define VERIFY_GROUP "fault-verify"
+#define NTOPICS 3
+#define PLAIN_TOPIC "fault-plain"
+#define MAX_MULTI 4
+#define TICK_MS 5
+#define MAX_SHOWN 40 /* violations printed in full; all are counted */
+#define LATE_PER_EPOCH 40
+
+static const char* const TOPICS[NTOPICS] = {"fault-a", "fault-b", "fault-c"};
+
+/* The handlers of the hosted group. The arg says what
+ * executeLocalTransaction does; the first message's properties say what
+ * the transaction should become, which is what checks answer. */
+static const char HOSTED_SCRIPT[] =
+    "-- written by tests/fault/fault_harness.c\n"
+    "local function want(msg)\n"
+    "  if msg.properties.fw == 'c' then return txmq.COMMIT end\n"
+    "  return txmq.ROLLBACK\n"
+    "end\n"
+    "function executeLocalTransaction(msg, arg)\n"
+    "  if arg == 'direct' then return want(msg) end\n"
+    "  if arg == 'error' then error('fault: a failing handler') end\n"
+    "  return txmq.UNKNOWN\n"
+    "end\n"
+    "function checkLocalTransaction(msg)\n"
+    "  txmq.log('info', 'fault-check ft=' .. msg.properties.ft)\n"
+    "  if msg.properties.fu == '1' and msg.check_count == 0 then\n"
+    "    return txmq.UNKNOWN\n"
+    "  end\n"
+    "  return want(msg)\n"
+    "end\n";
+
+static const char CONF[] =
+    "-- written by tests/fault/fault_harness.c\n"
+    "sync = 'always'\n"
+    "default_queues = 4\n"
+    "segment_size = 256 * 1024\n"
+    "checkpoint_interval_ms = 300\n"
+    "tx_timeout_ms = 400\n"
+    "check_interval_ms = 300\n"
+    "check_timeout_ms = 2000\n"
+    "check_retry_ms = 100\n"
+    "log_level = 'info'\n";
+
+/* ---- randomness (xorshift64*: reproducible from the seed) ---- */
+
+typedef struct {
+  uint64_t s;
+} rng_t;
+
+static uint64_t rnd(rng_t* r) {
+  r->s ^= r->s >> 12;
+  r->s ^= r->s << 25;
+  r->s ^= r->s >> 27;
+  return r->s * 0x2545F4914F6CDD1DULL;
+}
+
+/* 0 .. n-1 */
+static uint64_t below(rng_t* r, uint64_t n) { return n ? rnd(r) % n : 0; }
+static int chance(rng_t* r, unsigned pct) { return below(r, 100) < pct; }
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ---- the history ---- */
+
+enum { K_PLAIN, K_P1, K_PN, K_H1, K_HN, K_COUNT };
+static const char* const KIND[K_COUNT] = {"plain", "producer-1", "producer-n",
+                                          "hosted-1", "hosted-n"};
+
+enum { PL_DIRECT, PL_UNKNOWN, PL_SILENT, PL_DELAYED, PL_ERROR };
+static const char* const PLAN[] = {"direct", "unknown", "silent", "delayed",
+                                   "error"};
+
+/* What became of the half message (for plain: of the send). */
+enum {
+  HALF_UNSENT, /* the request never left: nothing may appear */
+  HALF_SENT,   /* in flight */
+  HALF_ACKED,  /* stored, the producer knows its tx id */
+  HALF_LOST    /* the request failed: stored or not, nobody told us */
+};
+static const char* const HALF[] = {"unsent", "in flight", "acknowledged",
+                                   "uncertain"};
+
+enum { ACK_NONE, ACK_COMMIT, ACK_ROLLBACK };
+
+typedef struct {
+  uint8_t kind, plan, want_commit, first_unknown, nmsgs, half, ack, has_id;
+  uint8_t checked;        /* a check reached a producer: it was stored */
+  uint8_t delivered[MAX_MULTI]; /* first deliveries seen per message */
+  uint16_t checks;        /* checks the producers answered */
+  uint32_t half_epoch;    /* daemon incarnation that acknowledged the half */
+  uint32_t ack_epoch;     /* ... that acknowledged the decision */
+  uint32_t ack_gen;       /* connection that received that acknowledgement */
+  uint8_t tx_id[TXMQ_TX_ID_LEN];
+} tx_t;
+
+/* ---- the harness ---- */
+
+enum { D_DOWN, D_STARTING, D_UP, D_KILLED, D_STOPPING };
+enum { PH_LOAD, PH_DRAIN, PH_STOP, PH_DONE };
+enum { C_IDLE, C_CONNECTING, C_UP, C_CLOSING, C_CLOSED };
+enum { C_P1, C_P2, C_H, NCONN };
+
+typedef struct harness_s harness_t;
+
+typedef struct {
+  harness_t* h;
+  const char* id;
+  txmq_client_t* c;
+  int state;
+  uint32_t gen, epoch; /* of the current connection */
+  uint64_t retry_at;
+} conn_t;
+
+/* Something to do later, from the tick. */
+enum { L_END, L_CHECK_REPLY };
+typedef struct {
+  uint64_t due;
+  int what;
+  size_t seq;
+  conn_t* conn;
+  uint32_t gen;
+  uint64_t check_id;
+  txmq_tx_decision_t decision;
+} later_t;
+
+struct harness_s {
+  uv_loop_t loop;
+  uv_timer_t tick;
+  rng_t rng;
+  uint64_t seed;
+  int rounds, window, load_ms, keep;
+  char dir[PATH_MAX], bindir[PATH_MAX], logpath[PATH_MAX + 16];
+  char conf[PATH_MAX + 16], data[PATH_MAX + 16], scripts[PATH_MAX + 16];
+
+  /* the daemon */
+  uv_process_t proc;
+  int dstate, we_killed, proc_open;
+  uint32_t epoch;
+  off_t log_off;       /* where this incarnation's log starts */
+  char addr[64];
+  uv_timer_t kill_timer; /* armed while a kill is planned */
+  uint64_t started_at, restart_at;
+  int exit_status, term_signal, bad_starts;
+
+  /* the run */
+  int phase, round;
+  conn_t conns[NCONN];
+  uint32_t gens;
+  int active;          /* requests of transactions in progress (not
+                          repeats, not ends waiting for their time) */
+  int active_kind[K_COUNT]; /* transactions of each kind in progress */
+  uint64_t start_ms;   /* how long the last start took to listen */
+  later_t* later;
+  size_t nlater, caplater;
+  size_t* late;        /* seqs whose decision is repeated in a later epoch */
+  size_t nlate, caplate;
+  int late_sent;       /* in this epoch */
+  uint32_t late_epoch;
+  uint64_t drain_start, drain_next;
+  int drain_listing, drain_ok;
+
+  tx_t* tx;
+  size_t ntx, captx;
+
+  /* figures */
+  long kills, recovery_kills, starts;
+  long started[K_COUNT];
+  long repeats, repeats_ok, repeats_forgotten, probes, probes_refused;
+  long late_repeats, pipelined;
+  long checks_seen, checks_answered[4], script_checks;
+  long uncertain_reqs, hosted_direct_pending;
+  long consumed, redelivered;
+  long violations;
+  long end_errors[32]; /* failed requests by -code */
+};
+
+static void violation(harness_t* h, const tx_t* t, size_t seq,
+                      const char* fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void tx_id_hex(const uint8_t* id, char out[2 * TXMQ_TX_ID_LEN + 1]) {
+  static const char dg[] = "0123456789abcdef";
+  for (size_t i = 0; i < TXMQ_TX_ID_LEN; i++) {
+    out[2 * i] = dg[id[i] >> 4];
+    out[2 * i + 1] = dg[id[i] & 15];
+  }
+  out[2 * TXMQ_TX_ID_LEN] = '\0';
+}
+
+/* One line per violation: what was wrong, then the transaction as the
+ * harness knows it. t NULL: not about one transaction. */
+static void violation(harness_t* h, const tx_t* t, size_t seq,
+                      const char* fmt, ...) {
+  h->violations++;
+  if (h->violations > MAX_SHOWN) return;
+  char what[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  if (t == NULL) {
+    printf("VIOLATION: %s\n", what);
+  } else {
+    char id[2 * TXMQ_TX_ID_LEN + 1] = "-";
+    if (t->has_id) tx_id_hex(t->tx_id, id);
+    printf("VIOLATION: %s\n  transaction #%zu kind=%s msgs=%u want=%s plan=%s"
+           " first_check_unknown=%u half=%s (epoch %u) decision_acked=%s"
+           " (epoch %u) producer_checks=%u tx_id=%s delivered=",
+           what, seq, KIND[t->kind], t->nmsgs,
+           t->want_commit ? "commit" : "rollback", PLAN[t->plan],
+           t->first_unknown, HALF[t->half], t->half_epoch,
+           t->ack == ACK_COMMIT ? "commit"
+           : t->ack == ACK_ROLLBACK ? "rollback" : "none",
+           t->ack_epoch, t->checks, id);
+    for (unsigned i = 0; i < t->nmsgs; i++)
+      printf("%s%u", i ? "," : "", t->delivered[i]);
+    printf("\n");
+  }
+  fflush(stdout);
+}
+
+static tx_t* tx_new(harness_t* h, size_t* seq) {
+  if (h->ntx == h->captx) {
+    size_t cap = h->captx ? 2 * h->captx : 4096;
+    tx_t* n = realloc(h->tx, cap * sizeof *n);
+    if (n == NULL) return NULL;
+    h->tx = n;
+    h->captx = cap;
+  }
+  *seq = h->ntx++;
+  tx_t* t = &h->tx[*seq];
+  memset(t, 0, sizeof *t);
+  return t;
+}
+
+static int later_add(harness_t* h, const later_t* l) {
+  if (h->nlater == h->caplater) {
+    size_t cap = h->caplater ? 2 * h->caplater : 64;
+    later_t* n = realloc(h->later, cap * sizeof *n);
+    if (n == NULL) return -1;
+    h->later = n;
+    h->caplater = cap;
+  }
+  h->later[h->nlater++] = *l;
+  return 0;
+}
+
+static void late_add(harness_t* h, size_t seq) {
+  if (h->nlate == h->caplate) {
+    size_t cap = h->caplate ? 2 * h->caplate : 64;
+    size_t* n = realloc(h->late, cap * sizeof *n);
+    if (n == NULL) return;
+    h->late = n;
+    h->caplate = cap;
+  }
+  h->late[h->nlate++] = seq;
+}
+
+static void count_error(harness_t* h, int status) {
+  int k = -status;
+  if (k > 0 && k < 32) h->end_errors[k]++;
+}
+
+/* Errors that say the connection (or the daemon) went away: the request
+ * may or may not have been carried out. */
+static int lost_error(int status) {
+  return status == TXMQ_ECLOSED || status == TXMQ_EIO ||
+         status == TXMQ_ETIMEDOUT || status == TXMQ_EPROTO;
+}
+
+/* ---- messages ---- */
+
+static void topic_of(const tx_t* t, size_t seq, unsigned i, const char** out) {
+  if (t->kind == K_PLAIN) *out = PLAIN_TOPIC;
+  else *out = TOPICS[(seq + i) % NTOPICS];
+}
+
+/* Builds the messages of transaction seq into msgs; 0 or -1. */
+static int build_msgs(const tx_t* t, size_t seq, txmq_msg_t** msgs) {
+  char num[32], idx[8], body[96];
+  snprintf(num, sizeof num, "%zu", seq);
+  for (unsigned i = 0; i < t->nmsgs; i++) {
+    const char* topic;
+    topic_of(t, seq, i, &topic);
+    snprintf(idx, sizeof idx, "%u", i);
+    snprintf(body, sizeof body, "fault %s #%zu message %u of %u", KIND[t->kind],
+             seq, i, t->nmsgs);
+    txmq_msg_t* m = txmq_msg_new();
+    msgs[i] = m;
+    if (m == NULL || txmq_msg_set_topic(m, topic) != 0 ||
+        txmq_msg_set_body(m, body, strlen(body)) != 0 ||
+        txmq_msg_set_keys(m, num) != 0 ||
+        txmq_msg_prop_set(m, "ft", num) != 0 ||
+        txmq_msg_prop_set(m, "fi", idx) != 0 ||
+        txmq_msg_prop_set(m, "fw", t->want_commit ? "c" : "r") != 0 ||
+        txmq_msg_prop_set(m, "fu", t->first_unknown ? "1" : "0") != 0 ||
+        txmq_msg_prop_set(m, "fk", KIND[t->kind]) != 0) {
+      for (unsigned j = 0; j <= i; j++) txmq_msg_free(msgs[j]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static void free_msgs(txmq_msg_t** msgs, unsigned n) {
+  for (unsigned i = 0; i < n; i++) txmq_msg_free(msgs[i]);
+}
+
+/* The transaction number of a message, or -1. */
+static long msg_seq(const harness_t* h, const txmq_msg_t* m, unsigned* idx) {
+  const char* ft = txmq_msg_prop_get(m, "ft");
+  const char* fi = txmq_msg_prop_get(m, "fi");
+  if (ft == NULL || fi == NULL) return -1;
+  char* end;
+  errno = 0;
+  unsigned long long s = strtoull(ft, &end, 10);
+  if (errno || *end || end == ft || s >= h->ntx) return -1;
+  unsigned long i = strtoul(fi, &end, 10);
+  if (*end || end == fi || i >= MAX_MULTI) return -1;
+  *idx = (unsigned)i;
+  return (long)s;
+}
+
+/* ---- requests in flight ---- */
+
+typedef struct {
+  harness_t* h;
+  size_t seq;
+  conn_t* conn;
+  uint32_t gen, epoch;   /* of the connection the request went out on */
+  txmq_tx_decision_t decision;
+  int probe;             /* a decision against the intended outcome */
+  int repeat;            /* not the transaction's own first end */
+  int counts;            /* counts in h->active */
+  int kind_slot;         /* counts in h->active_kind[kind_slot]; -1 */
+} op_t;
+
+static op_t* op_new(harness_t* h, size_t seq, conn_t* conn, int counts) {
+  op_t* op = calloc(1, sizeof *op);
+  if (op == NULL) return NULL;
+  op->h = h;
+  op->seq = seq;
+  op->conn = conn;
+  op->gen = conn->gen;
+  op->epoch = conn->epoch;
+  op->counts = counts;
+  op->kind_slot = -1;
+  if (counts) h->active++;
+  return op;
+}
+
+static void op_done(op_t* op) {
+  if (op->counts) op->h->active--;
+  if (op->kind_slot >= 0) op->h->active_kind[op->kind_slot]--;
+  free(op);
+}
+
+static txmq_tx_decision_t want_of(const tx_t* t) {
+  return t->want_commit ? TXMQ_TX_COMMIT : TXMQ_TX_ROLLBACK;
+}
+
+static txmq_tx_state_t state_of(txmq_tx_decision_t d) {
+  return d == TXMQ_TX_COMMIT ? TXMQ_TX_COMMITTED : TXMQ_TX_ROLLED_BACK;
+}
+
+static const char* state_name(txmq_tx_state_t s) {
+  switch (s) {
+    case TXMQ_TX_PENDING: return "pending";
+    case TXMQ_TX_COMMITTED: return "committed";
+    case TXMQ_TX_ROLLED_BACK: return "rolled_back";
+    case TXMQ_TX_PARKED: return "parked";
+  }
+  return "?";
+}
+
+static const char* decision_name(txmq_tx_decision_t d) {
+  return d == TXMQ_TX_COMMIT ? "COMMIT" : d == TXMQ_TX_ROLLBACK ? "ROLLBACK"
+                                                                : "UNKNOWN";
+}
+
+/* A decided state was acknowledged to a producer. */
+static void acked(harness_t* h, tx_t* t, size_t seq, txmq_tx_state_t state,
+                  uint32_t epoch, uint32_t gen) {
+  if (state != TXMQ_TX_COMMITTED && state != TXMQ_TX_ROLLED_BACK) return;
+  if (state != state_of(want_of(t)))
+    violation(h, t, seq, "the daemon acknowledged state %s, but every handler "
+              "and check of this transaction answers %s", state_name(state),
+              decision_name(want_of(t)));
+  if (t->ack != ACK_NONE) return; /* the first acknowledgement is the bound */
+  t->ack = state == TXMQ_TX_COMMITTED ? ACK_COMMIT : ACK_ROLLBACK;
+  t->ack_epoch = epoch;
+  t->ack_gen = gen;
+}
+
+static void send_end(harness_t* h, size_t seq, conn_t* conn,
+                     txmq_tx_decision_t d, int probe, int repeat, int counts);
+
+/* After an acknowledged decision: repeat it, probe the opposite one, or
+ * keep it for a later incarnation. */
+static void maybe_repeat(harness_t* h, size_t seq, conn_t* conn) {
+  tx_t* t = &h->tx[seq];
+  if (!t->has_id || t->ack == ACK_NONE) return;
+  unsigned r = (unsigned)below(&h->rng, 100);
+  if (r < 15) {
+    send_end(h, seq, conn, want_of(t), 0, 1, 0);
+  } else if (r < 25) {
+    send_end(h, seq, conn,
+             t->want_commit ? TXMQ_TX_ROLLBACK : TXMQ_TX_COMMIT, 1, 1, 0);
+  } else if (r < 35) {
+    late_add(h, seq);
+  }
+}
+
+static void on_end(txmq_client_t* c, int status, txmq_tx_state_t state,
+                   void* arg) {
+  (void)c;
+  op_t* op = arg;
+  harness_t* h = op->h;
+  tx_t* t = &h->tx[op->seq];
+  if (status == 0) {
+    if (op->probe) {
+      violation(h, t, op->seq, "a conflicting %s was accepted (state %s) "
+                "after the opposite decision", decision_name(op->decision),
+                state_name(state));
+    } else if (op->decision == TXMQ_TX_UNKNOWN) {
+      if (state != TXMQ_TX_PENDING && state != state_of(want_of(t)))
+        violation(h, t, op->seq, "tx.end UNKNOWN answered state %s",
+                  state_name(state));
+      acked(h, t, op->seq, state, op->epoch, op->gen);
+    } else {
+      if (state != state_of(op->decision))
+        violation(h, t, op->seq, "tx.end %s answered state %s",
+                  decision_name(op->decision), state_name(state));
+      else if (op->repeat)
+        h->repeats_ok++;
+      acked(h, t, op->seq, state, op->epoch, op->gen);
+      if (!op->repeat) maybe_repeat(h, op->seq, op->conn);
+    }
+  } else if (status == TXMQ_ECONFLICT && op->probe) {
+    h->probes_refused++;
+  } else if (status == TXMQ_ENOTFOUND && op->epoch != t->half_epoch &&
+             t->half == HALF_ACKED) {
+    /* Decided and forgotten across a restart (the documented idempotence
+     * window): an error for the caller, never a second visibility. */
+    h->repeats_forgotten++;
+  } else if (lost_error(status)) {
+    h->uncertain_reqs++;
+    count_error(h, status);
+  } else {
+    count_error(h, status);
+    violation(h, t, op->seq, "tx.end %s%s failed with %s (%s) on a connection"
+              " of incarnation %u", decision_name(op->decision),
+              op->probe ? " (conflict probe)" : op->repeat ? " (repeat)" : "",
+              txmq_err_name(status), txmq_client_diag(c), op->epoch);
+  }
+  op_done(op);
+}
+
+static void send_end(harness_t* h, size_t seq, conn_t* conn,
+                     txmq_tx_decision_t d, int probe, int repeat, int counts) {
+  tx_t* t = &h->tx[seq];
+  if (conn->state != C_UP) return;
+  op_t* op = op_new(h, seq, conn, counts);
+  if (op == NULL) return;
+  op->decision = d;
+  op->probe = probe;
+  op->repeat = repeat;
+  if (probe) h->probes++;
+  else if (repeat) h->repeats++;
+  int rc = txmq_client_tx_end(conn->c, t->tx_id, d, on_end, op);
+  if (rc != 0) op_done(op);
+}
+
+/* ---- the kinds of load ---- */
+
+static void on_plain(txmq_client_t* c, int status, const txmq_send_result_t* r,
+                     void* arg) {
+  (void)c;
+  (void)r;
+  op_t* op = arg;
+  harness_t* h = op->h;
+  tx_t* t = &h->tx[op->seq];
+  if (status == 0) {
+    t->half = HALF_ACKED;
+    t->ack = ACK_COMMIT;
+    t->ack_epoch = op->epoch;
+  } else {
+    t->half = HALF_LOST;
+    h->uncertain_reqs++;
+    count_error(h, status);
+    if (!lost_error(status))
+      violation(h, t, op->seq, "send failed with %s (%s)", txmq_err_name(status),
+                txmq_client_diag(c));
+  }
+  op_done(op);
+}
+
+static txmq_tx_decision_t p1_execute(txmq_client_t* c, const txmq_msg_t* msg,
+                                     const uint8_t* tx_id, void* arg) {
+  (void)c;
+  (void)msg;
+  op_t* op = arg;
+  tx_t* t = &op->h->tx[op->seq];
+  memcpy(t->tx_id, tx_id, TXMQ_TX_ID_LEN);
+  t->has_id = 1;
+  t->half = HALF_ACKED;
+  return t->plan == PL_DIRECT ? want_of(t) : TXMQ_TX_UNKNOWN;
+}
+
+static void p1_done(txmq_client_t* c, int status, const txmq_tx_result_t* r,
+                    void* arg) {
+  op_t* op = arg;
+  harness_t* h = op->h;
+  tx_t* t = &h->tx[op->seq];
+  if (status != 0) {
+    t->half = HALF_LOST;
+    h->uncertain_reqs++;
+    count_error(h, status);
+    if (!lost_error(status))
+      violation(h, t, op->seq, "tx.half failed with %s (%s)",
+                txmq_err_name(status), txmq_client_diag(c));
+  } else if (r->local_state != TXMQ_TX_UNKNOWN) {
+    if (r->end_status == 0) {
+      if (r->tx_state != state_of(r->local_state))
+        violation(h, t, op->seq, "tx.end %s answered state %s",
+                  decision_name(r->local_state), state_name(r->tx_state));
+      acked(h, t, op->seq, r->tx_state, op->epoch, op->gen);
+      maybe_repeat(h, op->seq, op->conn);
+    } else if (lost_error(r->end_status)) {
+      h->uncertain_reqs++;
+      count_error(h, r->end_status);
+    } else {
+      count_error(h, r->end_status);
+      violation(h, t, op->seq, "tx.end %s after its half failed with %s",
+                decision_name(r->local_state), txmq_err_name(r->end_status));
+    }
+  }
+  op_done(op);
+}
+
+static void on_half(txmq_client_t* c, int status, const txmq_half_result_t* r,
+                    void* arg) {
+  op_t* op = arg;
+  harness_t* h = op->h;
+  tx_t* t = &h->tx[op->seq];
+  if (status != 0) {
+    t->half = HALF_LOST;
+    h->uncertain_reqs++;
+    count_error(h, status);
+    if (!lost_error(status))
+      violation(h, t, op->seq, "tx.half failed with %s (%s)",
+                txmq_err_name(status), txmq_client_diag(c));
+    op_done(op);
+    return;
+  }
+  memcpy(t->tx_id, r->tx_id, TXMQ_TX_ID_LEN);
+  t->has_id = 1;
+  t->half = HALF_ACKED;
+  if (r->nmsgs != t->nmsgs)
+    violation(h, t, op->seq, "tx.half answered %zu message ids for %u messages",
+              r->nmsgs, t->nmsgs);
+  switch (t->plan) {
+    case PL_DIRECT:
+      send_end(h, op->seq, op->conn, want_of(t), 0, 0, 1);
+      if (t->want_commit && chance(&h->rng, 15)) {
+        /* a second COMMIT pipelined behind the first, before any answer */
+        h->pipelined++;
+        send_end(h, op->seq, op->conn, TXMQ_TX_COMMIT, 0, 1, 0);
+      }
+      break;
+    case PL_UNKNOWN:
+      send_end(h, op->seq, op->conn, TXMQ_TX_UNKNOWN, 0, 0, 1);
+      break;
+    case PL_DELAYED: {
+      later_t l = {.due = mono_ms() + 20 + below(&h->rng, 600), .what = L_END,
+                   .seq = op->seq, .conn = op->conn, .decision = want_of(t)};
+      later_add(h, &l); /* not in the window: it is not a request */
+      break;
+    }
+    default: /* PL_SILENT: the producer "died" before its end */
+      break;
+  }
+  op_done(op);
+}
+
+static void on_hosted(txmq_client_t* c, int status,
+                      const txmq_tx_send_result_t* r, void* arg) {
+  op_t* op = arg;
+  harness_t* h = op->h;
+  tx_t* t = &h->tx[op->seq];
+  if (status != 0) {
+    t->half = HALF_LOST;
+    h->uncertain_reqs++;
+    count_error(h, status);
+    if (!lost_error(status))
+      violation(h, t, op->seq, "tx.send failed with %s (%s)",
+                txmq_err_name(status), txmq_client_diag(c));
+    op_done(op);
+    return;
+  }
+  memcpy(t->tx_id, r->tx_id, TXMQ_TX_ID_LEN);
+  t->has_id = 1;
+  t->half = HALF_ACKED;
+  if (r->nmsgs != t->nmsgs)
+    violation(h, t, op->seq, "tx.send answered %zu message ids for %u messages",
+              r->nmsgs, t->nmsgs);
+  if (r->state == TXMQ_TX_PARKED) {
+    violation(h, t, op->seq, "tx.send answered parked");
+  } else if (r->state == TXMQ_TX_PENDING) {
+    /* A handler over its time budget on a busy machine; checks decide. */
+    if (t->plan == PL_DIRECT && h->hosted_direct_pending++ < 3)
+      printf("note: a hosted transaction the script should have decided stayed"
+             " pending (%s)\n", r->diag);
+  } else {
+    /* Decided by execute, or (plan unknown or error) by a check that came
+     * due before a slow execute returned: either way it must be the
+     * intended outcome. */
+    acked(h, t, op->seq, r->state, op->epoch, op->gen);
+    maybe_repeat(h, op->seq, op->conn);
+  }
+  op_done(op);
+}
+
+/* Starts one transaction (or plain send) of a kind if its connection is
+ * up. */
+static int start_one(harness_t* h, unsigned kind) {
+  unsigned r;
+  conn_t* conn = kind == K_P1 || kind == K_PN
+                     ? &h->conns[below(&h->rng, 2) ? C_P2 : C_P1]
+                     : &h->conns[C_H];
+  if (conn->state != C_UP) return -1;
+
+  size_t seq;
+  tx_t* t = tx_new(h, &seq);
+  if (t == NULL) return -1;
+  t->kind = (uint8_t)kind;
+  t->want_commit = kind == K_PLAIN || chance(&h->rng, 60);
+  t->first_unknown = chance(&h->rng, 25);
+  t->nmsgs = kind == K_PN || kind == K_HN ? (uint8_t)(2 + below(&h->rng, 3)) : 1;
+  r = (unsigned)below(&h->rng, 100);
+  switch (kind) {
+    case K_P1: t->plan = r < 65 ? PL_DIRECT : PL_UNKNOWN; break;
+    case K_PN:
+      t->plan = r < 50 ? PL_DIRECT : r < 65 ? PL_UNKNOWN
+                : r < 80 ? PL_SILENT : PL_DELAYED;
+      break;
+    case K_H1:
+    case K_HN:
+      t->plan = r < 65 ? PL_DIRECT : r < 90 ? PL_UNKNOWN : PL_ERROR;
+      break;
+    default: t->plan = PL_DIRECT; break;
+  }
+  t->half = HALF_SENT;
+  t->half_epoch = conn->epoch;
+  h->started[kind]++;
+
+  txmq_msg_t* msgs[MAX_MULTI];
+  if (build_msgs(t, seq, msgs) != 0) {
+    t->half = HALF_UNSENT;
+    return -1;
+  }
+  op_t* op = op_new(h, seq, conn, 1);
+  int rc = TXMQ_ENOMEM;
+  if (op != NULL) {
+    op->kind_slot = (int)kind;
+    h->active_kind[kind]++;
+  }
+  if (op != NULL) {
+    const txmq_msg_t* const* cm = (const txmq_msg_t* const*)msgs;
+    switch (kind) {
+      case K_PLAIN: rc = txmq_client_send(conn->c, msgs[0], on_plain, op); break;
+      case K_P1:
+        rc = txmq_client_send_in_transaction(conn->c, PROD_GROUP, msgs[0],
+                                             p1_execute, op, p1_done, op);
+        break;
+      case K_PN:
+        rc = txmq_client_tx_half(conn->c, PROD_GROUP, cm, t->nmsgs, 0, on_half,
+                                 op);
+        break;
+      default: {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        const char* a = PLAN[t->plan];
+        msgpack_pack_str(&pk, strlen(a));
+        msgpack_pack_str_body(&pk, a, strlen(a));
+        rc = txmq_client_tx_send(conn->c, HOSTED_GROUP, cm, t->nmsgs, sb.data,
+                                 sb.size, 0, on_hosted, op);
+        msgpack_sbuffer_destroy(&sb);
+        break;
+      }
+    }
+    if (rc != 0) op_done(op);
+  }
+  free_msgs(msgs, t->nmsgs);
+  if (rc != 0) {
+    h->tx[seq].half = HALF_UNSENT; /* never left: nothing may appear */
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- checks (producer-hosted transactions) ---- */
+
+static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
+                     void* arg) {
+  conn_t* conn = arg;
+  harness_t* h = conn->h;
+  h->checks_seen++;
+  char id[2 * TXMQ_TX_ID_LEN + 1];
+  tx_id_hex(chk->tx_id, id);
+  unsigned idx = 0;
+  long s = chk->nmsgs > 0 ? msg_seq(h, chk->msgs[0], &idx) : -1;
+  if (s < 0 || idx != 0) {
+    violation(h, NULL, 0, "a check for transaction %s (%zu messages) that the"
+              " harness never sent", id, chk->nmsgs);
+    txmq_client_check_reply(c, chk->check_id, TXMQ_TX_UNKNOWN);
+    return;
+  }
+  size_t seq = (size_t)s;
+  tx_t* t = &h->tx[seq];
+  if (t->kind != K_P1 && t->kind != K_PN)
+    violation(h, t, seq, "a check for a %s transaction reached a producer of "
+              "group %s", KIND[t->kind], chk->group);
+  if (chk->nmsgs != t->nmsgs)
+    violation(h, t, seq, "a check carries %zu messages", chk->nmsgs);
+  for (size_t i = 0; i < chk->nmsgs; i++) {
+    unsigned j;
+    if (msg_seq(h, chk->msgs[i], &j) != s || j != i)
+      violation(h, t, seq, "message %zu of a check belongs elsewhere", i);
+  }
+  if (t->has_id && memcmp(t->tx_id, chk->tx_id, TXMQ_TX_ID_LEN) != 0)
+    violation(h, t, seq, "a check names tx id %s, not the half's", id);
+  if (!t->has_id) { /* the half was stored, though its answer was lost */
+    memcpy(t->tx_id, chk->tx_id, TXMQ_TX_ID_LEN);
+    t->has_id = 1;
+  }
+  t->checked = 1;
+  /* No check after a decision: one acknowledged in an earlier incarnation
+   * is durable, and on this connection the check came after the answer. */
+  if (t->ack != ACK_NONE &&
+      (t->ack_epoch < conn->epoch || t->ack_gen == conn->gen))
+    violation(h, t, seq, "a check (count %u) reached %s in incarnation %u after"
+              " the decision was acknowledged%s", chk->check_count, conn->id,
+              conn->epoch, t->ack_gen == conn->gen ? " on this connection" : "");
+  txmq_tx_decision_t d =
+      t->first_unknown && t->checks == 0 ? TXMQ_TX_UNKNOWN : want_of(t);
+  t->checks++;
+  h->checks_answered[d]++;
+  if (chance(&h->rng, 10)) {
+    later_t l = {.due = mono_ms() + below(&h->rng, 300), .what = L_CHECK_REPLY,
+                 .seq = seq, .conn = conn, .gen = conn->gen,
+                 .check_id = chk->check_id, .decision = d};
+    if (later_add(h, &l) == 0) return;
+  }
+  txmq_client_check_reply(c, chk->check_id, d);
+}
+
+/* ---- connections ---- */
+
+static void on_connected(txmq_client_t* c, int status, void* arg) {
+  (void)c;
+  conn_t* conn = arg;
+  harness_t* h = conn->h;
+  if (conn->state != C_CONNECTING) return;
+  if (status != 0) {
+    conn->state = C_IDLE;
+    conn->retry_at = mono_ms() + 20;
+    return;
+  }
+  conn->state = C_UP;
+  conn->gen = ++h->gens;
+  conn->epoch = h->epoch;
+}
+
+static void on_lost(txmq_client_t* c, int status, void* arg) {
+  (void)c;
+  (void)status;
+  conn_t* conn = arg;
+  if (conn->state == C_UP) conn->state = C_IDLE;
+  conn->retry_at = mono_ms() + 10;
+}
+
+static void on_conn_closed(txmq_client_t* c, void* arg) {
+  conn_t* conn = arg;
+  txmq_client_free(c);
+  conn->c = NULL;
+  conn->state = C_CLOSED;
+}
+
+/* producer: the client announces PROD_GROUP and answers its checks. */
+static int conn_init(harness_t* h, conn_t* conn, const char* id, int producer) {
+  static const char* const groups[1] = {PROD_GROUP};
+  memset(conn, 0, sizeof *conn);
+  conn->h = h;
+  conn->id = id;
+  txmq_client_options_t o;
+  memset(&o, 0, sizeof o);
+  o.client_id = id;
+  o.role = TXMQ_ROLE_PRODUCER;
+  if (producer) {
+    o.producer_groups = groups;
+    o.n_producer_groups = 1;
+  }
+  o.connect_timeout_ms = 3000;
+  o.request_timeout_ms = 20000;
+  int rc = txmq_client_new(&conn->c, &h->loop, &o);
+  if (rc != 0) return rc;
+  txmq_client_on_disconnect(conn->c, on_lost, conn);
+  if (producer) rc = txmq_client_on_check(conn->c, PROD_GROUP, on_check, conn);
+  return rc;
+}
+
+/* ---- the daemon ---- */
+
+static void round_done(harness_t* h);
+
+static void on_proc_closed(uv_handle_t* hd) {
+  harness_t* h = hd->data;
+  h->proc_open = 0;
+  h->dstate = D_DOWN;
+  if (h->phase == PH_STOP) {
+    h->phase = PH_DONE;
+    return;
+  }
+  if (h->we_killed) round_done(h);
+  h->restart_at = mono_ms() + below(&h->rng, 50);
+}
+
+static void print_log_tail(harness_t* h, int lines) {
+  FILE* f = fopen(h->logpath, "r");
+  if (f == NULL) return;
+  char** ring = calloc((size_t)lines, sizeof *ring);
+  char buf[1024];
+  long n = 0;
+  if (ring != NULL && fseeko(f, h->log_off, SEEK_SET) == 0) {
+    while (fgets(buf, sizeof buf, f) != NULL) {
+      free(ring[n % lines]);
+      ring[n % lines] = strdup(buf);
+      n++;
+    }
+    printf("  last lines of the txmqd log (%s):\n", h->logpath);
+    for (long i = n > lines ? n - lines : 0; i < n; i++)
+      if (ring[i % lines]) printf("    %s", ring[i % lines]);
+  }
+  if (ring != NULL)
+    for (int i = 0; i < lines; i++) free(ring[i]);
+  free(ring);
+  fclose(f);
+}
+
+static void on_proc_exit(uv_process_t* p, int64_t status, int sig) {
+  harness_t* h = p->data;
+  h->exit_status = (int)status;
+  h->term_signal = sig;
+  if (h->dstate == D_STOPPING) {
+    if (status != 0 || sig != 0) {
+      violation(h, NULL, 0, "txmqd did not exit cleanly after SIGTERM "
+                "(status %d, signal %d)", (int)status, sig);
+      print_log_tail(h, 30);
+    }
+  } else if (!h->we_killed || sig != SIGKILL) {
+    violation(h, NULL, 0, "txmqd (incarnation %u) exited by itself: status %d,"
+              " signal %d", h->epoch, (int)status, sig);
+    print_log_tail(h, 30);
+    h->bad_starts++;
+  }
+  uv_close((uv_handle_t*)p, on_proc_closed);
+}
+
+static void on_kill_timer(uv_timer_t* tm);
+
+static int spawn_daemon(harness_t* h) {
+  int fd = open(h->logpath, O_WRONLY | O_APPEND | O_CREAT, 0644);
+  if (fd < 0) return -1;
+  h->epoch++;
+  char mark[96];
+  int n = snprintf(mark, sizeof mark, "=== fault_harness: incarnation %u ===\n",
+                   h->epoch);
+  if (write(fd, mark, (size_t)n) != n) {
+    close(fd);
+    return -1;
+  }
+  struct stat st;
+  fstat(fd, &st);
+  h->log_off = st.st_size;
+  char exe[PATH_MAX + 16];
+  snprintf(exe, sizeof exe, "%s/txmqd", h->bindir);
+  char* args[] = {exe, "-c", h->conf, "--listen", "127.0.0.1:0", "--data",
+                  h->data, "--scripts", h->scripts, NULL};
+  uv_stdio_container_t io[3];
+  io[0].flags = UV_IGNORE;
+  io[1].flags = UV_INHERIT_FD;
+  io[1].data.fd = fd;
+  io[2].flags = UV_INHERIT_FD;
+  io[2].data.fd = fd;
+  uv_process_options_t o;
+  memset(&o, 0, sizeof o);
+  o.exit_cb = on_proc_exit;
+  o.file = exe;
+  o.args = args;
+  o.stdio = io;
+  o.stdio_count = 3;
+  h->proc.data = h;
+  int rc = uv_spawn(&h->loop, &h->proc, &o);
+  close(fd);
+  if (rc != 0) {
+    fprintf(stderr, "fault_harness: spawn %s: %s\n", exe, uv_strerror(rc));
+    uv_close((uv_handle_t*)&h->proc, NULL);
+    return -1;
+  }
+  h->proc_open = 1;
+  h->we_killed = 0;
+  h->starts++;
+  h->dstate = D_STARTING;
+  h->started_at = mono_ms();
+  h->addr[0] = '\0';
+  /* One start in ten is killed before it listens: during recovery. */
+  if (h->phase == PH_LOAD && chance(&h->rng, 10))
+    uv_timer_start(&h->kill_timer, on_kill_timer,
+                   below(&h->rng, h->start_ms + 1), 0);
+  return 0;
+}
+
+/* Looks for this incarnation's "listening" line; 1 once found. */
+static int poll_listening(harness_t* h) {
+  FILE* f = fopen(h->logpath, "r");
+  if (f == NULL) return 0;
+  int found = 0;
+  char line[1024];
+  if (fseeko(f, h->log_off, SEEK_SET) == 0) {
+    while (!found && fgets(line, sizeof line, f) != NULL) {
+      const char* a = strstr(line, "msg=\"listening\" addr=");
+      if (a == NULL) continue;
+      a += strlen("msg=\"listening\" addr=");
+      size_t n = strcspn(a, " \n");
+      if (n > 0 && n < sizeof h->addr) {
+        memcpy(h->addr, a, n);
+        h->addr[n] = '\0';
+        found = 1;
+      }
+    }
+  }
+  fclose(f);
+  return found;
+}
+
+static void kill_daemon(harness_t* h) {
+  uv_timer_stop(&h->kill_timer);
+  h->we_killed = 1;
+  h->kills++;
+  if (h->dstate == D_STARTING) h->recovery_kills++;
+  h->dstate = D_KILLED;
+  uv_process_kill(&h->proc, SIGKILL);
+}
+
+static void on_kill_timer(uv_timer_t* tm) {
+  harness_t* h = tm->data;
+  if (h->dstate == D_STARTING || h->dstate == D_UP) kill_daemon(h);
+}
+
+static void daemon_step(harness_t* h, uint64_t now) {
+  switch (h->dstate) {
+    case D_DOWN:
+      if (h->phase == PH_STOP || h->phase == PH_DONE) break;
+      if (now < h->restart_at) break;
+      if (h->bad_starts >= 3) {
+        violation(h, NULL, 0, "txmqd failed three times; giving up");
+        h->phase = PH_DONE;
+        break;
+      }
+      if (spawn_daemon(h) != 0) {
+        violation(h, NULL, 0, "cannot start txmqd");
+        h->phase = PH_DONE;
+      }
+      break;
+    case D_STARTING:
+      if (poll_listening(h)) {
+        h->dstate = D_UP;
+        h->start_ms = now - h->started_at;
+        if (h->phase == PH_LOAD && !uv_is_active((uv_handle_t*)&h->kill_timer))
+          uv_timer_start(&h->kill_timer, on_kill_timer,
+                         50 + below(&h->rng, (uint64_t)h->load_ms), 0);
+      } else if (now - h->started_at > 60000) {
+        violation(h, NULL, 0, "txmqd (incarnation %u) did not listen within 60 s",
+                  h->epoch);
+        print_log_tail(h, 30);
+        kill_daemon(h);
+        h->bad_starts++;
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+/* ---- the end of the run: drain, then stop ---- */
+
+static void on_list(txmq_client_t* c, int status, const msgpack_object* rep,
+                    void* arg) {
+  (void)c;
+  harness_t* h = arg;
+  h->drain_listing = 0;
+  if (status != 0 || rep == NULL) return; /* asked again at the next tick */
+  const msgpack_object* txs = txmq_client_map_get(rep, "txs");
+  if (txs == NULL || txs->type != MSGPACK_OBJECT_ARRAY) return;
+  if (txs->via.array.size == 0) {
+    h->drain_ok = 1;
+    return;
+  }
+  if (mono_ms() - h->drain_start < 60000) return;
+  /* Still undecided a minute after the last start: name them. */
+  for (uint32_t i = 0; i < txs->via.array.size; i++) {
+    const msgpack_object* e = &txs->via.array.ptr[i];
+    const msgpack_object* id = txmq_client_map_get(e, "tx_id");
+    const msgpack_object* st = txmq_client_map_get(e, "state");
+    const msgpack_object* cc = txmq_client_map_get(e, "check_count");
+    char hex[2 * TXMQ_TX_ID_LEN + 1] = "?";
+    size_t seq = h->ntx;
+    if (id && id->type == MSGPACK_OBJECT_BIN &&
+        id->via.bin.size == TXMQ_TX_ID_LEN) {
+      tx_id_hex((const uint8_t*)id->via.bin.ptr, hex);
+      for (size_t s = 0; s < h->ntx; s++)
+        if (h->tx[s].has_id &&
+            memcmp(h->tx[s].tx_id, id->via.bin.ptr, TXMQ_TX_ID_LEN) == 0) {
+          seq = s;
+          break;
+        }
+    }
+    char what[160];
+    snprintf(what, sizeof what, "still %.*s with %" PRIu64 " checks after the"
+             " checks had a minute", st && st->type == MSGPACK_OBJECT_STR
+             ? (int)st->via.str.size : 1,
+             st && st->type == MSGPACK_OBJECT_STR ? st->via.str.ptr : "?",
+             cc && cc->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? cc->via.u64 : 0);
+    if (seq < h->ntx) violation(h, &h->tx[seq], seq, "%s", what);
+    else violation(h, NULL, 0, "transaction %s: %s", hex, what);
+  }
+  h->drain_ok = -1;
+}
+
+static void drain_step(harness_t* h, uint64_t now) {
+  if (h->dstate != D_UP) return;
+  conn_t* hc = &h->conns[C_H];
+  if (h->drain_ok == 0) {
+    if (h->active > 0 || h->nlater > 0 || h->drain_listing ||
+        now < h->drain_next)
+      return;
+    for (int i = 0; i < NCONN; i++)
+      if (h->conns[i].state != C_UP) return;
+    h->drain_next = now + 250;
+    if (txmq_client_tx_list(hc->c, NULL, 100, on_list, h) == 0)
+      h->drain_listing = 1;
+    return;
+  }
+  /* Drained (or given up): close the producers, the rest is synchronous. */
+  h->phase = PH_STOP;
+  for (int i = 0; i < NCONN; i++) {
+    conn_t* cn = &h->conns[i];
+    if (cn->c != NULL && cn->state != C_CLOSING &&
+        txmq_client_close(cn->c, on_conn_closed, cn) == 0)
+      cn->state = C_CLOSING;
+  }
+}
+
+/* ---- the tick: connections, things due, the load ---- */
+
+static void run_later(harness_t* h, uint64_t now) {
+  for (size_t i = 0; i < h->nlater;) {
+    later_t l = h->later[i];
+    if (l.due > now) {
+      i++;
+      continue;
+    }
+    h->later[i] = h->later[--h->nlater];
+    if (l.what == L_CHECK_REPLY) {
+      /* Only on the connection that got it: after a reconnect, the same
+       * check id may name another check. */
+      if (l.conn->state == C_UP && l.conn->gen == l.gen)
+        txmq_client_check_reply(l.conn->c, l.check_id, l.decision);
+    } else {
+      send_end(h, l.seq, l.conn, l.decision, 0, 0, 0);
+    }
+  }
+}
+
+static void run_late(harness_t* h) {
+  conn_t* conn = &h->conns[C_H];
+  if (h->dstate != D_UP || conn->state != C_UP) return;
+  if (h->late_epoch != h->epoch) {
+    h->late_epoch = h->epoch;
+    h->late_sent = 0;
+  }
+  for (size_t i = 0; i < h->nlate && h->late_sent < LATE_PER_EPOCH;) {
+    size_t seq = h->late[i];
+    tx_t* t = &h->tx[seq];
+    if (t->ack_epoch >= h->epoch) {
+      i++;
+      continue;
+    }
+    h->late[i] = h->late[--h->nlate];
+    h->late_sent++;
+    h->late_repeats++;
+    if (chance(&h->rng, 30))
+      send_end(h, seq, conn, t->want_commit ? TXMQ_TX_ROLLBACK : TXMQ_TX_COMMIT,
+               1, 1, 0);
+    else
+      send_end(h, seq, conn, want_of(t), 0, 1, 0);
+  }
+}
+
+/* Each kind keeps its share of the window in flight, so that a kill finds
+ * requests of every kind under way whatever their latency (hosted ones
+ * wait for the script's worker, and would otherwise fill it). */
+static void fill_window(harness_t* h) {
+  static const unsigned share[K_COUNT] = {10, 25, 20, 25, 20};
+  for (unsigned k = 0; k < K_COUNT; k++) {
+    int cap = (int)((unsigned)h->window * share[k] / 100);
+    if (cap < 1) cap = 1;
+    while (h->active_kind[k] < cap)
+      if (start_one(h, k) != 0) break;
+  }
+}
+
+static void on_tick(uv_timer_t* tm) {
+  harness_t* h = tm->data;
+  uint64_t now = mono_ms();
+  daemon_step(h, now);
+  if (h->phase == PH_DONE) {
+    uv_timer_stop(tm);
+    return;
+  }
+  for (int i = 0; i < NCONN; i++) {
+    conn_t* cn = &h->conns[i];
+    if (cn->state != C_IDLE || h->dstate != D_UP || now < cn->retry_at) continue;
+    if (txmq_client_connect(cn->c, h->addr, on_connected, cn) == 0)
+      cn->state = C_CONNECTING;
+    else
+      cn->retry_at = now + 20;
+  }
+  run_later(h, now);
+  if (h->phase == PH_LOAD) {
+    run_late(h);
+    if (h->dstate == D_UP) fill_window(h);
+  } else if (h->phase == PH_DRAIN) {
+    drain_step(h, now);
+  } else if (h->phase == PH_STOP && h->dstate == D_UP) {
+    int open = 0;
+    for (int i = 0; i < NCONN; i++) open += h->conns[i].state != C_CLOSED;
+    if (!open) uv_timer_stop(tm); /* back to main: consume synchronously */
+  }
+}
+
+static void on_stop_timeout(uv_timer_t* tm) {
+  harness_t* h = tm->data;
+  violation(h, NULL, 0, "txmqd did not exit within 30 s of SIGTERM");
+  print_log_tail(h, 30);
+  uv_process_kill(&h->proc, SIGKILL);
+}
+
+/* Counts the rounds: called when a killed daemon's handle closed. */
+static void round_done(harness_t* h) {
+  if (h->phase != PH_LOAD) return;
+  h->round++;
+  if (h->round % 10 == 0 || h->round == h->rounds) {
+    printf("fault: round %d/%d, %zu transactions so far\n", h->round, h->rounds,
+           h->ntx);
+    fflush(stdout);
+  }
+  if (h->round >= h->rounds) {
+    h->phase = PH_DRAIN;
+    h->drain_start = mono_ms();
+  }
+}
+
+/* ---- after the run: consume, status, stop, verify ---- */
+
+static void record_delivery(harness_t* h, const char* topic,
+                            const txmq_delivery_t* d, long* per_topic) {
+  h->consumed++;
+  if (d->deliveries > 1) { /* the consumer's at-least-once, not a copy */
+    h->redelivered++;
+    return;
+  }
+  (*per_topic)++;
+  unsigned idx;
+  long s = msg_seq(h, d->msg, &idx);
+  size_t bl;
+  const void* body = txmq_msg_body(d->msg, &bl);
+  if (s < 0) {
+    violation(h, NULL, 0, "topic %s qid %d offset %" PRId64 " holds a message "
+              "the harness never sent: %.*s", topic, txmq_msg_queue_id(d->msg),
+              txmq_msg_queue_offset(d->msg), (int)(bl > 80 ? 80 : bl),
+              body ? (const char*)body : "");
+    return;
+  }
+  tx_t* t = &h->tx[s];
+  const char* want_topic;
+  topic_of(t, (size_t)s, idx, &want_topic);
+  const char* fw = txmq_msg_prop_get(d->msg, "fw");
+  if (idx >= t->nmsgs || strcmp(topic, want_topic) != 0 || fw == NULL ||
+      (fw[0] == 'c') != t->want_commit) {
+    violation(h, t, (size_t)s, "message %u arrived altered on topic %s", idx,
+              topic);
+    return;
+  }
+  if (t->delivered[idx] < 255) t->delivered[idx]++;
+  if (t->delivered[idx] == 2)
+    violation(h, t, (size_t)s, "message %u is visible twice (second copy at "
+              "topic %s qid %d offset %" PRId64 ")", idx, topic,
+              txmq_msg_queue_id(d->msg), txmq_msg_queue_offset(d->msg));
+}
+
+static int64_t obj_int(const msgpack_object* o) {
+  if (o == NULL) return -1;
+  if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) return (int64_t)o->via.u64;
+  if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) return o->via.i64;
+  return -1;
+}
+
+/* Reads every topic to its end with a fresh consumer group, then compares
+ * with the daemon's own counts. */
+static void consume_all(harness_t* h) {
+  txmq_client_options_t o;
+  memset(&o, 0, sizeof o);
+  o.client_id = "fault-verify";
+  o.role = TXMQ_ROLE_CONSUMER;
+  o.request_timeout_ms = 60000;
+  txmq_sync_client_t* s = NULL;
+  int rc = txmq_sync_new(&s, &o);
+  if (rc == 0) rc = txmq_sync_connect(s, h->addr);
+  if (rc != 0) {
+    violation(h, NULL, 0, "the verifying consumer cannot connect: %s (%s)",
+              txmq_err_name(rc), s ? txmq_sync_diag(s) : "");
+    txmq_sync_free(s);
+    return;
+  }
+  const char* topics[NTOPICS + 1] = {TOPICS[0], TOPICS[1], TOPICS[2],
+                                     PLAIN_TOPIC};
+  long got[NTOPICS + 1] = {0};
+  for (int k = 0; k < NTOPICS + 1; k++) {
+    int empty = 0;
+    while (empty < 2) {
+      txmq_receive_opts_t ro;
+      memset(&ro, 0, sizeof ro);
+      ro.group = VERIFY_GROUP;
+      ro.topic = topics[k];
+      ro.max = 256;
+      ro.wait_ms = 300;
+      ro.visibility_ms = 600000;
+      ro.from = TXMQ_FROM_EARLIEST;
+      txmq_delivery_t* d = NULL;
+      size_t n = 0;
+      rc = txmq_sync_receive(s, &ro, &d, &n);
+      if (rc != 0) {
+        violation(h, NULL, 0, "receive on %s failed: %s (%s)", topics[k],
+                  txmq_err_name(rc), txmq_sync_diag(s));
+        break;
+      }
+      if (n == 0) {
+        empty++;
+        continue;
+      }
+      empty = 0;
+      const char* handles[256];
+      for (size_t i = 0; i < n; i++) {
+        record_delivery(h, topics[k], &d[i], &got[k]);
+        handles[i] = d[i].handle;
+      }
+      int64_t nacked = 0;
+      rc = txmq_sync_ack(s, VERIFY_GROUP, handles, n, &nacked);
+      if (rc != 0 || nacked != (int64_t)n)
+        violation(h, NULL, 0, "ack of %zu messages on %s: %s, %" PRId64
+                  " acknowledged", n, topics[k], txmq_err_name(rc), nacked);
+      txmq_client_free_deliveries(d, n);
+    }
+  }
+
+  txmq_reply_t* rep = NULL;
+  rc = txmq_sync_call(s, "status", NULL, 0, &rep);
+  if (rc != 0) {
+    violation(h, NULL, 0, "status failed: %s", txmq_err_name(rc));
+    txmq_sync_free(s);
+    return;
+  }
+  const msgpack_object* o2 = txmq_reply_object(rep);
+  const msgpack_object* tps = txmq_client_map_get(o2, "topics");
+  for (int k = 0; k < NTOPICS + 1; k++) {
+    int64_t msgs = 0;
+    for (uint32_t i = 0; tps && tps->type == MSGPACK_OBJECT_ARRAY &&
+                         i < tps->via.array.size; i++) {
+      const msgpack_object* nm = txmq_client_map_get(&tps->via.array.ptr[i], "name");
+      if (nm && nm->type == MSGPACK_OBJECT_STR &&
+          nm->via.str.size == strlen(topics[k]) &&
+          memcmp(nm->via.str.ptr, topics[k], nm->via.str.size) == 0)
+        msgs = obj_int(txmq_client_map_get(&tps->via.array.ptr[i], "messages"));
+    }
+    if (msgs != got[k])
+      violation(h, NULL, 0, "status counts %" PRId64 " messages on %s, the "
+                "consumer read %ld", msgs, topics[k], got[k]);
+  }
+  const msgpack_object* tx = txmq_client_map_get(o2, "tx");
+  int64_t pending = obj_int(txmq_client_map_get(tx, "pending"));
+  int64_t parked = obj_int(txmq_client_map_get(tx, "parked"));
+  if (pending != 0 || parked != 0)
+    violation(h, NULL, 0, "status: %" PRId64 " pending and %" PRId64
+              " parked transactions at the end", pending, parked);
+  txmq_reply_free(rep);
+  txmq_sync_free(s);
+}
+
+/* Hosted checks, counted from the script's log lines; one for a
+ * transaction whose decision was acknowledged in an earlier incarnation
+ * breaks "no check after a decision". */
+static void scan_log(harness_t* h) {
+  FILE* f = fopen(h->logpath, "r");
+  if (f == NULL) return;
+  char line[4096];
+  uint32_t epoch = 0;
+  while (fgets(line, sizeof line, f) != NULL) {
+    unsigned e;
+    if (sscanf(line, "=== fault_harness: incarnation %u ===", &e) == 1) {
+      epoch = e;
+      continue;
+    }
+    const char* p = strstr(line, "fault-check ft=");
+    if (p == NULL) continue;
+    h->script_checks++;
+    unsigned long long s = strtoull(p + strlen("fault-check ft="), NULL, 10);
+    if (s >= h->ntx) continue;
+    tx_t* t = &h->tx[s];
+    if (t->ack != ACK_NONE && t->ack_epoch < epoch)
+      violation(h, t, (size_t)s, "the hosted script checked it in incarnation %u"
+                " after its decision was acknowledged", epoch);
+  }
+  fclose(f);
+}
+
+static int run_tool(harness_t* h, const char* what) {
+  char exe[PATH_MAX + 16];
+  snprintf(exe, sizeof exe, "%s/txmq", h->bindir);
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int fd = open("/dev/null", O_WRONLY);
+    if (fd >= 0) dup2(fd, 1);
+    execl(exe, exe, "log", what, h->data, (char*)NULL);
+    _exit(127);
+  }
+  int st;
+  if (waitpid(pid, &st, 0) != pid) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* ---- the verdict ---- */
+
+static void check_history(harness_t* h) {
+  long n_out[K_COUNT][6] = {{0}};
+  enum { O_COMMITTED, O_ROLLED_BACK, O_UNCERTAIN_IN, O_UNCERTAIN_OUT,
+         O_UNSENT, O_BY_CHECK };
+  for (size_t seq = 0; seq < h->ntx; seq++) {
+    tx_t* t = &h->tx[seq];
+    unsigned got = 0, dup = 0;
+    for (unsigned i = 0; i < t->nmsgs; i++) {
+      got += t->delivered[i] > 0;
+      dup |= t->delivered[i] > 1;
+    }
+    int stored = t->half == HALF_ACKED || t->checked;
+    if (t->half == HALF_UNSENT && got)
+      violation(h, t, seq, "a message never sent was delivered");
+    if (got > 0 && got < t->nmsgs)
+      violation(h, t, seq, "only %u of its %u messages were delivered", got,
+                t->nmsgs);
+    if (got && !t->want_commit)
+      violation(h, t, seq, "%s was delivered", t->ack == ACK_ROLLBACK
+                ? "an acknowledged ROLLBACK" : "a transaction every decider "
+                "rolls back");
+    if (!got && t->want_commit && t->ack == ACK_COMMIT)
+      violation(h, t, seq, "%s was lost", t->kind == K_PLAIN
+                ? "an acknowledged send" : "an acknowledged COMMIT");
+    else if (!got && t->want_commit && stored && t->kind != K_PLAIN)
+      violation(h, t, seq, "stored, every decider answers COMMIT, checks had "
+                "their time, and nothing was delivered");
+    (void)dup; /* reported as it was read */
+    if (t->half == HALF_UNSENT) n_out[t->kind][O_UNSENT]++;
+    else if (!stored) n_out[t->kind][got ? O_UNCERTAIN_IN : O_UNCERTAIN_OUT]++;
+    else if (t->ack == ACK_NONE && t->kind != K_PLAIN)
+      n_out[t->kind][O_BY_CHECK]++;
+    else n_out[t->kind][got ? O_COMMITTED : O_ROLLED_BACK]++;
+  }
+  printf("fault: transactions by kind and outcome\n"
+         "  %-11s %8s %10s %12s %9s %11s %12s %7s\n", "kind", "started",
+         "committed", "rolled_back", "by_check", "uncertain", "(delivered)",
+         "unsent");
+  long tot[7] = {0};
+  for (int k = 0; k < K_COUNT; k++) {
+    long* o = n_out[k];
+    printf("  %-11s %8ld %10ld %12ld %9ld %11ld %12ld %7ld\n", KIND[k],
+           h->started[k], o[O_COMMITTED], o[O_ROLLED_BACK], o[O_BY_CHECK],
+           o[O_UNCERTAIN_IN] + o[O_UNCERTAIN_OUT], o[O_UNCERTAIN_IN],
+           o[O_UNSENT]);
+    tot[0] += h->started[k];
+    tot[1] += o[O_COMMITTED];
+    tot[2] += o[O_ROLLED_BACK];
+    tot[3] += o[O_BY_CHECK];
+    tot[4] += o[O_UNCERTAIN_IN] + o[O_UNCERTAIN_OUT];
+    tot[5] += o[O_UNCERTAIN_IN];
+    tot[6] += o[O_UNSENT];
+  }
+  printf("  %-11s %8ld %10ld %12ld %9ld %11ld %12ld %7ld\n", "all", tot[0],
+         tot[1], tot[2], tot[3], tot[4], tot[5], tot[6]);
+  printf("  (committed/rolled_back: the producer was told; by_check: stored, "
+         "decided by a check or a late end; uncertain: the request's answer "
+         "was lost)\n");
+}
+
+static int rm_one(const char* p, const struct stat* s, int flag,
+                  struct FTW* f) {
+  (void)s;
+  (void)flag;
+  (void)f;
+  return remove(p);
+}
+
+static int write_file(const char* path, const char* text) {
+  FILE* f = fopen(path, "w");
+  if (f == NULL) return -1;
+  fputs(text, f);
+  return fclose(f);
+}
+
+static long env_long(const char* name, long dflt) {
+  const char* v = getenv(name);
+  if (v == NULL || *v == '\0') return dflt;
+  return strtol(v, NULL, 0);
+}
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  harness_t* h = calloc(1, sizeof *h);
+  if (h == NULL) return 1;
+  long rounds = -1, dflt_rounds = 50;
+  int have_seed = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
+      rounds = strtol(argv[++i], NULL, 0);
+    } else if (strcmp(argv[i], "--default-rounds") == 0 && i + 1 < argc) {
+      dflt_rounds = strtol(argv[++i], NULL, 0);
+    } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
+      h->seed = strtoull(argv[++i], NULL, 0);
+      have_seed = 1;
+    } else if (strcmp(argv[i], "--keep") == 0) {
+      h->keep = 1;
+    } else {
+      fprintf(stderr, "usage: fault_harness [--rounds N] [--default-rounds N]"
+              " [--seed S] [--keep]\n");
+      return 2;
+    }
+  }
+  if (rounds < 0) rounds = env_long("FAULT_ROUNDS", dflt_rounds);
+  if (!have_seed && getenv("FAULT_SEED") != NULL) {
+    h->seed = strtoull(getenv("FAULT_SEED"), NULL, 0);
+    have_seed = 1;
+  }
+  if (!have_seed) h->seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+  if (h->seed == 0) h->seed = 1;
+  h->rng.s = h->seed;
+  h->rounds = rounds < 1 ? 1 : (int)rounds;
+  h->window = (int)env_long("FAULT_WINDOW", 32);
+  h->load_ms = (int)env_long("FAULT_LOAD_MS", 2500);
+  if (h->window < 1) h->window = 1;
+  if (h->load_ms < 1) h->load_ms = 1;
+  if (env_long("FAULT_KEEP", 0)) h->keep = 1;
+
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) {
+    fprintf(stderr, "fault_harness: /proc/self/exe: %s\n", strerror(errno));
+    return 1;
+  }
+  self[n] = '\0';
+  snprintf(h->bindir, sizeof h->bindir, "%s", dirname(self));
+  const char* tmp = getenv("TMPDIR");
+  snprintf(h->dir, sizeof h->dir, "%s/txmq-fault-XXXXXX",
+           tmp != NULL && *tmp ? tmp : "/tmp");
+  if (mkdtemp(h->dir) == NULL) {
+    fprintf(stderr, "fault_harness: mkdtemp: %s\n", strerror(errno));
+    return 1;
+  }
+  snprintf(h->logpath, sizeof h->logpath, "%s/txmqd.log", h->dir);
+  snprintf(h->conf, sizeof h->conf, "%s/txmqd.conf.lua", h->dir);
+  snprintf(h->data, sizeof h->data, "%s/data", h->dir);
+  snprintf(h->scripts, sizeof h->scripts, "%s/scripts", h->dir);
+  char path[PATH_MAX + 48];
+  snprintf(path, sizeof path, "%s/" HOSTED_GROUP ".lua", h->scripts);
+  if (mkdir(h->scripts, 0755) != 0 || write_file(path, HOSTED_SCRIPT) != 0 ||
+      write_file(h->conf, CONF) != 0) {
+    fprintf(stderr, "fault_harness: cannot write into %s\n", h->dir);
+    return 1;
+  }
+  printf("fault: %d rounds, seed %" PRIu64 ", window %d, load up to %d ms, "
+         "work dir %s\n", h->rounds, h->seed, h->window, h->load_ms, h->dir);
+  fflush(stdout);
+
+  uint64_t t0 = mono_ms();
+  uv_loop_init(&h->loop);
+  static const char* const ids[NCONN] = {"fault-p1", "fault-p2", "fault-h"};
+  for (int i = 0; i < NCONN; i++)
+    if (conn_init(h, &h->conns[i], ids[i], i != C_H) != 0) {
+      fprintf(stderr, "fault_harness: client: cannot create\n");
+      return 1;
+    }
+  uv_timer_init(&h->loop, &h->tick);
+  h->tick.data = h;
+  uv_timer_init(&h->loop, &h->kill_timer);
+  h->kill_timer.data = h;
+  h->start_ms = 20;
+  uv_timer_start(&h->tick, on_tick, 0, TICK_MS);
+
+  /* The load, the kills, the drain: until the producers are closed. A
+   * killed daemon's handle closing ends a round. */
+  while (uv_is_active((uv_handle_t*)&h->tick)) uv_run(&h->loop, UV_RUN_ONCE);
+  uint64_t t_load = mono_ms();
+
+  if (h->dstate == D_UP && h->phase == PH_STOP) {
+    consume_all(h);
+    h->dstate = D_STOPPING;
+    uv_process_kill(&h->proc, SIGTERM);
+    uv_timer_start(&h->tick, on_stop_timeout, 30000, 0);
+  }
+  while (h->proc_open) uv_run(&h->loop, UV_RUN_ONCE);
+  uv_timer_stop(&h->tick);
+  for (int i = 0; i < NCONN; i++) {
+    conn_t* cn = &h->conns[i];
+    if (cn->c != NULL && cn->state != C_CLOSING &&
+        txmq_client_close(cn->c, on_conn_closed, cn) == 0)
+      cn->state = C_CLOSING;
+  }
+  uv_close((uv_handle_t*)&h->tick, NULL);
+  uv_close((uv_handle_t*)&h->kill_timer, NULL);
+  uv_run(&h->loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(&h->loop) != 0)
+    fprintf(stderr, "fault_harness: the loop still has handles\n");
+
+  int vrc = run_tool(h, "verify");
+  if (vrc != 0)
+    violation(h, NULL, 0, "`txmq log verify` of the data directory exit %d",
+              vrc);
+  scan_log(h);
+  check_history(h);
+
+  long msgs = 0;
+  for (size_t s = 0; s < h->ntx; s++) msgs += h->tx[s].nmsgs;
+  printf("fault: rounds=%d kills=%ld (during recovery %ld) starts=%ld "
+         "seconds=%.1f (load %.1f)\n", h->round, h->kills, h->recovery_kills,
+         h->starts, (double)(mono_ms() - t0) / 1e3,
+         (double)(t_load - t0) / 1e3);
+  printf("fault: decisions repeated=%ld (same answer %ld, pipelined %ld, in a"
+         " later incarnation %ld, forgotten after a restart %ld),"
+         " conflicting probes=%ld (refused %ld)\n", h->repeats, h->repeats_ok,
+         h->pipelined, h->late_repeats, h->repeats_forgotten, h->probes,
+         h->probes_refused);
+  printf("fault: checks answered by producers=%ld (commit %ld, rollback %ld, "
+         "unknown %ld), by the hosted script=%ld\n", h->checks_seen,
+         h->checks_answered[TXMQ_TX_COMMIT], h->checks_answered[TXMQ_TX_ROLLBACK],
+         h->checks_answered[TXMQ_TX_UNKNOWN], h->script_checks);
+  printf("fault: requests whose answer was lost=%ld (", h->uncertain_reqs);
+  int first = 1;
+  for (int k = 1; k < 32; k++)
+    if (h->end_errors[k]) {
+      printf("%s%s %ld", first ? "" : ", ", txmq_err_name(-k), h->end_errors[k]);
+      first = 0;
+    }
+  printf(")\n");
+  if (h->hosted_direct_pending)
+    printf("fault: hosted transactions left pending by a slow script=%ld\n",
+           h->hosted_direct_pending);
+  printf("fault: messages sent=%ld consumed=%ld (redelivered %ld)\n", msgs,
+         h->consumed, h->redelivered);
+  printf("fault: violations=%ld\n", h->violations);
+
+  int bad = h->violations != 0 || h->phase != PH_DONE;
+  if (!bad && !h->keep) {
+    nftw(h->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+  } else {
+    printf("fault: work directory kept: %s (txmqd.log marks each "
+           "incarnation)\n", h->dir);
+  }
+  free(h->tx);
+  free(h->later);
+  free(h->late);
+  free(h);
+  return bad ? 1 : 0;
+}
