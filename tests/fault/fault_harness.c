@@ -74,6 +74,8 @@
 #define PROD_GROUP "fault-prod"
 #define HOSTED_GROUP "fault-hosted"
 #define VERIFY_GROUP "fault-verify"
+#define LIVE_GROUP "fault-live"
+#define LIVE_VISIBILITY_MS 2000
 #define NTOPICS 3
 #define PLAIN_TOPIC "fault-plain"
 #define MAX_MULTI 4
@@ -166,6 +168,7 @@ typedef struct {
   uint8_t kind, plan, want_commit, first_unknown, nmsgs, half, ack, has_id;
   uint8_t checked;        /* a check reached a producer: it was stored */
   uint8_t delivered[MAX_MULTI]; /* first deliveries seen per message */
+  uint8_t live[MAX_MULTI];      /* deliveries to the live consumer group */
   uint16_t checks;        /* checks the producers answered */
   uint32_t half_epoch;    /* daemon incarnation that acknowledged the half */
   uint32_t ack_epoch;     /* ... that acknowledged the decision */
@@ -176,15 +179,19 @@ typedef struct {
 /* ---- the harness ---- */
 
 enum { D_DOWN, D_STARTING, D_UP, D_KILLED, D_STOPPING };
-enum { PH_LOAD, PH_DRAIN, PH_STOP, PH_DONE };
+enum { PH_LOAD, PH_DRAIN, PH_LIVE, PH_STOP, PH_DONE };
 enum { C_IDLE, C_CONNECTING, C_UP, C_CLOSING, C_CLOSED };
-enum { C_P1, C_P2, C_H, NCONN };
+enum { C_P1, C_P2, C_H, C_L, NCONN };
+/* What a connection does: producer-hosted transactions and their checks,
+ * hosted transactions and plain sends, or the live consumer group. */
+enum { R_PRODUCER, R_HOSTED, R_CONSUMER };
 
 typedef struct harness_s harness_t;
 
 typedef struct {
   harness_t* h;
   const char* id;
+  int role;
   txmq_client_t* c;
   int state;
   uint32_t gen, epoch; /* of the current connection */
@@ -238,6 +245,9 @@ struct harness_s {
   uint32_t late_epoch;
   uint64_t drain_start, drain_next;
   int drain_listing, drain_ok;
+  uint64_t next_drop, next_reload; /* producer drops, script rewrites */
+  int live_busy, live_topic;
+  uint64_t live_last_msg;
 
   tx_t* tx;
   size_t ntx, captx;
@@ -249,7 +259,8 @@ struct harness_s {
   long late_repeats, pipelined;
   long checks_seen, checks_answered[4], script_checks;
   long uncertain_reqs, hosted_direct_pending;
-  long consumed, redelivered;
+  long consumed, redelivered, live_consumed, live_redelivered;
+  long drops, reloads;
   long violations;
   long end_errors[32]; /* failed requests by -code */
 };
@@ -861,34 +872,75 @@ static void on_lost(txmq_client_t* c, int status, void* arg) {
   conn->retry_at = mono_ms() + 10;
 }
 
-static void on_conn_closed(txmq_client_t* c, void* arg) {
-  conn_t* conn = arg;
-  txmq_client_free(c);
-  conn->c = NULL;
-  conn->state = C_CLOSED;
-}
-
-/* producer: the client announces PROD_GROUP and answers its checks. */
-static int conn_init(harness_t* h, conn_t* conn, const char* id, int producer) {
-  static const char* const groups[1] = {PROD_GROUP};
+static int conn_init(harness_t* h, conn_t* conn, const char* id, int role) {
+  static const char* const pgroups[1] = {PROD_GROUP};
+  static const char* const cgroups[1] = {LIVE_GROUP};
   memset(conn, 0, sizeof *conn);
   conn->h = h;
   conn->id = id;
+  conn->role = role;
   txmq_client_options_t o;
   memset(&o, 0, sizeof o);
   o.client_id = id;
-  o.role = TXMQ_ROLE_PRODUCER;
-  if (producer) {
-    o.producer_groups = groups;
+  o.role = role == R_CONSUMER ? TXMQ_ROLE_CONSUMER : TXMQ_ROLE_PRODUCER;
+  if (role == R_PRODUCER) {
+    o.producer_groups = pgroups;
     o.n_producer_groups = 1;
+  } else if (role == R_CONSUMER) {
+    o.consumer_groups = cgroups;
+    o.n_consumer_groups = 1;
   }
   o.connect_timeout_ms = 3000;
   o.request_timeout_ms = 20000;
   int rc = txmq_client_new(&conn->c, &h->loop, &o);
   if (rc != 0) return rc;
   txmq_client_on_disconnect(conn->c, on_lost, conn);
-  if (producer) rc = txmq_client_on_check(conn->c, PROD_GROUP, on_check, conn);
+  if (role == R_PRODUCER)
+    rc = txmq_client_on_check(conn->c, PROD_GROUP, on_check, conn);
   return rc;
+}
+
+static void on_conn_closed(txmq_client_t* c, void* arg) {
+  conn_t* conn = arg;
+  harness_t* h = conn->h;
+  txmq_client_free(c);
+  conn->c = NULL;
+  conn->state = C_CLOSED;
+  if (h->phase == PH_STOP || h->phase == PH_DONE) return;
+  /* A dropped producer: the same client id comes back a little later,
+   * as a restarted producer would; meanwhile its checks go to the other
+   * member of the group. */
+  if (conn_init(h, conn, conn->id, conn->role) == 0) {
+    conn->state = C_IDLE;
+    conn->retry_at = mono_ms() + 100 + below(&h->rng, 700);
+  }
+}
+
+/* Now and then a producer closes its connection in the middle of its
+ * transactions (what it had in flight becomes uncertain). */
+static void maybe_drop(harness_t* h, uint64_t now) {
+  if (now < h->next_drop) return;
+  h->next_drop = now + 500 + below(&h->rng, 3000);
+  conn_t* conn = &h->conns[below(&h->rng, 2) ? C_P2 : C_P1];
+  if (conn->state != C_UP) return;
+  if (txmq_client_close(conn->c, on_conn_closed, conn) == 0) {
+    conn->state = C_CLOSING;
+    h->drops++;
+  }
+}
+
+/* Now and then the hosted group's script is rewritten (a new version,
+ * the same handlers): the daemon reloads it while transactions run. */
+static void maybe_reload(harness_t* h, uint64_t now) {
+  if (now < h->next_reload) return;
+  h->next_reload = now + 1000 + below(&h->rng, 4000);
+  char tmp[PATH_MAX + 48], path[PATH_MAX + 48];
+  snprintf(tmp, sizeof tmp, "%s/." HOSTED_GROUP ".tmp", h->scripts);
+  snprintf(path, sizeof path, "%s/" HOSTED_GROUP ".lua", h->scripts);
+  FILE* f = fopen(tmp, "w");
+  if (f == NULL) return;
+  fprintf(f, "-- revision %ld\n%s", ++h->reloads, HOSTED_SCRIPT);
+  if (fclose(f) == 0) rename(tmp, path);
 }
 
 /* ---- the daemon ---- */
@@ -1074,6 +1126,98 @@ static void daemon_step(harness_t* h, uint64_t now) {
   }
 }
 
+/* ---- consumers ---- */
+
+static const char* const ALL_TOPICS[NTOPICS + 1] = {"fault-a", "fault-b",
+                                                    "fault-c", PLAIN_TOPIC};
+
+/* The transaction of a message a consumer got, or -1 after reporting a
+ * message the harness never sent or one that changed on the way. */
+static long delivered_seq(harness_t* h, const char* topic,
+                          const txmq_msg_t* m, unsigned* idx) {
+  long s = msg_seq(h, m, idx);
+  if (s < 0) {
+    size_t bl;
+    const void* body = txmq_msg_body(m, &bl);
+    violation(h, NULL, 0, "topic %s qid %d offset %" PRId64 " holds a message "
+              "the harness never sent: %.*s", topic, txmq_msg_queue_id(m),
+              txmq_msg_queue_offset(m), (int)(bl > 80 ? 80 : bl),
+              body ? (const char*)body : "");
+    return -1;
+  }
+  tx_t* t = &h->tx[s];
+  const char* want_topic;
+  topic_of(t, (size_t)s, *idx, &want_topic);
+  const char* fw = txmq_msg_prop_get(m, "fw");
+  if (*idx >= t->nmsgs || strcmp(topic, want_topic) != 0 || fw == NULL ||
+      (fw[0] == 'c') != t->want_commit) {
+    violation(h, t, (size_t)s, "message %u arrived altered on topic %s", *idx,
+              topic);
+    return -1;
+  }
+  return s;
+}
+
+/* The live consumer group reads the topics while the daemon is killed
+ * under it: at the end it must have had every message the final reading
+ * finds, and none that it does not (nothing visible for a while only). */
+typedef struct {
+  harness_t* h;
+  int topic;
+} live_req_t;
+
+static void on_live_ack(txmq_client_t* c, int status, int64_t v, void* arg) {
+  (void)c;
+  (void)status;
+  (void)v;
+  (void)arg; /* an ack lost with its connection: delivered again */
+}
+
+static void on_live(txmq_client_t* c, int status, txmq_delivery_t* d, size_t n,
+                    void* arg) {
+  live_req_t* r = arg;
+  harness_t* h = r->h;
+  const char* topic = ALL_TOPICS[r->topic];
+  free(r);
+  h->live_busy = 0;
+  if (status != 0 || n == 0) return;
+  const char* handles[256];
+  for (size_t i = 0; i < n && i < 256; i++) {
+    h->live_consumed++;
+    unsigned idx;
+    long s = delivered_seq(h, topic, d[i].msg, &idx);
+    if (s >= 0) {
+      /* Again: its ack was lost, or the group's progress since the last
+       * checkpoint was (at-least-once). */
+      if (h->tx[s].live[idx] > 0) h->live_redelivered++;
+      if (h->tx[s].live[idx] < 255) h->tx[s].live[idx]++;
+    }
+    handles[i] = d[i].handle;
+  }
+  h->live_last_msg = mono_ms();
+  txmq_client_ack(c, LIVE_GROUP, handles, n < 256 ? n : 256, on_live_ack, NULL);
+}
+
+static void live_step(harness_t* h) {
+  conn_t* conn = &h->conns[C_L];
+  if (h->live_busy || conn->state != C_UP) return;
+  live_req_t* r = malloc(sizeof *r);
+  if (r == NULL) return;
+  r->h = h;
+  r->topic = h->live_topic;
+  h->live_topic = (h->live_topic + 1) % (NTOPICS + 1);
+  txmq_receive_opts_t ro;
+  memset(&ro, 0, sizeof ro);
+  ro.group = LIVE_GROUP;
+  ro.topic = ALL_TOPICS[r->topic];
+  ro.max = 256;
+  ro.wait_ms = 20;
+  ro.visibility_ms = LIVE_VISIBILITY_MS;
+  ro.from = TXMQ_FROM_EARLIEST;
+  if (txmq_client_receive(conn->c, &ro, on_live, r) == 0) h->live_busy = 1;
+  else free(r);
+}
+
 /* ---- the end of the run: drain, then stop ---- */
 
 static void on_list(txmq_client_t* c, int status, const msgpack_object* rep,
@@ -1133,7 +1277,13 @@ static void drain_step(harness_t* h, uint64_t now) {
       h->drain_listing = 1;
     return;
   }
-  /* Drained (or given up): close the producers, the rest is synchronous. */
+  /* Drained (or given up): the live consumer catches up. */
+  h->phase = PH_LIVE;
+  h->live_last_msg = now;
+}
+
+/* Closes every connection; what follows is synchronous. */
+static void stop_clients(harness_t* h) {
   h->phase = PH_STOP;
   for (int i = 0; i < NCONN; i++) {
     conn_t* cn = &h->conns[i];
@@ -1219,8 +1369,17 @@ static void on_tick(uv_timer_t* tm) {
       cn->retry_at = now + 20;
   }
   run_later(h, now);
+  if (h->phase == PH_LIVE && !h->live_busy &&
+      now - h->live_last_msg > LIVE_VISIBILITY_MS + 1500) {
+    /* Nothing came for longer than the visibility timeout (an ack lost
+     * with a kill brings its message back after it): caught up. */
+    stop_clients(h);
+  }
+  if (h->phase != PH_STOP) live_step(h);
   if (h->phase == PH_LOAD) {
     run_late(h);
+    maybe_drop(h, now);
+    maybe_reload(h, now);
     if (h->dstate == D_UP) fill_window(h);
   } else if (h->phase == PH_DRAIN) {
     drain_step(h, now);
@@ -1264,26 +1423,9 @@ static void record_delivery(harness_t* h, const char* topic,
   }
   (*per_topic)++;
   unsigned idx;
-  long s = msg_seq(h, d->msg, &idx);
-  size_t bl;
-  const void* body = txmq_msg_body(d->msg, &bl);
-  if (s < 0) {
-    violation(h, NULL, 0, "topic %s qid %d offset %" PRId64 " holds a message "
-              "the harness never sent: %.*s", topic, txmq_msg_queue_id(d->msg),
-              txmq_msg_queue_offset(d->msg), (int)(bl > 80 ? 80 : bl),
-              body ? (const char*)body : "");
-    return;
-  }
+  long s = delivered_seq(h, topic, d->msg, &idx);
+  if (s < 0) return;
   tx_t* t = &h->tx[s];
-  const char* want_topic;
-  topic_of(t, (size_t)s, idx, &want_topic);
-  const char* fw = txmq_msg_prop_get(d->msg, "fw");
-  if (idx >= t->nmsgs || strcmp(topic, want_topic) != 0 || fw == NULL ||
-      (fw[0] == 'c') != t->want_commit) {
-    violation(h, t, (size_t)s, "message %u arrived altered on topic %s", idx,
-              topic);
-    return;
-  }
   if (t->delivered[idx] < 255) t->delivered[idx]++;
   if (t->delivered[idx] == 2)
     violation(h, t, (size_t)s, "message %u is visible twice (second copy at "
@@ -1315,8 +1457,7 @@ static void consume_all(harness_t* h) {
     txmq_sync_free(s);
     return;
   }
-  const char* topics[NTOPICS + 1] = {TOPICS[0], TOPICS[1], TOPICS[2],
-                                     PLAIN_TOPIC};
+  const char* const* topics = ALL_TOPICS;
   long got[NTOPICS + 1] = {0};
   for (int k = 0; k < NTOPICS + 1; k++) {
     int empty = 0;
@@ -1446,6 +1587,14 @@ static void check_history(harness_t* h) {
       dup |= t->delivered[i] > 1;
     }
     int stored = t->half == HALF_ACKED || t->checked;
+    for (unsigned i = 0; i < t->nmsgs; i++) {
+      if (t->delivered[i] && !t->live[i])
+        violation(h, t, seq, "message %u never reached the live consumer "
+                  "group", i);
+      else if (!t->delivered[i] && t->live[i])
+        violation(h, t, seq, "the live consumer group got message %u, which "
+                  "the final reading does not find", i);
+    }
     if (t->half == HALF_UNSENT && got)
       violation(h, t, seq, "a message never sent was delivered");
     if (got > 0 && got < t->nmsgs)
@@ -1584,9 +1733,12 @@ int main(int argc, char** argv) {
 
   uint64_t t0 = mono_ms();
   uv_loop_init(&h->loop);
-  static const char* const ids[NCONN] = {"fault-p1", "fault-p2", "fault-h"};
+  static const char* const ids[NCONN] = {"fault-p1", "fault-p2", "fault-h",
+                                         "fault-l"};
+  static const int roles[NCONN] = {R_PRODUCER, R_PRODUCER, R_HOSTED,
+                                   R_CONSUMER};
   for (int i = 0; i < NCONN; i++)
-    if (conn_init(h, &h->conns[i], ids[i], i != C_H) != 0) {
+    if (conn_init(h, &h->conns[i], ids[i], roles[i]) != 0) {
       fprintf(stderr, "fault_harness: client: cannot create\n");
       return 1;
     }
@@ -1595,6 +1747,7 @@ int main(int argc, char** argv) {
   uv_timer_init(&h->loop, &h->kill_timer);
   h->kill_timer.data = h;
   h->start_ms = 20;
+  h->next_drop = h->next_reload = mono_ms() + 1000;
   uv_timer_start(&h->tick, on_tick, 0, TICK_MS);
 
   /* The load, the kills, the drain: until the producers are closed. A
@@ -1655,8 +1808,11 @@ int main(int argc, char** argv) {
   if (h->hosted_direct_pending)
     printf("fault: hosted transactions left pending by a slow script=%ld\n",
            h->hosted_direct_pending);
-  printf("fault: messages sent=%ld consumed=%ld (redelivered %ld)\n", msgs,
-         h->consumed, h->redelivered);
+  printf("fault: messages sent=%ld consumed=%ld (redelivered %ld), by the "
+         "live group=%ld (redelivered %ld)\n", msgs, h->consumed,
+         h->redelivered, h->live_consumed, h->live_redelivered);
+  printf("fault: producer connections dropped=%ld, script rewrites=%ld\n",
+         h->drops, h->reloads);
   printf("fault: violations=%ld\n", h->violations);
 
   int bad = h->violations != 0 || h->phase != PH_DONE;
