@@ -260,7 +260,7 @@ struct harness_s {
   long checks_seen, checks_answered[4], script_checks;
   long uncertain_reqs, hosted_direct_pending;
   long consumed, redelivered, live_consumed, live_redelivered;
-  long drops, reloads;
+  long drops, reloads, shows, shows_forgotten;
   long violations;
   long end_errors[32]; /* failed requests by -code */
 };
@@ -485,8 +485,10 @@ static void acked(harness_t* h, tx_t* t, size_t seq, txmq_tx_state_t state,
 static void send_end(harness_t* h, size_t seq, conn_t* conn,
                      txmq_tx_decision_t d, int probe, int repeat, int counts);
 
-/* After an acknowledged decision: repeat it, probe the opposite one, or
- * keep it for a later incarnation. */
+static void send_show(harness_t* h, size_t seq, conn_t* conn);
+
+/* After an acknowledged decision: repeat it, probe the opposite one, read
+ * its audit history, or keep it for a later incarnation. */
 static void maybe_repeat(harness_t* h, size_t seq, conn_t* conn) {
   tx_t* t = &h->tx[seq];
   if (!t->has_id || t->ack == ACK_NONE) return;
@@ -498,7 +500,84 @@ static void maybe_repeat(harness_t* h, size_t seq, conn_t* conn) {
              t->want_commit ? TXMQ_TX_ROLLBACK : TXMQ_TX_COMMIT, 1, 1, 0);
   } else if (r < 35) {
     late_add(h, seq);
+  } else if (r < 40) {
+    send_show(h, seq, conn);
   }
+}
+
+static int str_is(const msgpack_object* o, const char* s) {
+  return o != NULL && o->type == MSGPACK_OBJECT_STR &&
+         o->via.str.size == strlen(s) && memcmp(o->via.str.ptr, s,
+                                                o->via.str.size) == 0;
+}
+
+/* tx.show of a transaction whose decision was acknowledged: the decision
+ * is durable, so its history is complete, starts with the half record and
+ * holds exactly one decision, the acknowledged one, made by a source that
+ * can make it for this kind of transaction. */
+static void on_show(txmq_client_t* c, int status, const msgpack_object* rep,
+                    void* arg) {
+  op_t* op = arg;
+  harness_t* h = op->h;
+  tx_t* t = &h->tx[op->seq];
+  if (status == TXMQ_ENOTFOUND && op->epoch != t->ack_epoch) {
+    h->shows_forgotten++; /* replay did not reach back to it */
+  } else if (lost_error(status)) {
+    h->uncertain_reqs++;
+    count_error(h, status);
+  } else if (status != 0) {
+    violation(h, t, op->seq, "tx.show failed with %s (%s) in incarnation %u",
+              txmq_err_name(status), txmq_client_diag(c), op->epoch);
+  } else {
+    h->shows++;
+    const msgpack_object* info = txmq_client_map_get(rep, "tx");
+    const msgpack_object* hist = txmq_client_map_get(rep, "history");
+    const msgpack_object* complete = txmq_client_map_get(rep, "complete");
+    const char* want = state_name(state_of(want_of(t)));
+    const char* dname = t->want_commit ? "commit" : "rollback";
+    int hosted = t->kind == K_H1 || t->kind == K_HN;
+    unsigned decisions = 0, wrong = 0;
+    char why[200] = "";
+    if (!str_is(txmq_client_map_get(info, "state"), want))
+      snprintf(why, sizeof why, "its state is not %s", want);
+    else if (complete == NULL || complete->type != MSGPACK_OBJECT_BOOLEAN ||
+             !complete->via.boolean)
+      snprintf(why, sizeof why, "its history is incomplete");
+    else if (hist == NULL || hist->type != MSGPACK_OBJECT_ARRAY ||
+             hist->via.array.size == 0 ||
+             !str_is(txmq_client_map_get(&hist->via.array.ptr[0], "event"),
+                     "half"))
+      snprintf(why, sizeof why, "its history does not start with the half");
+    for (uint32_t i = 0; why[0] == '\0' && i < hist->via.array.size; i++) {
+      const msgpack_object* e = &hist->via.array.ptr[i];
+      const msgpack_object* ev = txmq_client_map_get(e, "event");
+      if (!str_is(ev, "commit") && !str_is(ev, "rollback")) continue;
+      decisions++;
+      const msgpack_object* src = txmq_client_map_get(e, "source");
+      if (!str_is(ev, dname)) wrong++;
+      else if (hosted ? !str_is(src, "script")
+                      : !str_is(src, "producer") && !str_is(src, "check"))
+        snprintf(why, sizeof why, "its %s was recorded with source %.*s",
+                 dname, src && src->type == MSGPACK_OBJECT_STR
+                 ? (int)src->via.str.size : 1,
+                 src && src->type == MSGPACK_OBJECT_STR ? src->via.str.ptr
+                                                        : "?");
+    }
+    if (why[0] == '\0' && (decisions != 1 || wrong))
+      snprintf(why, sizeof why, "its history holds %u decisions (%u not %s)",
+               decisions, wrong, dname);
+    if (why[0] != '\0')
+      violation(h, t, op->seq, "tx.show in incarnation %u: %s", op->epoch, why);
+  }
+  op_done(op);
+}
+
+static void send_show(harness_t* h, size_t seq, conn_t* conn) {
+  if (conn->state != C_UP) return;
+  op_t* op = op_new(h, seq, conn, 0);
+  if (op == NULL) return;
+  if (txmq_client_tx_show(conn->c, h->tx[seq].tx_id, on_show, op) != 0)
+    op_done(op);
 }
 
 static void on_end(txmq_client_t* c, int status, txmq_tx_state_t state,
@@ -528,10 +607,12 @@ static void on_end(txmq_client_t* c, int status, txmq_tx_state_t state,
     }
   } else if (status == TXMQ_ECONFLICT && op->probe) {
     h->probes_refused++;
-  } else if (status == TXMQ_ENOTFOUND && op->epoch != t->half_epoch &&
-             t->half == HALF_ACKED) {
+  } else if (status == TXMQ_ENOTFOUND && t->half == HALF_ACKED &&
+             op->epoch != t->half_epoch &&
+             (t->ack == ACK_NONE || op->epoch != t->ack_epoch)) {
     /* Decided and forgotten across a restart (the documented idempotence
-     * window): an error for the caller, never a second visibility. */
+     * window): an error for the caller, never a second visibility. The
+     * incarnation that stored or decided it must know it. */
     h->repeats_forgotten++;
   } else if (lost_error(status)) {
     h->uncertain_reqs++;
@@ -1330,12 +1411,17 @@ static void run_late(harness_t* h) {
     }
     h->late[i] = h->late[--h->nlate];
     h->late_sent++;
-    h->late_repeats++;
-    if (chance(&h->rng, 30))
+    unsigned r = (unsigned)below(&h->rng, 100);
+    if (r < 30) {
+      send_show(h, seq, conn);
+    } else if (r < 50) {
+      h->late_repeats++;
       send_end(h, seq, conn, t->want_commit ? TXMQ_TX_ROLLBACK : TXMQ_TX_COMMIT,
                1, 1, 0);
-    else
+    } else {
+      h->late_repeats++;
       send_end(h, seq, conn, want_of(t), 0, 1, 0);
+    }
   }
 }
 
@@ -1793,6 +1879,8 @@ int main(int argc, char** argv) {
          " conflicting probes=%ld (refused %ld)\n", h->repeats, h->repeats_ok,
          h->pipelined, h->late_repeats, h->repeats_forgotten, h->probes,
          h->probes_refused);
+  printf("fault: audit histories read=%ld (forgotten after a restart %ld)\n",
+         h->shows, h->shows_forgotten);
   printf("fault: checks answered by producers=%ld (commit %ld, rollback %ld, "
          "unknown %ld), by the hosted script=%ld\n", h->checks_seen,
          h->checks_answered[TXMQ_TX_COMMIT], h->checks_answered[TXMQ_TX_ROLLBACK],
