@@ -78,7 +78,8 @@
 #define LIVE_VISIBILITY_MS 2000
 #define NTOPICS 3
 #define PLAIN_TOPIC "fault-plain"
-#define MAX_MULTI 4
+#define BIG_MIN (16 * 1024) /* a big body: 16 KiB .. 16 + 144 KiB */
+#define BIG_SPAN (144 * 1024)
 #define TICK_MS 5
 #define MAX_SHOWN 40 /* violations printed in full; all are counted */
 #define LATE_PER_EPOCH 40
@@ -167,8 +168,8 @@ enum { ACK_NONE, ACK_COMMIT, ACK_ROLLBACK };
 typedef struct {
   uint8_t kind, plan, want_commit, first_unknown, nmsgs, half, ack, has_id;
   uint8_t checked;        /* a check reached a producer: it was stored */
-  uint8_t delivered[MAX_MULTI]; /* first deliveries seen per message */
-  uint8_t live[MAX_MULTI];      /* deliveries to the live consumer group */
+  uint8_t big;             /* its first message has a big body */
+  uint32_t mbase;          /* its messages' states: h->ms[mbase ...] */
   uint16_t checks;        /* checks the producers answered */
   uint32_t half_epoch;    /* daemon incarnation that acknowledged the half */
   uint32_t ack_epoch;     /* ... that acknowledged the decision */
@@ -176,9 +177,17 @@ typedef struct {
   uint8_t tx_id[TXMQ_TX_ID_LEN];
 } tx_t;
 
+/* What consumers saw of one message. */
+typedef struct {
+  uint8_t delivered; /* first deliveries to the final reading */
+  uint8_t live;      /* deliveries to the live consumer group */
+} mstate_t;
+
 /* ---- the harness ---- */
 
-enum { D_DOWN, D_STARTING, D_UP, D_KILLED, D_STOPPING };
+/* D_TERM: sent SIGTERM in a round (a kill -9 may follow); D_STOPPING:
+ * the clean stop at the end. */
+enum { D_DOWN, D_STARTING, D_UP, D_TERM, D_KILLED, D_STOPPING };
 enum { PH_LOAD, PH_DRAIN, PH_LIVE, PH_STOP, PH_DONE };
 enum { C_IDLE, C_CONNECTING, C_UP, C_CLOSING, C_CLOSED };
 enum { C_P1, C_P2, C_H, C_L, NCONN };
@@ -237,6 +246,8 @@ struct harness_s {
                           repeats, not ends waiting for their time) */
   int active_kind[K_COUNT]; /* transactions of each kind in progress */
   uint64_t start_ms;   /* how long the last start took to listen */
+  uint64_t stop_ms;    /* ... and the last clean shutdown to exit */
+  uint64_t term_at;
   later_t* later;
   size_t nlater, caplater;
   size_t* late;        /* seqs whose decision is repeated in a later epoch */
@@ -251,9 +262,11 @@ struct harness_s {
 
   tx_t* tx;
   size_t ntx, captx;
+  mstate_t* ms;
+  size_t nms, capms;
 
   /* figures */
-  long kills, recovery_kills, starts;
+  long kills, recovery_kills, starts, terms, term_kills, clean_stops;
   long started[K_COUNT];
   long repeats, repeats_ok, repeats_forgotten, probes, probes_refused;
   long late_repeats, pipelined;
@@ -303,7 +316,7 @@ static void violation(harness_t* h, const tx_t* t, size_t seq,
            : t->ack == ACK_ROLLBACK ? "rollback" : "none",
            t->ack_epoch, t->checks, id);
     for (unsigned i = 0; i < t->nmsgs; i++)
-      printf("%s%u", i ? "," : "", t->delivered[i]);
+      printf("%s%u", i ? "," : "", h->ms[t->mbase + i].delivered);
     printf("\n");
   }
   fflush(stdout);
@@ -321,6 +334,21 @@ static tx_t* tx_new(harness_t* h, size_t* seq) {
   tx_t* t = &h->tx[*seq];
   memset(t, 0, sizeof *t);
   return t;
+}
+
+/* Room for the states of t's messages (t->nmsgs set); 0 or -1. */
+static int ms_alloc(harness_t* h, tx_t* t) {
+  if (h->nms + t->nmsgs > h->capms) {
+    size_t cap = h->capms ? 2 * h->capms : 8192;
+    mstate_t* n = realloc(h->ms, cap * sizeof *n);
+    if (n == NULL) return -1;
+    h->ms = n;
+    h->capms = cap;
+  }
+  t->mbase = (uint32_t)h->nms;
+  memset(&h->ms[h->nms], 0, t->nmsgs * sizeof *h->ms);
+  h->nms += t->nmsgs;
+  return 0;
 }
 
 static int later_add(harness_t* h, const later_t* l) {
@@ -365,20 +393,37 @@ static void topic_of(const tx_t* t, size_t seq, unsigned i, const char** out) {
   else *out = TOPICS[(seq + i) % NTOPICS];
 }
 
+/* The body of message i of transaction seq, into a new buffer (free()):
+ * a line naming it, and for the first message of a big one a filler that
+ * depends on the number, so that a consumer can check every byte. */
+static char* body_of(const tx_t* t, size_t seq, unsigned i, size_t* len) {
+  char line[96];
+  int n = snprintf(line, sizeof line, "fault %s #%zu message %u of %u",
+                   KIND[t->kind], seq, i, t->nmsgs);
+  size_t pad = t->big && i == 0 ? BIG_MIN + (seq * 7919u) % BIG_SPAN : 0;
+  char* b = malloc((size_t)n + pad + 1);
+  if (b == NULL) return NULL;
+  memcpy(b, line, (size_t)n);
+  for (size_t k = 0; k < pad; k++) b[n + k] = (char)('a' + (seq + k) % 26);
+  *len = (size_t)n + pad;
+  return b;
+}
+
 /* Builds the messages of transaction seq into msgs; 0 or -1. */
 static int build_msgs(const tx_t* t, size_t seq, txmq_msg_t** msgs) {
-  char num[32], idx[8], body[96];
+  char num[32], idx[8];
   snprintf(num, sizeof num, "%zu", seq);
   for (unsigned i = 0; i < t->nmsgs; i++) {
     const char* topic;
     topic_of(t, seq, i, &topic);
     snprintf(idx, sizeof idx, "%u", i);
-    snprintf(body, sizeof body, "fault %s #%zu message %u of %u", KIND[t->kind],
-             seq, i, t->nmsgs);
-    txmq_msg_t* m = txmq_msg_new();
+    size_t blen = 0;
+    char* body = body_of(t, seq, i, &blen);
+    txmq_msg_t* m = body != NULL ? txmq_msg_new() : NULL;
     msgs[i] = m;
-    if (m == NULL || txmq_msg_set_topic(m, topic) != 0 ||
-        txmq_msg_set_body(m, body, strlen(body)) != 0 ||
+    int bad = m == NULL || txmq_msg_set_body(m, body, blen) != 0;
+    free(body);
+    if (bad || txmq_msg_set_topic(m, topic) != 0 ||
         txmq_msg_set_keys(m, num) != 0 ||
         txmq_msg_prop_set(m, "ft", num) != 0 ||
         txmq_msg_prop_set(m, "fi", idx) != 0 ||
@@ -406,7 +451,7 @@ static long msg_seq(const harness_t* h, const txmq_msg_t* m, unsigned* idx) {
   unsigned long long s = strtoull(ft, &end, 10);
   if (errno || *end || end == ft || s >= h->ntx) return -1;
   unsigned long i = strtoul(fi, &end, 10);
-  if (*end || end == fi || i >= MAX_MULTI) return -1;
+  if (*end || end == fi || i >= TXMQ_TX_MAX_MSGS) return -1;
   *idx = (unsigned)i;
   return (long)s;
 }
@@ -807,7 +852,15 @@ static int start_one(harness_t* h, unsigned kind) {
   t->kind = (uint8_t)kind;
   t->want_commit = kind == K_PLAIN || chance(&h->rng, 60);
   t->first_unknown = chance(&h->rng, 25);
-  t->nmsgs = kind == K_PN || kind == K_HN ? (uint8_t)(2 + below(&h->rng, 3)) : 1;
+  t->nmsgs = 1;
+  if (kind == K_PN || kind == K_HN) /* now and then the most there may be */
+    t->nmsgs = chance(&h->rng, 3) ? (uint8_t)(5 + below(&h->rng, 60))
+                                  : (uint8_t)(2 + below(&h->rng, 3));
+  t->big = chance(&h->rng, 1);
+  if (ms_alloc(h, t) != 0) {
+    h->ntx--;
+    return -1;
+  }
   r = (unsigned)below(&h->rng, 100);
   switch (kind) {
     case K_P1: t->plan = r < 65 ? PL_DIRECT : PL_UNKNOWN; break;
@@ -825,7 +878,7 @@ static int start_one(harness_t* h, unsigned kind) {
   t->half_epoch = conn->epoch;
   h->started[kind]++;
 
-  txmq_msg_t* msgs[MAX_MULTI];
+  txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
   if (build_msgs(t, seq, msgs) != 0) {
     t->half = HALF_UNSENT;
     return -1;
@@ -1072,9 +1125,15 @@ static void on_proc_exit(uv_process_t* p, int64_t status, int sig) {
                 "(status %d, signal %d)", (int)status, sig);
       print_log_tail(h, 30);
     }
-  } else if (!h->we_killed || sig != SIGKILL) {
-    violation(h, NULL, 0, "txmqd (incarnation %u) exited by itself: status %d,"
-              " signal %d", h->epoch, (int)status, sig);
+  } else if (h->we_killed && sig == SIGKILL) {
+    if (h->dstate == D_TERM) h->term_kills++; /* during its shutdown */
+  } else if (h->we_killed && h->dstate == D_TERM && sig == 0 && status == 0) {
+    h->clean_stops++;
+    h->stop_ms = mono_ms() - h->term_at;
+  } else {
+    violation(h, NULL, 0, "txmqd (incarnation %u) exited %s: status %d,"
+              " signal %d", h->epoch, h->dstate == D_TERM
+              ? "uncleanly after SIGTERM" : "by itself", (int)status, sig);
     print_log_tail(h, 30);
     h->bad_starts++;
   }
@@ -1163,13 +1222,28 @@ static void kill_daemon(harness_t* h) {
   h->we_killed = 1;
   h->kills++;
   if (h->dstate == D_STARTING) h->recovery_kills++;
-  h->dstate = D_KILLED;
+  if (h->dstate != D_TERM) h->dstate = D_KILLED;
   uv_process_kill(&h->proc, SIGKILL);
 }
 
+/* Mostly kill -9 at once; one round in ten SIGTERM first, then kill -9
+ * within the last clean shutdown's duration, if it has not stopped yet:
+ * in the middle of its shutdown (answering, flushing, the last
+ * checkpoint). */
 static void on_kill_timer(uv_timer_t* tm) {
   harness_t* h = tm->data;
-  if (h->dstate == D_STARTING || h->dstate == D_UP) kill_daemon(h);
+  if (h->dstate == D_UP && chance(&h->rng, 10)) {
+    h->we_killed = 1;
+    h->terms++;
+    h->dstate = D_TERM;
+    h->term_at = mono_ms();
+    uv_process_kill(&h->proc, SIGTERM);
+    uv_timer_start(&h->kill_timer, on_kill_timer,
+                   below(&h->rng, h->stop_ms + 1), 0);
+    return;
+  }
+  if (h->dstate == D_STARTING || h->dstate == D_UP || h->dstate == D_TERM)
+    kill_daemon(h);
 }
 
 static void daemon_step(harness_t* h, uint64_t now) {
@@ -1230,10 +1304,16 @@ static long delivered_seq(harness_t* h, const char* topic,
   const char* want_topic;
   topic_of(t, (size_t)s, *idx, &want_topic);
   const char* fw = txmq_msg_prop_get(m, "fw");
-  if (*idx >= t->nmsgs || strcmp(topic, want_topic) != 0 || fw == NULL ||
+  size_t elen = 0, blen = 0;
+  char* expect = *idx < t->nmsgs ? body_of(t, (size_t)s, *idx, &elen) : NULL;
+  const void* body = txmq_msg_body(m, &blen);
+  int same = expect != NULL && blen == elen &&
+             (elen == 0 || (body != NULL && memcmp(body, expect, elen) == 0));
+  free(expect);
+  if (!same || strcmp(topic, want_topic) != 0 || fw == NULL ||
       (fw[0] == 'c') != t->want_commit) {
-    violation(h, t, (size_t)s, "message %u arrived altered on topic %s", *idx,
-              topic);
+    violation(h, t, (size_t)s, "message %u arrived altered on topic %s (body "
+              "of %zu bytes)", *idx, topic, blen);
     return -1;
   }
   return s;
@@ -1268,10 +1348,11 @@ static void on_live(txmq_client_t* c, int status, txmq_delivery_t* d, size_t n,
     unsigned idx;
     long s = delivered_seq(h, topic, d[i].msg, &idx);
     if (s >= 0) {
+      mstate_t* m = &h->ms[h->tx[s].mbase + idx];
       /* Again: its ack was lost, or the group's progress since the last
        * checkpoint was (at-least-once). */
-      if (h->tx[s].live[idx] > 0) h->live_redelivered++;
-      if (h->tx[s].live[idx] < 255) h->tx[s].live[idx]++;
+      if (m->live > 0) h->live_redelivered++;
+      if (m->live < 255) m->live++;
     }
     handles[i] = d[i].handle;
   }
@@ -1512,8 +1593,9 @@ static void record_delivery(harness_t* h, const char* topic,
   long s = delivered_seq(h, topic, d->msg, &idx);
   if (s < 0) return;
   tx_t* t = &h->tx[s];
-  if (t->delivered[idx] < 255) t->delivered[idx]++;
-  if (t->delivered[idx] == 2)
+  mstate_t* m = &h->ms[t->mbase + idx];
+  if (m->delivered < 255) m->delivered++;
+  if (m->delivered == 2)
     violation(h, t, (size_t)s, "message %u is visible twice (second copy at "
               "topic %s qid %d offset %" PRId64 ")", idx, topic,
               txmq_msg_queue_id(d->msg), txmq_msg_queue_offset(d->msg));
@@ -1669,15 +1751,16 @@ static void check_history(harness_t* h) {
     tx_t* t = &h->tx[seq];
     unsigned got = 0, dup = 0;
     for (unsigned i = 0; i < t->nmsgs; i++) {
-      got += t->delivered[i] > 0;
-      dup |= t->delivered[i] > 1;
+      got += h->ms[t->mbase + i].delivered > 0;
+      dup |= h->ms[t->mbase + i].delivered > 1;
     }
     int stored = t->half == HALF_ACKED || t->checked;
     for (unsigned i = 0; i < t->nmsgs; i++) {
-      if (t->delivered[i] && !t->live[i])
+      const mstate_t* m = &h->ms[t->mbase + i];
+      if (m->delivered && !m->live)
         violation(h, t, seq, "message %u never reached the live consumer "
                   "group", i);
-      else if (!t->delivered[i] && t->live[i])
+      else if (!m->delivered && m->live)
         violation(h, t, seq, "the live consumer group got message %u, which "
                   "the final reading does not find", i);
     }
@@ -1833,6 +1916,7 @@ int main(int argc, char** argv) {
   uv_timer_init(&h->loop, &h->kill_timer);
   h->kill_timer.data = h;
   h->start_ms = 20;
+  h->stop_ms = 50;
   h->next_drop = h->next_reload = mono_ms() + 1000;
   uv_timer_start(&h->tick, on_tick, 0, TICK_MS);
 
@@ -1870,10 +1954,11 @@ int main(int argc, char** argv) {
 
   long msgs = 0;
   for (size_t s = 0; s < h->ntx; s++) msgs += h->tx[s].nmsgs;
-  printf("fault: rounds=%d kills=%ld (during recovery %ld) starts=%ld "
+  printf("fault: rounds=%d kills=%ld (during recovery %ld, during a clean "
+         "shutdown %ld) SIGTERMs=%ld (clean exits %ld) starts=%ld "
          "seconds=%.1f (load %.1f)\n", h->round, h->kills, h->recovery_kills,
-         h->starts, (double)(mono_ms() - t0) / 1e3,
-         (double)(t_load - t0) / 1e3);
+         h->term_kills, h->terms, h->clean_stops, h->starts,
+         (double)(mono_ms() - t0) / 1e3, (double)(t_load - t0) / 1e3);
   printf("fault: decisions repeated=%ld (same answer %ld, pipelined %ld, in a"
          " later incarnation %ld, forgotten after a restart %ld),"
          " conflicting probes=%ld (refused %ld)\n", h->repeats, h->repeats_ok,
@@ -1911,6 +1996,7 @@ int main(int argc, char** argv) {
            "incarnation)\n", h->dir);
   }
   free(h->tx);
+  free(h->ms);
   free(h->later);
   free(h->late);
   free(h);
