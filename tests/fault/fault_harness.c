@@ -83,6 +83,7 @@
 #define TICK_MS 5
 #define MAX_SHOWN 40 /* violations printed in full; all are counted */
 #define LATE_PER_EPOCH 40
+#define MAX_CHECKS 15 /* as the configuration says */
 
 static const char* const TOPICS[NTOPICS] = {"fault-a", "fault-b", "fault-c"};
 
@@ -118,6 +119,7 @@ static const char CONF[] =
     "check_interval_ms = 300\n"
     "check_timeout_ms = 2000\n"
     "check_retry_ms = 100\n"
+    "max_checks = 15\n"
     "log_level = 'info'\n";
 
 /* ---- randomness (xorshift64*: reproducible from the seed) ---- */
@@ -149,9 +151,9 @@ enum { K_PLAIN, K_P1, K_PN, K_H1, K_HN, K_COUNT };
 static const char* const KIND[K_COUNT] = {"plain", "producer-1", "producer-n",
                                           "hosted-1", "hosted-n"};
 
-enum { PL_DIRECT, PL_UNKNOWN, PL_SILENT, PL_DELAYED, PL_ERROR };
+enum { PL_DIRECT, PL_UNKNOWN, PL_SILENT, PL_DELAYED, PL_ERROR, PL_PARK };
 static const char* const PLAN[] = {"direct", "unknown", "silent", "delayed",
-                                   "error"};
+                                   "error", "park"};
 
 /* What became of the half message (for plain: of the send). */
 enum {
@@ -171,6 +173,11 @@ typedef struct {
   uint8_t big;             /* its first message has a big body */
   uint32_t mbase;          /* its messages' states: h->ms[mbase ...] */
   uint16_t checks;        /* checks the producers answered */
+  uint8_t resumed;        /* PL_PARK: an operator's resume took effect */
+  uint8_t resume_busy;    /* PL_PARK: a tx.resume is in flight */
+  uint16_t max_count;     /* highest check count a check carried */
+  uint32_t imm_until;     /* no check before (ms after the start); 0 */
+  uint32_t resume_at;     /* PL_PARK: next tx.resume (ms after the start) */
   uint32_t half_epoch;    /* daemon incarnation that acknowledged the half */
   uint32_t ack_epoch;     /* ... that acknowledged the decision */
   uint32_t ack_gen;       /* connection that received that acknowledgement */
@@ -250,6 +257,10 @@ struct harness_s {
   uint64_t term_at;
   later_t* later;
   size_t nlater, caplater;
+  uint64_t t0;         /* the start, on the monotonic clock */
+  size_t* parks;       /* PL_PARK seqs not yet resumed */
+  size_t nparks, capparks;
+  long parked_resumes, resume_not_parked;
   size_t* late;        /* seqs whose decision is repeated in a later epoch */
   size_t nlate, caplate;
   int late_sent;       /* in this epoch */
@@ -361,6 +372,17 @@ static int later_add(harness_t* h, const later_t* l) {
   }
   h->later[h->nlater++] = *l;
   return 0;
+}
+
+static void park_add(harness_t* h, size_t seq) {
+  if (h->nparks == h->capparks) {
+    size_t cap = h->capparks ? 2 * h->capparks : 64;
+    size_t* n = realloc(h->parks, cap * sizeof *n);
+    if (n == NULL) return;
+    h->parks = n;
+    h->capparks = cap;
+  }
+  h->parks[h->nparks++] = seq;
 }
 
 static void late_add(harness_t* h, size_t seq) {
@@ -866,7 +888,7 @@ static int start_one(harness_t* h, unsigned kind) {
     case K_P1: t->plan = r < 65 ? PL_DIRECT : PL_UNKNOWN; break;
     case K_PN:
       t->plan = r < 50 ? PL_DIRECT : r < 65 ? PL_UNKNOWN
-                : r < 80 ? PL_SILENT : PL_DELAYED;
+                : r < 77 ? PL_SILENT : r < 97 ? PL_DELAYED : PL_PARK;
       break;
     case K_H1:
     case K_HN:
@@ -877,6 +899,15 @@ static int start_one(harness_t* h, unsigned kind) {
   t->half = HALF_SENT;
   t->half_epoch = conn->epoch;
   h->started[kind]++;
+  int64_t immunity = 0;
+  if (kind == K_PN && chance(&h->rng, 15)) {
+    immunity = 300 + (int64_t)below(&h->rng, 1700);
+    t->imm_until = (uint32_t)(mono_ms() - h->t0 + (uint64_t)immunity);
+  }
+  if (t->plan == PL_PARK) {
+    t->resume_at = (uint32_t)(mono_ms() - h->t0) + 5000;
+    park_add(h, seq);
+  }
 
   txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
   if (build_msgs(t, seq, msgs) != 0) {
@@ -898,8 +929,8 @@ static int start_one(harness_t* h, unsigned kind) {
                                              p1_execute, op, p1_done, op);
         break;
       case K_PN:
-        rc = txmq_client_tx_half(conn->c, PROD_GROUP, cm, t->nmsgs, 0, on_half,
-                                 op);
+        rc = txmq_client_tx_half(conn->c, PROD_GROUP, cm, t->nmsgs, immunity,
+                                 on_half, op);
         break;
       default: {
         msgpack_sbuffer sb;
@@ -961,6 +992,18 @@ static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
     t->has_id = 1;
   }
   t->checked = 1;
+  uint64_t rel = mono_ms() - h->t0;
+  if (t->imm_until && rel + 20 < t->imm_until)
+    violation(h, t, seq, "a check (count %u) came %" PRIu64 " ms before the "
+              "end of its check immunity", chk->check_count,
+              t->imm_until - rel);
+  if (chk->check_count >= MAX_CHECKS)
+    violation(h, t, seq, "a check with count %u: the budget is %d, it should"
+              " have been parked", chk->check_count, MAX_CHECKS);
+  /* A count lower than one seen before: a fresh budget, an operator's
+   * resume took effect (its answer may have been lost). */
+  if (t->plan == PL_PARK && chk->check_count < t->max_count) t->resumed = 1;
+  if (chk->check_count > t->max_count) t->max_count = (uint16_t)chk->check_count;
   /* No check after a decision: one acknowledged in an earlier incarnation
    * is durable, and on this connection the check came after the answer. */
   if (t->ack != ACK_NONE &&
@@ -969,7 +1012,9 @@ static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
               " the decision was acknowledged%s", chk->check_count, conn->id,
               conn->epoch, t->ack_gen == conn->gen ? " on this connection" : "");
   txmq_tx_decision_t d =
-      t->first_unknown && t->checks == 0 ? TXMQ_TX_UNKNOWN : want_of(t);
+      (t->first_unknown && t->checks == 0) || (t->plan == PL_PARK && !t->resumed)
+          ? TXMQ_TX_UNKNOWN
+          : want_of(t);
   t->checks++;
   h->checks_answered[d]++;
   if (chance(&h->rng, 10)) {
@@ -1016,7 +1061,9 @@ static int conn_init(harness_t* h, conn_t* conn, const char* id, int role) {
   txmq_client_options_t o;
   memset(&o, 0, sizeof o);
   o.client_id = id;
-  o.role = role == R_CONSUMER ? TXMQ_ROLE_CONSUMER : TXMQ_ROLE_PRODUCER;
+  /* The hosted producer is an admin too: it resumes parked transactions. */
+  o.role = role == R_CONSUMER ? TXMQ_ROLE_CONSUMER
+           : role == R_HOSTED ? TXMQ_ROLE_ADMIN : TXMQ_ROLE_PRODUCER;
   if (role == R_PRODUCER) {
     o.producer_groups = pgroups;
     o.n_producer_groups = 1;
@@ -1476,6 +1523,54 @@ static void run_later(harness_t* h, uint64_t now) {
   }
 }
 
+/* Transactions whose checks always answer UNKNOWN until resumed: they
+ * use up their budget and are parked; an operator (the admin connection)
+ * resumes them, which gives a fresh budget, and the checks then decide. */
+static void on_resume(txmq_client_t* c, int status, const msgpack_object* rep,
+                      void* arg) {
+  (void)rep;
+  op_t* op = arg;
+  harness_t* h = op->h;
+  tx_t* t = &h->tx[op->seq];
+  t->resume_busy = 0;
+  t->resume_at = (uint32_t)(mono_ms() - h->t0) + 1000;
+  if (status == 0) {
+    t->resumed = 1;
+    h->parked_resumes++;
+  } else if (status == TXMQ_EINVAL) {
+    h->resume_not_parked++; /* not parked yet: later */
+  } else if (status == TXMQ_ENOTFOUND && op->epoch != t->half_epoch) {
+    t->resumed = 1; /* resumed, decided and forgotten across a restart */
+  } else if (!lost_error(status)) {
+    violation(h, t, op->seq, "tx.resume failed with %s (%s)",
+              txmq_err_name(status), txmq_client_diag(c));
+  }
+  op_done(op);
+}
+
+static void run_resumes(harness_t* h) {
+  conn_t* conn = &h->conns[C_H];
+  if (h->dstate != D_UP || conn->state != C_UP) return;
+  uint32_t rel = (uint32_t)(mono_ms() - h->t0);
+  for (size_t i = 0; i < h->nparks;) {
+    tx_t* t = &h->tx[h->parks[i]];
+    if (t->resumed || t->half == HALF_UNSENT) {
+      h->parks[i] = h->parks[--h->nparks]; /* done, or never stored */
+      continue;
+    }
+    /* An uncertain half becomes resumable once a check names its id. */
+    if (t->has_id && !t->resume_busy && rel >= t->resume_at) {
+      op_t* op = op_new(h, h->parks[i], conn, 0);
+      if (op != NULL &&
+          txmq_client_tx_resume(conn->c, t->tx_id, on_resume, op) == 0)
+        t->resume_busy = 1;
+      else if (op != NULL)
+        op_done(op);
+    }
+    i++;
+  }
+}
+
 static void run_late(harness_t* h) {
   conn_t* conn = &h->conns[C_H];
   if (h->dstate != D_UP || conn->state != C_UP) return;
@@ -1543,6 +1638,7 @@ static void on_tick(uv_timer_t* tm) {
     stop_clients(h);
   }
   if (h->phase != PH_STOP) live_step(h);
+  if (h->phase == PH_LOAD || h->phase == PH_DRAIN) run_resumes(h);
   if (h->phase == PH_LOAD) {
     run_late(h);
     maybe_drop(h, now);
@@ -1915,6 +2011,7 @@ int main(int argc, char** argv) {
   h->tick.data = h;
   uv_timer_init(&h->loop, &h->kill_timer);
   h->kill_timer.data = h;
+  h->t0 = t0;
   h->start_ms = 20;
   h->stop_ms = 50;
   h->next_drop = h->next_reload = mono_ms() + 1000;
@@ -1964,6 +2061,8 @@ int main(int argc, char** argv) {
          " conflicting probes=%ld (refused %ld)\n", h->repeats, h->repeats_ok,
          h->pipelined, h->late_repeats, h->repeats_forgotten, h->probes,
          h->probes_refused);
+  printf("fault: parked and resumed=%ld (a resume too early %ld)\n",
+         h->parked_resumes, h->resume_not_parked);
   printf("fault: audit histories read=%ld (forgotten after a restart %ld)\n",
          h->shows, h->shows_forgotten);
   printf("fault: checks answered by producers=%ld (commit %ld, rollback %ld, "
@@ -1999,6 +2098,7 @@ int main(int argc, char** argv) {
   free(h->ms);
   free(h->later);
   free(h->late);
+  free(h->parks);
   free(h);
   return bad ? 1 : 0;
 }
