@@ -15,11 +15,12 @@
  * own directory (the build's bin/).
  *
  * ONE ROUND: start txmqd (sync always, short transaction timeout and check
- * interval, small log segments, frequent checkpoints), let the producers
- * connect, load it for a random time, kill -9 it (one round in ten kills
- * it during its start, before it listens: in the middle of recovery).
- * The producers keep going across the kills: they reconnect, finish late
- * decisions, repeat decisions on purpose, and answer checks.
+ * interval, small log segments, frequent checkpoints), let the clients
+ * connect, load it for a random time, kill -9 it. One start in ten is
+ * killed before it listens (in the middle of recovery); one round in ten
+ * sends SIGTERM and kill -9 during the shutdown. The clients keep going
+ * across the kills: they reconnect, finish late decisions, repeat
+ * decisions on purpose, answer checks, resume parked transactions.
  *
  * THE LOAD (every transaction gets a number; its messages carry it in
  * their properties with its intended outcome, which the producers' check
@@ -27,24 +28,30 @@
  *   plain       acknowledged plain sends;
  *   producer-1  txmq_client_send_in_transaction, the execute callback
  *               answering the intended outcome, or UNKNOWN (checks decide);
- *   producer-n  tx.half of 2..4 messages to several topics, then tx.end
+ *   producer-n  tx.half of 2..64 messages to several topics, then tx.end
  *               with the outcome at once, after a delay, as UNKNOWN, or
- *               never (a producer that died: checks decide);
+ *               never (a producer that died: checks decide; or checks
+ *               answer UNKNOWN until it is parked and an operator resumes
+ *               it); some with a check immunity;
  *   hosted-1/-n tx.send to group fault-hosted, whose script decides from
  *               the arg: the outcome, UNKNOWN, or an error (checks decide).
  * Properties: ft (transaction number), fi (index of the message), fw (c
  * or r: the intended outcome), fu (1: answer the first check UNKNOWN), fk
- * (the kind). Acknowledged decisions are repeated at once, pipelined, or
- * in a later incarnation of the daemon; the opposite decision is sent as a
- * probe that must be refused.
+ * (the kind). Some first messages are big; bodies are checked byte for
+ * byte. Acknowledged decisions are repeated at once, pipelined, or in a
+ * later incarnation of the daemon; the opposite decision is sent as a
+ * probe that must be refused; some audit histories are read (tx.show).
+ * Meanwhile producers drop their connections now and then, the hosted
+ * script is rewritten (hot reload), and a live consumer group reads.
  *
  * AT THE END: a last start without a kill; the producers stay connected
- * until tx.list shows nothing pending or parked; a consumer group reads
- * every topic from the earliest offset; the status counts must agree; a
- * clean SIGTERM must exit 0; `txmq log verify` must pass. Then the history
- * is checked (see tests/fault/README.md for the invariants), the figures
- * are printed, and the exit status is 1 if anything was violated, with
- * one line per violation naming the transaction.
+ * until tx.list shows nothing pending or parked; the live group catches
+ * up; a fresh consumer group reads every topic from the earliest offset;
+ * the status counts must agree; a clean SIGTERM must exit 0; `txmq log
+ * verify` must pass. Then the history is checked (see tests/fault/README.md
+ * for the invariants), the figures are printed, and the exit status is 1 if
+ * anything was violated, with one line per violation naming the
+ * transaction.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -84,6 +91,7 @@
 #define MAX_SHOWN 40 /* violations printed in full; all are counted */
 #define LATE_PER_EPOCH 40
 #define MAX_CHECKS 15 /* as the configuration says */
+#define NSIGS 3
 
 static const char* const TOPICS[NTOPICS] = {"fault-a", "fault-b", "fault-c"};
 
@@ -173,7 +181,8 @@ typedef struct {
   uint8_t big;             /* its first message has a big body */
   uint32_t mbase;          /* its messages' states: h->ms[mbase ...] */
   uint16_t checks;        /* checks the producers answered */
-  uint8_t resumed;        /* PL_PARK: an operator's resume took effect */
+  uint8_t resumed;        /* PL_PARK: a resume took effect: checks decide */
+  uint8_t resume_done;    /* PL_PARK: a resume is durable (acknowledged) */
   uint8_t resume_busy;    /* PL_PARK: a tx.resume is in flight */
   uint16_t max_count;     /* highest check count a check carried */
   uint32_t imm_until;     /* no check before (ms after the start); 0 */
@@ -212,6 +221,7 @@ typedef struct {
   int state;
   uint32_t gen, epoch; /* of the current connection */
   uint64_t retry_at;
+  uint64_t away_ms;    /* a dropped producer comes back after */
 } conn_t;
 
 /* Something to do later, from the tick. */
@@ -242,8 +252,9 @@ struct harness_s {
   off_t log_off;       /* where this incarnation's log starts */
   char addr[64];
   uv_timer_t kill_timer; /* armed while a kill is planned */
+  uv_signal_t sig[NSIGS]; /* the harness interrupted: the daemon goes too */
   uint64_t started_at, restart_at;
-  int exit_status, term_signal, bad_starts;
+  int bad_starts;       /* exits or starts that went wrong */
 
   /* the run */
   int phase, round;
@@ -258,7 +269,7 @@ struct harness_s {
   later_t* later;
   size_t nlater, caplater;
   uint64_t t0;         /* the start, on the monotonic clock */
-  size_t* parks;       /* PL_PARK seqs not yet resumed */
+  size_t* parks;       /* PL_PARK seqs without an acknowledged resume */
   size_t nparks, capparks;
   long parked_resumes, resume_not_parked;
   size_t* late;        /* seqs whose decision is repeated in a later epoch */
@@ -284,7 +295,7 @@ struct harness_s {
   long checks_seen, checks_answered[4], script_checks;
   long uncertain_reqs, hosted_direct_pending;
   long consumed, redelivered, live_consumed, live_redelivered;
-  long drops, reloads, shows, shows_forgotten;
+  long drops, group_gone, reloads, shows, shows_forgotten;
   long violations;
   long end_errors[32]; /* failed requests by -code */
 };
@@ -1000,8 +1011,10 @@ static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
   if (chk->check_count >= MAX_CHECKS)
     violation(h, t, seq, "a check with count %u: the budget is %d, it should"
               " have been parked", chk->check_count, MAX_CHECKS);
-  /* A count lower than one seen before: a fresh budget, an operator's
-   * resume took effect (its answer may have been lost). */
+  /* A count lower than one seen before: a fresh budget, a resume took
+   * effect (its answer may have been lost). It need not be durable yet (a
+   * kill may park the transaction again), so the resumes go on until one
+   * is acknowledged. */
   if (t->plan == PL_PARK && chk->check_count < t->max_count) t->resumed = 1;
   if (chk->check_count > t->max_count) t->max_count = (uint16_t)chk->check_count;
   /* No check after a decision: one acknowledged in an earlier incarnation
@@ -1091,23 +1104,38 @@ static void on_conn_closed(txmq_client_t* c, void* arg) {
   /* A dropped producer: the same client id comes back a little later,
    * as a restarted producer would; meanwhile its checks go to the other
    * member of the group. */
+  uint64_t away = conn->away_ms;
   if (conn_init(h, conn, conn->id, conn->role) == 0) {
     conn->state = C_IDLE;
-    conn->retry_at = mono_ms() + 100 + below(&h->rng, 700);
+    conn->retry_at = mono_ms() + away;
   }
 }
 
 /* Now and then a producer closes its connection in the middle of its
  * transactions (what it had in flight becomes uncertain). */
-static void maybe_drop(harness_t* h, uint64_t now) {
-  if (now < h->next_drop) return;
-  h->next_drop = now + 500 + below(&h->rng, 3000);
-  conn_t* conn = &h->conns[below(&h->rng, 2) ? C_P2 : C_P1];
+static void drop(harness_t* h, conn_t* conn, uint64_t away_ms) {
   if (conn->state != C_UP) return;
+  conn->away_ms = away_ms;
   if (txmq_client_close(conn->c, on_conn_closed, conn) == 0) {
     conn->state = C_CLOSING;
     h->drops++;
   }
+}
+
+/* One producer for 0.1-0.8 s; one time in ten both for 5-7 s, longer than
+ * the whole check budget: checks nobody can take must not count (else the
+ * transactions would be parked). */
+static void maybe_drop(harness_t* h, uint64_t now) {
+  if (now < h->next_drop) return;
+  h->next_drop = now + 500 + below(&h->rng, 3000);
+  if (chance(&h->rng, 10)) {
+    h->group_gone++;
+    drop(h, &h->conns[C_P1], 5000 + below(&h->rng, 2000));
+    drop(h, &h->conns[C_P2], 5000 + below(&h->rng, 2000));
+    return;
+  }
+  drop(h, &h->conns[below(&h->rng, 2) ? C_P2 : C_P1],
+       100 + below(&h->rng, 700));
 }
 
 /* Now and then the hosted group's script is rewritten (a new version,
@@ -1164,8 +1192,6 @@ static void print_log_tail(harness_t* h, int lines) {
 
 static void on_proc_exit(uv_process_t* p, int64_t status, int sig) {
   harness_t* h = p->data;
-  h->exit_status = (int)status;
-  h->term_signal = sig;
   if (h->dstate == D_STOPPING) {
     if (status != 0 || sig != 0) {
       violation(h, NULL, 0, "txmqd did not exit cleanly after SIGTERM "
@@ -1535,12 +1561,14 @@ static void on_resume(txmq_client_t* c, int status, const msgpack_object* rep,
   t->resume_busy = 0;
   t->resume_at = (uint32_t)(mono_ms() - h->t0) + 1000;
   if (status == 0) {
-    t->resumed = 1;
+    t->resumed = t->resume_done = 1;
     h->parked_resumes++;
   } else if (status == TXMQ_EINVAL) {
-    h->resume_not_parked++; /* not parked yet: later */
+    /* Not parked: not yet, or resumed by a request whose answer was lost
+     * (then perhaps decided already); asked again later. */
+    h->resume_not_parked++;
   } else if (status == TXMQ_ENOTFOUND && op->epoch != t->half_epoch) {
-    t->resumed = 1; /* resumed, decided and forgotten across a restart */
+    t->resumed = t->resume_done = 1; /* decided and forgotten since */
   } else if (!lost_error(status)) {
     violation(h, t, op->seq, "tx.resume failed with %s (%s)",
               txmq_err_name(status), txmq_client_diag(c));
@@ -1554,7 +1582,7 @@ static void run_resumes(harness_t* h) {
   uint32_t rel = (uint32_t)(mono_ms() - h->t0);
   for (size_t i = 0; i < h->nparks;) {
     tx_t* t = &h->tx[h->parks[i]];
-    if (t->resumed || t->half == HALF_UNSENT) {
+    if (t->resume_done || t->half == HALF_UNSENT) {
       h->parks[i] = h->parks[--h->nparks]; /* done, or never stored */
       continue;
     }
@@ -1908,6 +1936,17 @@ static void check_history(harness_t* h) {
          "was lost)\n");
 }
 
+/* Interrupted (Ctrl-C, a test timeout): take the daemon along rather than
+ * leave it running on its own, and say where its data is. */
+static void on_signal(uv_signal_t* sg, int signum) {
+  harness_t* h = sg->data;
+  if (h->proc_open) uv_process_kill(&h->proc, SIGKILL);
+  printf("fault: interrupted by signal %d after %d rounds; txmqd killed; "
+         "work directory kept: %s\n", signum, h->round, h->dir);
+  fflush(stdout);
+  _exit(3);
+}
+
 static int rm_one(const char* p, const struct stat* s, int flag,
                   struct FTW* f) {
   (void)s;
@@ -2011,6 +2050,13 @@ int main(int argc, char** argv) {
   h->tick.data = h;
   uv_timer_init(&h->loop, &h->kill_timer);
   h->kill_timer.data = h;
+  static const int sigs[NSIGS] = {SIGINT, SIGTERM, SIGHUP};
+  for (int i = 0; i < NSIGS; i++) {
+    uv_signal_init(&h->loop, &h->sig[i]);
+    h->sig[i].data = h;
+    uv_signal_start(&h->sig[i], on_signal, sigs[i]);
+    uv_unref((uv_handle_t*)&h->sig[i]);
+  }
   h->t0 = t0;
   h->start_ms = 20;
   h->stop_ms = 50;
@@ -2038,6 +2084,7 @@ int main(int argc, char** argv) {
   }
   uv_close((uv_handle_t*)&h->tick, NULL);
   uv_close((uv_handle_t*)&h->kill_timer, NULL);
+  for (int i = 0; i < NSIGS; i++) uv_close((uv_handle_t*)&h->sig[i], NULL);
   uv_run(&h->loop, UV_RUN_DEFAULT);
   if (uv_loop_close(&h->loop) != 0)
     fprintf(stderr, "fault_harness: the loop still has handles\n");
@@ -2083,8 +2130,9 @@ int main(int argc, char** argv) {
   printf("fault: messages sent=%ld consumed=%ld (redelivered %ld), by the "
          "live group=%ld (redelivered %ld)\n", msgs, h->consumed,
          h->redelivered, h->live_consumed, h->live_redelivered);
-  printf("fault: producer connections dropped=%ld, script rewrites=%ld\n",
-         h->drops, h->reloads);
+  printf("fault: producer connections dropped=%ld (the whole group gone for "
+         "5-7 s %ld times), script rewrites=%ld\n", h->drops, h->group_gone,
+         h->reloads);
   printf("fault: violations=%ld\n", h->violations);
 
   int bad = h->violations != 0 || h->phase != PH_DONE;
