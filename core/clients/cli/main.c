@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +168,10 @@ int main(int argc, char** argv) {
   cli_args_t a;
   memset(&a, 0, sizeof a);
   int help = 0, version = 0, rc = CLI_EXIT_USAGE;
+  /* A server that closes while a request is written: an error, not death
+   * by SIGPIPE. `txmq consume | head` stops on EPIPE without acknowledging
+   * what it could not print. */
+  signal(SIGPIPE, SIG_IGN);
 
   a.pos = calloc((size_t)argc + 1, sizeof *a.pos);
   a.props = calloc((size_t)argc + 1, sizeof *a.props);

@@ -34,6 +34,7 @@
  * outcome is unknown to the caller: a half message may have been stored
  * and is then decided by checks) and connects again on the next call.
  */
+#include <signal.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
 #include <stdio.h>
@@ -931,6 +932,17 @@ static int l_checker_reloads(lua_State* L) {
 }
 
 int luaopen_txmq_core(lua_State* L) {
+  /* A server that closes while a request is being written would otherwise
+   * kill the interpreter with SIGPIPE (the call fails with an error
+   * instead), as LuaSocket does; a host that installed its own handler
+   * keeps it. */
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    sigaction(SIGPIPE, &sa, NULL);
+  }
   static const luaL_Reg conn_m[] = {
       {"send", l_conn_send},       {"send_in_transaction", l_conn_send_tx},
       {"receive", l_conn_receive}, {"ack", l_conn_ack},
