@@ -73,13 +73,14 @@ static int segs_reserve(txmq_log_t* log, size_t need) {
 /* Closes every file of the log (read fds, the write fd, the directory and
  * with it the directory lock). */
 static void release_files(txmq_log_t* log) {
-  for (size_t i = 0; i < log->nsegs; i++) close(log->segs[i].rfd);
+  for (size_t i = 0; i < log->nsegs; i++)
+    if (log->segs[i].rfd >= 0) close(log->segs[i].rfd);
   log->nsegs = 0;
+  log->nrfds = 0;
   txmq__newseg_t* ns = log->created;
   log->created = NULL;
   while (ns != NULL) {
     txmq__newseg_t* next = ns->next;
-    close(ns->seg.rfd);
     free(ns);
     ns = next;
   }
@@ -245,10 +246,8 @@ static void on_async(uv_async_t* h) {
    * at append time. */
   while (created != NULL) {
     txmq__newseg_t* next = created->next;
-    if (txmq__log_segs_push(log, created->seg) != 0) {
-      close(created->seg.rfd);
-      if (log->failed_seen == 0) log->failed_seen = TXMQ_ENOMEM;
-    }
+    if (txmq__log_segs_push(log, created->seg) != 0 && log->failed_seen == 0)
+      log->failed_seen = TXMQ_ENOMEM;
     free(created);
     created = next;
   }
@@ -571,12 +570,50 @@ static size_t find_seg(const txmq_log_t* log, uint64_t pos) {
   return lo;
 }
 
+/* Closes the read fd of segment i if it is open (before the segment
+ * leaves the table). */
+static void seg_close(txmq_log_t* log, size_t i) {
+  txmq__seg_t* s = &log->segs[i];
+  if (s->rfd < 0) return;
+  close(s->rfd);
+  s->rfd = -1;
+  for (size_t k = 0; k < log->nrfds; k++)
+    if (log->rfd_bases[k] == s->base) {
+      log->rfd_bases[k] = log->rfd_bases[--log->nrfds];
+      break;
+    }
+}
+
+/* The read fd of segment s, opened if it is not. At most
+ * TXMQ__LOG_MAX_RFDS are open; to open one more, the least recently used
+ * is closed. A miss costs an open() and a look over the open ones, never
+ * over every segment. Returns the fd, or -1 with errno set. */
+static int seg_fd(txmq_log_t* log, txmq__seg_t* s) {
+  if (s->rfd < 0) {
+    if (log->nrfds >= TXMQ__LOG_MAX_RFDS) {
+      size_t lru = 0;
+      for (size_t k = 1; k < log->nrfds; k++)
+        if (log->segs[find_seg(log, log->rfd_bases[k])].used <
+            log->segs[find_seg(log, log->rfd_bases[lru])].used)
+          lru = k;
+      seg_close(log, find_seg(log, log->rfd_bases[lru]));
+    }
+    char name[TXMQ__LOG_NAME_LEN + 1];
+    snprintf(name, sizeof name, "%020" PRIu64 ".log", s->base);
+    s->rfd = openat(log->dirfd, name, O_RDONLY | O_CLOEXEC);
+    if (s->rfd < 0) return -1;
+    log->rfd_bases[log->nrfds++] = s->base;
+  }
+  s->used = ++log->rfd_clock;
+  return s->rfd;
+}
+
 static int read_at(txmq_log_t* log, uint64_t pos, uint8_t** buf, size_t* cap,
                    txmq_log_entry_t* out) {
   if (log->state != TXMQ__LOG_OPEN && log->state != TXMQ__LOG_CLOSING)
     return TXMQ_ECLOSED;
   if (pos < txmq_log_begin(log) || pos >= log->end_seen) return TXMQ_ERANGE;
-  const txmq__seg_t* s = &log->segs[find_seg(log, pos)];
+  txmq__seg_t* s = &log->segs[find_seg(log, pos)];
   size_t idx = (size_t)(s - log->segs);
   uint64_t seg_end =
       idx + 1 < log->nsegs ? log->segs[idx + 1].base : log->end_seen;
@@ -587,7 +624,8 @@ static int read_at(txmq_log_t* log, uint64_t pos, uint8_t** buf, size_t* cap,
   size_t first = avail < READ_AHEAD ? (size_t)avail : READ_AHEAD;
   if (grow(buf, cap, first) != 0) return TXMQ_ENOMEM;
   uint64_t off = HDR + (pos - s->base);
-  int err = txmq__pread_full(s->rfd, *buf, first, off);
+  int fd = seg_fd(log, s);
+  int err = fd < 0 ? errno : txmq__pread_full(fd, *buf, first, off);
   if (err == 0) {
     uint32_t len = txmq__get_le32(*buf + 4);
     if (len > TXMQ_LOG_MAX_RECORD)
@@ -599,7 +637,7 @@ static int read_at(txmq_log_t* log, uint64_t pos, uint8_t** buf, size_t* cap,
     size_t whole = RHDR + (size_t)len;
     if (whole > first) {
       if (grow(buf, cap, whole) != 0) return TXMQ_ENOMEM;
-      err = txmq__pread_full(s->rfd, *buf + first, whole - first, off + first);
+      err = txmq__pread_full(fd, *buf + first, whole - first, off + first);
     }
   }
   if (err == ENODATA)
@@ -697,7 +735,9 @@ int txmq_log_apply_retention(txmq_log_t* log, size_t* deleted) {
     int by_age = 0;
     if (!by_size && log->retain_seconds != 0) {
       struct stat st;
-      by_age = fstat(s->rfd, &st) == 0 && now > st.st_mtime &&
+      char name[TXMQ__LOG_NAME_LEN + 1];
+      snprintf(name, sizeof name, "%020" PRIu64 ".log", s->base);
+      by_age = fstatat(log->dirfd, name, &st, 0) == 0 && now > st.st_mtime &&
                (uint64_t)(now - st.st_mtime) > log->retain_seconds;
     }
     if (!by_size && !by_age) break;
@@ -715,7 +755,7 @@ int txmq_log_apply_retention(txmq_log_t* log, size_t* deleted) {
     n++;
   }
   if (n == 0) return 0;
-  for (size_t i = 0; i < n; i++) close(log->segs[i].rfd);
+  for (size_t i = 0; i < n; i++) seg_close(log, i);
   memmove(log->segs, log->segs + n, (log->nsegs - n) * sizeof *log->segs);
   log->nsegs -= n;
   /* The writer unlinks, each followed by a directory fsync: the loop thread
@@ -846,14 +886,16 @@ static int iter_window(txmq_log_iter_t* it, txmq_log_entry_t* out) {
   if (log->state != TXMQ__LOG_OPEN && log->state != TXMQ__LOG_CLOSING) return 0;
   if (it->win == NULL && (it->win = malloc(ITER_WINDOW)) == NULL) return 0;
   size_t idx = find_seg(log, it->cur);
-  const txmq__seg_t* s = &log->segs[idx];
+  txmq__seg_t* s = &log->segs[idx];
   uint64_t seg_end =
       idx + 1 < log->nsegs ? log->segs[idx + 1].base : log->end_seen;
   if (it->cur >= seg_end) return 0;
   uint64_t n = seg_end - it->cur;
   if (n > ITER_WINDOW) n = ITER_WINDOW;
   it->wlen = 0;
-  if (txmq__pread_full(s->rfd, it->win, (size_t)n, HDR + (it->cur - s->base)) != 0)
+  int fd = seg_fd(log, s);
+  if (fd < 0 || txmq__pread_full(fd, it->win, (size_t)n,
+                                 HDR + (it->cur - s->base)) != 0)
     return 0;
   it->wpos = it->cur;
   it->wlen = (size_t)n;

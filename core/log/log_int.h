@@ -33,6 +33,8 @@
 #define TXMQ__LOG_CHUNK_CAP (64u * 1024u)
 #define TXMQ__LOG_DIAG_MAX 1024
 #define TXMQ__LOG_MIN_SEGMENT 4096
+/* Read fds kept open at most: see txmq__seg_t. */
+#define TXMQ__LOG_MAX_RFDS 32
 
 enum { TXMQ__LOG_NEW = 0, TXMQ__LOG_OPEN, TXMQ__LOG_CLOSING, TXMQ__LOG_CLOSED };
 
@@ -47,11 +49,16 @@ enum {
   TXMQ__REC_BAD_CRC
 };
 
-/* One segment file as the loop sees it. rfd is O_RDONLY, used by reads. */
+/* One segment file as the loop sees it. rfd is O_RDONLY, used by reads,
+ * and -1 while the file is not open: reads open it on demand and at most
+ * TXMQ__LOG_MAX_RFDS stay open (the least recently used is closed), so
+ * the files a log holds do not grow with its segments - a long log would
+ * otherwise run out of RLIMIT_NOFILE and stop taking writes. */
 typedef struct {
   uint64_t base;
   uint32_t id;
   int rfd;
+  uint64_t used; /* log->rfd_clock when rfd was last used */
 } txmq__seg_t;
 
 /* Encoded records waiting for the writer, all in one segment. The first
@@ -77,7 +84,7 @@ typedef struct txmq__batch_s {
   void* arg;
 } txmq__batch_t;
 
-/* A segment the writer created, handed to the loop. */
+/* A segment the writer created, handed to the loop (not open: rfd -1). */
 typedef struct txmq__newseg_s {
   struct txmq__newseg_s* next;
   txmq__seg_t seg;
@@ -117,6 +124,9 @@ struct txmq_log_s {
   int failed_seen; /* the writer's error, once the loop has heard of it */
   txmq__batch_t* batch_head;
   txmq__batch_t* batch_tail;
+  uint64_t rfd_bases[TXMQ__LOG_MAX_RFDS]; /* segments whose rfd is open */
+  size_t nrfds;
+  uint64_t rfd_clock;
   uint8_t* rbuf; /* txmq_log_read's buffer */
   size_t rcap;
   txmq_log_keep_cb keep_cb;
@@ -230,11 +240,13 @@ int txmq__fsync(int fd);
 void txmq__log_diag_reset(txmq_log_t* log);
 void txmq__log_diagf(txmq_log_t* log, const char* fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Appends a segment that is not open (seg.rfd -1) to the table. */
 int txmq__log_segs_push(txmq_log_t* log, txmq__seg_t seg);
 
 /* log_recover.c: runs at open, on the opening thread, before the writer
- * exists. On success fills segs, the loop's positions, wfd (read-write) and
- * read_only; on failure leaves no fd open except what free closes. */
+ * exists. On success fills segs (none of them open), the loop's positions,
+ * wfd (read-write) and read_only; on failure leaves no fd open except what
+ * free closes. */
 int txmq__log_recover(txmq_log_t* log);
 
 /* log_writer.c. */

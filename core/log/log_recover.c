@@ -27,7 +27,9 @@
 #define HDR TXMQ_LOG_SEGMENT_HEADER_SIZE
 #define RHDR TXMQ_LOG_RECORD_HEADER_SIZE
 
-/* A segment file found in the directory. */
+/* A segment file found in the directory. It is opened only for as long
+ * as one step needs it (rfd -1 otherwise): a log may have more segments
+ * than the process may open files. */
 typedef struct {
   uint64_t base;
   uint32_t id;
@@ -129,23 +131,39 @@ static void rlist_free(rlist_t* l) {
   l->n = 0;
 }
 
-/* Re-reads size and header of a segment file through its read fd. */
+/* Opens segment s for reading into s->rfd. */
+static int open_seg(txmq_log_t* log, rseg_t* s) {
+  char name[32];
+  seg_name(name, sizeof name, s->base);
+  s->rfd = openat(log->dirfd, name, O_RDONLY | O_CLOEXEC);
+  if (s->rfd < 0) return errno_fail(log, errno, "cannot open segment", name);
+  return 0;
+}
+
+static void close_seg(rseg_t* s) {
+  if (s->rfd >= 0) close(s->rfd);
+  s->rfd = -1;
+}
+
+/* Re-reads size and header of a segment file. */
 static int load_seg(txmq_log_t* log, rseg_t* s) {
+  int rc = open_seg(log, s);
+  if (rc != 0) return rc;
   struct stat st;
+  char name[32];
+  seg_name(name, sizeof name, s->base);
   if (fstat(s->rfd, &st) != 0) {
-    char name[32];
-    seg_name(name, sizeof name, s->base);
-    return errno_fail(log, errno, "cannot stat segment", name);
+    rc = errno_fail(log, errno, "cannot stat segment", name);
+    close_seg(s);
+    return rc;
   }
   s->size = (uint64_t)st.st_size;
   uint8_t h[HDR];
   size_t n = s->size < HDR ? (size_t)s->size : HDR;
   int err = n > 0 ? txmq__pread_full(s->rfd, h, n, 0) : 0;
-  if (err != 0) {
-    char name[32];
-    seg_name(name, sizeof name, s->base);
+  close_seg(s);
+  if (err != 0)
     return errno_fail(log, err, "cannot read the header of segment", name);
-  }
   s->hdr_ok = txmq__log_seg_header_check(h, n, s->base, &s->id, s->why,
                                          sizeof s->why) == 0;
   return 0;
@@ -173,11 +191,7 @@ static int list_segments(txmq_log_t* log, rlist_t* l) {
     rseg_t* s = &l->v[l->n];
     memset(s, 0, sizeof *s);
     s->base = base;
-    s->rfd = openat(log->dirfd, e->d_name, O_RDONLY | O_CLOEXEC);
-    if (s->rfd < 0) {
-      rc = errno_fail(log, errno, "cannot open segment", e->d_name);
-      break;
-    }
+    s->rfd = -1;
     l->n++;
   }
   closedir(d);
@@ -187,17 +201,22 @@ static int list_segments(txmq_log_t* log, rlist_t* l) {
   return rc;
 }
 
-/* Maps a segment's whole file for scanning; *data points at its data. */
-static int map_seg(txmq_log_t* log, const rseg_t* s, void** map,
+/* Maps a segment's whole file for scanning; *data points at its data. The
+ * mapping outlives the fd it was made from. */
+static int map_seg(txmq_log_t* log, rseg_t* s, void** map,
                    const uint8_t** data) {
   *map = NULL;
   *data = NULL;
   if (s->size <= HDR) return 0;
+  int rc = open_seg(log, s);
+  if (rc != 0) return rc;
   void* m = mmap(NULL, (size_t)s->size, PROT_READ, MAP_PRIVATE, s->rfd, 0);
+  int err = m == MAP_FAILED ? errno : 0;
+  close_seg(s);
   if (m == MAP_FAILED) {
     char name[32];
     seg_name(name, sizeof name, s->base);
-    return errno_fail(log, errno, "cannot map segment", name);
+    return errno_fail(log, err, "cannot map segment", name);
   }
   *map = m;
   *data = (const uint8_t*)m + HDR;
@@ -224,11 +243,11 @@ static uint64_t follow_records(const uint8_t* data, uint64_t limit,
 
 /* Checks headers, seg ids and, for every segment but the newest, the data
  * length the next segment's base implies. Stops at the first problem. */
-static int walk(txmq_log_t* log, const rlist_t* l, finding_t* f) {
+static int walk(txmq_log_t* log, rlist_t* l, finding_t* f) {
   memset(f, 0, sizeof *f);
   char name[32];
   for (size_t i = 0; i < l->n; i++) {
-    const rseg_t* s = &l->v[i];
+    rseg_t* s = &l->v[i];
     seg_name(name, sizeof name, s->base);
     int last = i + 1 == l->n;
     if (!s->hdr_ok) {
@@ -297,9 +316,9 @@ static int walk(txmq_log_t* log, const rlist_t* l, finding_t* f) {
 
 /* Scans every record of the newest segment. On return *end is the end of
  * its valid records; a torn tail or corruption is put in f. */
-static int scan_last(txmq_log_t* log, const rlist_t* l, finding_t* f,
+static int scan_last(txmq_log_t* log, rlist_t* l, finding_t* f,
                      uint64_t* end, uint64_t* torn) {
-  const rseg_t* s = &l->v[l->n - 1];
+  rseg_t* s = &l->v[l->n - 1];
   memset(f, 0, sizeof *f);
   f->idx = l->n - 1;
   *torn = 0;
@@ -362,8 +381,7 @@ static int unlink_seg(txmq_log_t* log, rseg_t* s) {
   if (unlink(path) != 0 && errno != ENOENT)
     rc = errno_fail(log, errno, "cannot delete", path);
   free(path);
-  close(s->rfd);
-  s->rfd = -1;
+  close_seg(s);
   return rc;
 }
 
@@ -452,10 +470,6 @@ static int create_first(txmq_log_t* log, rlist_t* l) {
   if (err == 0) err = txmq__fdatasync(fd);
   if (err == 0) err = txmq__fsync(log->dirfd);
   if (fd >= 0) close(fd);
-  if (err == 0) {
-    s->rfd = open(path, O_RDONLY | O_CLOEXEC);
-    if (s->rfd < 0) err = errno;
-  }
   int rc = err ? errno_fail(log, err, "cannot create segment", path) : 0;
   free(path);
   if (rc == 0) {
@@ -468,9 +482,8 @@ static int create_first(txmq_log_t* log, rlist_t* l) {
 /* Moves the first n segments of l into the log's table. */
 static int adopt(txmq_log_t* log, rlist_t* l, size_t n) {
   for (size_t i = 0; i < n; i++) {
-    txmq__seg_t seg = {l->v[i].base, l->v[i].id, l->v[i].rfd};
+    txmq__seg_t seg = {l->v[i].base, l->v[i].id, -1, 0};
     if (txmq__log_segs_push(log, seg) != 0) return TXMQ_ENOMEM;
-    l->v[i].rfd = -1;
   }
   return 0;
 }

@@ -76,7 +76,7 @@ static int create_segment(txmq_log_t* log, uint64_t base, uint32_t id) {
     return -1;
   }
   txmq__log_seg_path(path, plen, log->dir, base);
-  int fd = -1, rfd = -1, err = 0;
+  int fd = -1, err = 0;
   const char* step = "create";
   fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) err = errno;
@@ -97,11 +97,6 @@ static int create_segment(txmq_log_t* log, uint64_t base, uint32_t id) {
     err = txmq__fsync(log->dirfd);
     atomic_fetch_add(&log->nfsync, 1);
   }
-  if (err == 0) {
-    step = "open for reading";
-    rfd = open(path, O_RDONLY | O_CLOEXEC);
-    if (rfd < 0) err = errno;
-  }
   free(path);
   if (err != 0) {
     if (fd >= 0) close(fd);
@@ -112,7 +107,8 @@ static int create_segment(txmq_log_t* log, uint64_t base, uint32_t id) {
   node->next = NULL;
   node->seg.base = base;
   node->seg.id = id;
-  node->seg.rfd = rfd;
+  node->seg.rfd = -1; /* the loop opens it when it reads */
+  node->seg.used = 0;
   txmq__newseg_t** tail = &log->w_new;
   while (*tail != NULL) tail = &(*tail)->next;
   *tail = node;

@@ -1499,6 +1499,17 @@ static void on_list(txmq_client_t* c, int status, const msgpack_object* rep,
 }
 
 static void drain_step(harness_t* h, uint64_t now) {
+  if (h->drain_ok == 0 && now - h->drain_start > 120000) {
+    /* tx.list would name what is left after a minute: here the clients
+     * could not even get that far (connections refused, a daemon that
+     * does not start). */
+    violation(h, NULL, 0, "no drain within 2 minutes of the last start "
+              "(daemon %s; connections up: p1 %d p2 %d h %d live %d)",
+              h->dstate == D_UP ? "listening" : "not listening",
+              h->conns[C_P1].state == C_UP, h->conns[C_P2].state == C_UP,
+              h->conns[C_H].state == C_UP, h->conns[C_L].state == C_UP);
+    h->drain_ok = -1;
+  }
   if (h->dstate != D_UP) return;
   conn_t* hc = &h->conns[C_H];
   if (h->drain_ok == 0) {

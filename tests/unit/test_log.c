@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1015,6 +1017,93 @@ static void segment_rolling(void** state) {
   tu_loop_close_clean(&loop);
 }
 
+/* The file limit is put back after the test, even when it fails. */
+static int save_nofile(void** state) {
+  struct rlimit* r = malloc(sizeof *r);
+  if (r == NULL || getrlimit(RLIMIT_NOFILE, r) != 0) return -1;
+  *state = r;
+  return 0;
+}
+
+static int restore_nofile(void** state) {
+  int rc = setrlimit(RLIMIT_NOFILE, *state);
+  free(*state);
+  return rc;
+}
+
+/* File descriptors the process has open now. */
+static int open_fds(void) {
+  DIR* d = opendir("/proc/self/fd");
+  assert_non_null(d);
+  int n = 0;
+  for (struct dirent* e = readdir(d); e != NULL; e = readdir(d))
+    n += e->d_name[0] != '.';
+  closedir(d);
+  return n - 1; /* the directory's own */
+}
+
+/* Found by the crash harness (tests/fault): every segment kept a read fd
+ * open for as long as the log was, so a log of more segments than the
+ * process may open files (RLIMIT_NOFILE) stopped taking writes - the
+ * writer could not open the next segment, EFAILED from then on - and was
+ * refused at every later open. Here the limit allows 64 more files than
+ * are open, the log grows to some 250 segments, is read in an order that
+ * jumps between them, opened again, read, and written again. */
+static void more_segments_than_files(void** state) {
+  const struct rlimit* old = *state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char* dir = tu_tmpdir("log");
+  struct rlimit low = *old;
+  low.rlim_cur = (rlim_t)open_fds() + 64;
+  assert_true(low.rlim_cur <= old->rlim_max);
+  assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+
+  txmq_log_t* log;
+  assert_rc(0,
+            open_log(&log, &loop, dir, TXMQ_LOG_OPT_SEGMENT_SIZE, (int64_t)4096,
+                     TXMQ_LOG_OPT_SYNC, (int64_t)TXMQ_SYNC_NEVER, END_OPTS));
+  enum { N = 1000, LEN = 900 };
+  uint64_t* pos = calloc(N + 1, sizeof *pos);
+  app_t* a = calloc(N + 1, sizeof *a);
+  assert_non_null(pos);
+  assert_non_null(a);
+  for (int i = 0; i < N; i++) {
+    assert_rc(0, append1(log, LEN, (uint32_t)i, &pos[i], &a[i]));
+    if (i % 50 == 49) wait_all(&loop, a + i - 49, 50);
+  }
+  for (int i = 0; i < N; i++) assert_rc(0, a[i].status);
+  assert_true(txmq_log_segment_count(log) > 200);
+  /* 97 is prime to N: every record once, segments far apart in turn. */
+  for (int k = 0, i = 0; k < N; k++, i = (i + 97) % N)
+    check_rec(log, pos[i], LEN, (uint32_t)i);
+  close_log(&loop, log);
+
+  assert_rc(0, open_log(&log, &loop, dir, TXMQ_LOG_OPT_SEGMENT_SIZE,
+                        (int64_t)4096, END_OPTS));
+  txmq_log_iter_t* it;
+  assert_rc(0, txmq_log_iter_new(log, 0, UINT64_MAX, &it));
+  txmq_log_entry_t e;
+  for (int i = 0; i < N; i++) {
+    assert_rc(0, txmq_log_iter_next(it, &e));
+    assert_int_equal(e.pos, pos[i]);
+  }
+  txmq_log_iter_free(it);
+  for (int k = 0, i = 0; k < N; k++, i = (i + 389) % N)
+    check_rec(log, pos[i], LEN, (uint32_t)i);
+  assert_rc(0, append1(log, 5000, N, &pos[N], &a[N])); /* a new segment */
+  wait_all(&loop, a + N, 1);
+  assert_rc(0, a[N].status);
+  check_rec(log, pos[N], 5000, N);
+  close_log(&loop, log);
+
+  free(pos);
+  free(a);
+  tu_rmrf(dir);
+  free(dir);
+  tu_loop_close_clean(&loop);
+}
+
 /* Four segments of about 4 KiB; bases gets their bases. */
 static void make_segments(uv_loop_t* loop, const char* dir, uint64_t* bases,
                           size_t nb, uint64_t* end) {
@@ -1738,6 +1827,8 @@ int main(void) {
       cmocka_unit_test(bitflip_in_later_segment),
       cmocka_unit_test(idle_log_does_not_keep_loop_alive),
       cmocka_unit_test(segment_rolling),
+      cmocka_unit_test_setup_teardown(more_segments_than_files, save_nofile,
+                                      restore_nofile),
       cmocka_unit_test(damaged_or_missing_segments),
       cmocka_unit_test(torn_segment_creation),
       cmocka_unit_test(segment_name_beyond_positions),
