@@ -1692,10 +1692,50 @@ static void on_tick(uv_timer_t* tm) {
   }
 }
 
+/* The state letter of process pid (R, S, D, Z, ...), 0 if unknown. */
+static char proc_state(int pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char* p = strrchr(buf, ')'); /* the name may hold anything */
+  return p != NULL && p[1] == ' ' ? p[2] : 0;
+}
+
+/* Writes the daemon's threads' stacks into the work directory with gdb,
+ * if there is one: what a hung daemon was doing. */
+static void dump_stacks(harness_t* h) {
+  char path[PATH_MAX + 32], pid[24];
+  snprintf(path, sizeof path, "%s/txmqd-stacks.txt", h->dir);
+  snprintf(pid, sizeof pid, "%d", h->proc.pid);
+  pid_t g = fork();
+  if (g < 0) return;
+  if (g == 0) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execlp("gdb", "gdb", "-p", pid, "-batch", "-ex", "thread apply all bt",
+           (char*)NULL);
+    _exit(127);
+  }
+  int st;
+  if (waitpid(g, &st, 0) == g && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+    printf("  the daemon's stacks: %s\n", path);
+}
+
 static void on_stop_timeout(uv_timer_t* tm) {
   harness_t* h = tm->data;
-  violation(h, NULL, 0, "txmqd did not exit within 30 s of SIGTERM");
+  int gone = proc_state(h->proc.pid) == 'Z' || kill(h->proc.pid, 0) != 0;
+  violation(h, NULL, 0, "txmqd did not exit within 30 s of SIGTERM%s", gone
+            ? " (or it did and its exit was not reported)" : "");
   print_log_tail(h, 30);
+  if (!gone) dump_stacks(h);
   uv_process_kill(&h->proc, SIGKILL);
 }
 
