@@ -295,6 +295,8 @@ int txmq_log_open(txmq_log_t* log) {
     log->state = TXMQ__LOG_OPEN;
     return 0;
   }
+  log->tc = malloc(TXMQ__LOG_TAIL_CACHE); /* without it, reads pread */
+  log->tc_from = log->next_pos;
   log->stop = log->quiet = log->exited = 0;
   log->pub_err = 0;
   log->w_err = 0;
@@ -368,6 +370,35 @@ static void free_chunk_list(txmq__chunk_t* c) {
 
 /* Encodes recs[i..] that stay in the segment at tail_base into c, from
  * position *pos; returns the index of the first record left over. */
+/* Copies n bytes appended at position pos into the tail cache. */
+static void tc_put(txmq_log_t* log, uint64_t pos, const uint8_t* p, size_t n) {
+  if (log->tc == NULL) return;
+  const size_t cap = TXMQ__LOG_TAIL_CACHE;
+  if (n > cap) { /* only the newest bytes stay */
+    pos += n - cap;
+    p += n - cap;
+    n = cap;
+  }
+  size_t at = (size_t)(pos % cap);
+  size_t first = cap - at < n ? cap - at : n;
+  memcpy(log->tc + at, p, first);
+  memcpy(log->tc, p + first, n - first);
+}
+
+/* Copies n bytes at position pos out of the tail cache if it holds them. */
+static int tc_get(const txmq_log_t* log, uint64_t pos, uint8_t* out,
+                  size_t n) {
+  const size_t cap = TXMQ__LOG_TAIL_CACHE;
+  if (log->tc == NULL || n > cap || pos < log->tc_from ||
+      pos + n > log->next_pos || log->next_pos - pos > cap)
+    return 0;
+  size_t at = (size_t)(pos % cap);
+  size_t first = cap - at < n ? cap - at : n;
+  memcpy(out, log->tc + at, first);
+  memcpy(out + first, log->tc, n - first);
+  return 1;
+}
+
 static size_t fill_chunk(const txmq_log_t* log, txmq__chunk_t* c,
                          const txmq_log_rec_t* recs, size_t n, size_t i,
                          uint64_t* pos, uint64_t tail_base,
@@ -435,7 +466,9 @@ int txmq_log_append(txmq_log_t* log, const txmq_log_rec_t* recs, size_t n,
   if (!rolls && t != NULL && t->seg_base == log->tail_base &&
       t->cap - t->len >= total) {
     pos = log->next_pos;
+    size_t at = t->len;
     fill_chunk(log, t, recs, n, 0, &pos, log->tail_base, positions);
+    tc_put(log, log->next_pos, t->data + at, t->len - at);
     uv_cond_signal(&log->cond);
     done = 1;
   }
@@ -491,6 +524,8 @@ int txmq_log_append(txmq_log_t* log, const txmq_log_rec_t* recs, size_t n,
       free(b);
       return TXMQ_EFAILED;
     }
+    for (txmq__chunk_t* c = head; c != NULL; c = c->next)
+      tc_put(log, c->start, c->data, c->len);
     if (log->pend_tail != NULL)
       log->pend_tail->next = head;
     else
@@ -613,6 +648,25 @@ static int read_at(txmq_log_t* log, uint64_t pos, uint8_t** buf, size_t* cap,
   if (log->state != TXMQ__LOG_OPEN && log->state != TXMQ__LOG_CLOSING)
     return TXMQ_ECLOSED;
   if (pos < txmq_log_begin(log) || pos >= log->end_seen) return TXMQ_ERANGE;
+  uint8_t rh[RHDR];
+  if (tc_get(log, pos, rh, RHDR)) {
+    /* Bytes this process appended: no pread. The record is checked as one
+     * read from a file would be (a position inside a record is not one). */
+    uint32_t len = txmq__get_le32(rh + 4), checked;
+    if (len <= TXMQ_LOG_MAX_RECORD &&
+        grow(buf, cap, RHDR + (size_t)len) == 0 &&
+        tc_get(log, pos, *buf, RHDR + (size_t)len) &&
+        txmq__log_rec_check(*buf, RHDR + (size_t)len, pos, &checked) ==
+            TXMQ__REC_OK) {
+      log->tc_hits++;
+      out->pos = pos;
+      out->next = pos + RHDR + len;
+      out->type = (*buf)[8];
+      out->data = *buf + RHDR;
+      out->len = len;
+      return 0;
+    }
+  }
   txmq__seg_t* s = &log->segs[find_seg(log, pos)];
   size_t idx = (size_t)(s - log->segs);
   uint64_t seg_end =
@@ -691,6 +745,9 @@ uint64_t txmq_log_fsync_count(const txmq_log_t* log) {
 }
 uint64_t txmq_log_write_count(const txmq_log_t* log) {
   return atomic_load(&((txmq_log_t*)log)->nwrite);
+}
+uint64_t txmq_log_cache_hits(const txmq_log_t* log) {
+  return log->tc_hits;
 }
 const char* txmq_log_diag(const txmq_log_t* log) {
   return log->diag;
@@ -814,6 +871,8 @@ void txmq_log_free(txmq_log_t* log) {
     free(u);
   }
   free(log->rbuf);
+  free(log->tc);
+  log->tc = NULL;
   if (log->sync_init) {
     uv_cond_destroy(&log->cond);
     uv_mutex_destroy(&log->mu);

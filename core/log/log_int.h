@@ -31,6 +31,7 @@
 /* Capacity of a fresh chunk: small appends are copied into the chunk still
  * waiting for the writer, so one write() carries many of them. */
 #define TXMQ__LOG_CHUNK_CAP (64u * 1024u)
+#define TXMQ__LOG_TAIL_CACHE (8u * 1024u * 1024u)
 #define TXMQ__LOG_DIAG_MAX 1024
 #define TXMQ__LOG_MIN_SEGMENT 4096
 /* Read fds kept open at most: see txmq__seg_t. */
@@ -129,6 +130,14 @@ struct txmq_log_s {
   uint64_t rfd_clock;
   uint8_t* rbuf; /* txmq_log_read's buffer */
   size_t rcap;
+  /* The tail cache: a copy of the newest appended bytes, so that reads of
+   * recent records (a commit reading its half, a consumer at the head of
+   * a topic) are a copy instead of a pread. Position p is at
+   * tc[p % TXMQ__LOG_TAIL_CACHE]; it holds [max(tc_from, next_pos -
+   * TXMQ__LOG_TAIL_CACHE), next_pos). NULL in a read-only log. */
+  uint8_t* tc;
+  uint64_t tc_from;
+  uint64_t tc_hits;
   txmq_log_keep_cb keep_cb;
   void* keep_arg;
   txmq_log_close_cb close_cb;

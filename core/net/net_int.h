@@ -93,7 +93,15 @@ struct net_conn_s {
   size_t rlen;
   size_t rcap;
   size_t inflight;    /* requests accepted and not yet answered */
-  size_t out_bytes;   /* response bytes handed to libuv, not yet written */
+  size_t out_bytes;   /* response bytes queued or handed to libuv, not yet
+                         written */
+  /* Output: responses of this loop turn, written with one write when the
+   * turn's callbacks are done (net__flush). */
+  char* obuf;
+  size_t olen;
+  size_t ocap;
+  int oqueued;        /* on srv->flushq (holds a ref) */
+  net_conn_t* onext;
   uint64_t last_rx;   /* loop ms of the last byte read */
   uint64_t out_full_since;
   uint64_t closing_since;
@@ -168,6 +176,13 @@ struct txmq_server_s {
   net_avoid_t avoid[NET_AVOID_SLOTS];
   size_t avoid_next;
   txmq_tx_target_t target;
+  /* connections with queued output, flushed after the poll phase (check)
+   * or before the loop blocks (prepare) */
+  net_conn_t* flushq;
+  uv_check_t flush_check;
+  uv_prepare_t flush_prep;
+  int flush_armed;
+  int flush_open;
   /* the read buffer shared by all connections (libuv reads one at a time) */
   int readbuf_busy;
   /* life cycle */

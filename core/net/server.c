@@ -45,6 +45,7 @@ typedef struct {
 } wreq_t;
 
 static void conn_pump(net_conn_t* c);
+static void conn_flush(net_conn_t* c);
 static void server_close_step(txmq_server_t* srv);
 
 uint64_t net__now(const txmq_server_t* srv) {
@@ -99,6 +100,7 @@ static void conn_maybe_free(net_conn_t* c) {
   free(c->pgroups);
   free(c->cgroups);
   free(c->rbuf);
+  free(c->obuf);
   free(c);
 }
 
@@ -218,8 +220,10 @@ void net__close(net_conn_t* c, int polite, const char* why) {
   net__checks_fail_all(c);
   net__waiters_drop(c);
   if (polite && !c->handle_closing) {
+    conn_flush(c); /* what was answered goes before the end of stream */
     c->shut.data = c;
-    if (uv_shutdown(&c->shut, (uv_stream_t*)&c->tcp, on_shutdown) == 0) {
+    if (!c->handle_closing &&
+        uv_shutdown(&c->shut, (uv_stream_t*)&c->tcp, on_shutdown) == 0) {
       update_reading(c);
       return;
     }
@@ -243,6 +247,72 @@ static void on_write(uv_write_t* req, int status) {
   conn_maybe_free(c);
 }
 
+/* Hands bytes to libuv; takes buf (freed when written). */
+static int conn_write(net_conn_t* c, char* buf, size_t len) {
+  wreq_t* r = malloc(sizeof *r);
+  if (r == NULL) {
+    free(buf);
+    c->out_bytes -= len;
+    net__close(c, 0, "out of memory");
+    return TXMQ_ENOMEM;
+  }
+  r->c = c;
+  r->buf = buf;
+  r->len = len;
+  uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+  int rc = uv_write(&r->req, (uv_stream_t*)&c->tcp, &b, 1, on_write);
+  if (rc != 0) {
+    free(buf);
+    free(r);
+    c->out_bytes -= len;
+    net__close(c, 0, uv_strerror(rc));
+    return TXMQ_ECLOSED;
+  }
+  c->refs++;
+  return 0;
+}
+
+/* Writes what this connection queued in the current loop turn. */
+static void conn_flush(net_conn_t* c) {
+  if (c->olen == 0 || c->handle_closing) return;
+  char* buf = c->obuf;
+  size_t len = c->olen;
+  c->obuf = NULL;
+  c->olen = c->ocap = 0;
+  conn_write(c, buf, len);
+}
+
+static void flush_all(txmq_server_t* srv) {
+  while (srv->flushq != NULL) {
+    net_conn_t* c = srv->flushq;
+    srv->flushq = c->onext;
+    c->onext = NULL;
+    c->oqueued = 0;
+    conn_flush(c);
+    c->refs--;
+    conn_maybe_free(c);
+  }
+  if (srv->flush_armed) {
+    srv->flush_armed = 0;
+    uv_check_stop(&srv->flush_check);
+    uv_prepare_stop(&srv->flush_prep);
+  }
+}
+
+static void on_flush_check(uv_check_t* h) {
+  flush_all(h->data);
+}
+
+static void on_flush_prep(uv_prepare_t* h) {
+  flush_all(h->data);
+}
+
+/* Responses are not written one by one: they are queued on the connection
+ * and written together once the loop turn's callbacks are done, one write
+ * per connection per turn instead of one per response. A large response
+ * is handed over as it is, after what was queued before it. */
+#define NET_OWN_WRITE 65536
+
 int net__send(net_conn_t* c, net_wbuf_t* w) {
   txmq_server_t* srv = c->srv;
   if (c->state == C_CLOSING || c->handle_closing) {
@@ -262,27 +332,48 @@ int net__send(net_conn_t* c, net_wbuf_t* w) {
   p[1] = (uint8_t)(plen >> 16);
   p[2] = (uint8_t)(plen >> 8);
   p[3] = (uint8_t)plen;
-  wreq_t* r = malloc(sizeof *r);
-  if (r == NULL) {
+  size_t len = w->len;
+  if (len >= NET_OWN_WRITE) {
+    conn_flush(c);
+    if (c->handle_closing || c->state == C_CLOSING) {
+      net__wb_free(w);
+      return TXMQ_ECLOSED;
+    }
+    char* buf = w->p;
+    w->p = NULL;
+    w->len = w->cap = 0;
+    c->out_bytes += len;
+    int rc = conn_write(c, buf, len);
+    if (rc != 0) return rc;
+  } else {
+    if (c->olen + len > c->ocap) {
+      size_t cap = c->ocap ? c->ocap : 4096;
+      while (cap < c->olen + len) cap *= 2;
+      char* nb = realloc(c->obuf, cap);
+      if (nb == NULL) {
+        net__wb_free(w);
+        net__close(c, 0, "out of memory");
+        return TXMQ_ENOMEM;
+      }
+      c->obuf = nb;
+      c->ocap = cap;
+    }
+    memcpy(c->obuf + c->olen, w->p, len);
+    c->olen += len;
+    c->out_bytes += len;
     net__wb_free(w);
-    net__close(c, 0, "out of memory");
-    return TXMQ_ENOMEM;
+    if (!c->oqueued) {
+      c->oqueued = 1;
+      c->refs++;
+      c->onext = srv->flushq;
+      srv->flushq = c;
+      if (!srv->flush_armed && srv->flush_open) {
+        srv->flush_armed = 1;
+        uv_check_start(&srv->flush_check, on_flush_check);
+        uv_prepare_start(&srv->flush_prep, on_flush_prep);
+      }
+    }
   }
-  r->c = c;
-  r->buf = w->p;
-  r->len = w->len;
-  w->p = NULL;
-  w->len = w->cap = 0;
-  uv_buf_t b = uv_buf_init(r->buf, (unsigned)r->len);
-  int rc = uv_write(&r->req, (uv_stream_t*)&c->tcp, &b, 1, on_write);
-  if (rc != 0) {
-    free(r->buf);
-    free(r);
-    net__close(c, 0, uv_strerror(rc));
-    return TXMQ_ECLOSED;
-  }
-  c->out_bytes += r->len;
-  c->refs++;
   if (c->out_bytes > srv->max_output && c->out_full_since == 0)
     c->out_full_since = net__now(srv);
   return 0;
@@ -650,6 +741,12 @@ int txmq_server_new(txmq_server_t** out, uv_loop_t* loop, txmq_runtime_t* rt,
   srv->sweep.data = srv;
   srv->sweep_open = 1;
   srv->handles = 1;
+  uv_check_init(loop, &srv->flush_check);
+  uv_prepare_init(loop, &srv->flush_prep);
+  srv->flush_check.data = srv;
+  srv->flush_prep.data = srv;
+  srv->flush_open = 1;
+  srv->handles += 2;
   net__consumers_attach(srv);
   *out = srv;
   return 0;
@@ -838,6 +935,10 @@ static void server_close_step(txmq_server_t* srv) {
   if (srv->live == NULL && srv->dying == NULL && srv->sweep_open) {
     srv->sweep_open = 0;
     uv_close((uv_handle_t*)&srv->sweep, on_handle_closed);
+    flush_all(srv);
+    srv->flush_open = 0;
+    uv_close((uv_handle_t*)&srv->flush_check, on_handle_closed);
+    uv_close((uv_handle_t*)&srv->flush_prep, on_handle_closed);
   }
 }
 

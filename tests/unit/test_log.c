@@ -349,6 +349,70 @@ static void roundtrip_sizes(void** state) {
   tu_loop_close_clean(&loop);
 }
 
+/* Reads of the newest 8 MiB come from the tail cache, older ones from the
+ * files, and both give the same records; the cache wraps, a record larger
+ * than it is read from the file, a position inside a record is refused
+ * either way, and a reopened log starts with an empty cache. */
+static void tail_cache_reads(void** state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char* dir = tu_tmpdir("log");
+  txmq_log_t* log;
+  assert_rc(0, open_log(&log, &loop, dir, TXMQ_LOG_OPT_SEGMENT_SIZE,
+                        (int64_t)(4 << 20), END_OPTS));
+  enum { N = 700 };
+  uint64_t* pos = calloc(N, sizeof *pos);
+  uint32_t* len = calloc(N, sizeof *len);
+  assert_non_null(pos);
+  assert_non_null(len);
+  uint64_t total = 0;
+  for (uint32_t i = 0; i < N; i++) {
+    /* about 28 KiB on average: 20 MiB in all, 2.4 times the cache */
+    len[i] = i == 350 ? 9u << 20 : (i * 7919u) % 56000u;
+    app_t a = {0};
+    a.check_durable = 1;
+    assert_rc(0, append1(log, len[i], i, &pos[i], &a));
+    wait_all(&loop, &a, 1);
+    assert_rc(0, a.status);
+    total += RHDR + len[i];
+  }
+  assert_int_equal(txmq_log_next_pos(log), total);
+  const uint64_t cache = 8u << 20;
+  uint64_t hits = txmq_log_cache_hits(log);
+  size_t cached = 0;
+  for (uint32_t i = 0; i < N; i++) {
+    check_rec(log, pos[i], len[i], i);
+    int in_cache = total - pos[i] <= cache && len[i] < cache;
+    uint64_t h = txmq_log_cache_hits(log);
+    assert_int_equal(h - hits, in_cache ? 1 : 0);
+    hits = h;
+    cached += (size_t)in_cache;
+  }
+  assert_true(cached > 100); /* the newest records were cached */
+  txmq_log_entry_t e;
+  assert_rc(TXMQ_ECORRUPT, txmq_log_read(log, pos[N - 2] + 3, &e));
+  assert_rc(TXMQ_ECORRUPT, txmq_log_read(log, pos[10] + 5, &e));
+  close_log(&loop, log);
+
+  assert_rc(0, open_log(&log, &loop, dir, TXMQ_LOG_OPT_SEGMENT_SIZE,
+                        (int64_t)(4 << 20), END_OPTS));
+  for (uint32_t i = N - 20; i < N; i++) check_rec(log, pos[i], len[i], i);
+  assert_int_equal(txmq_log_cache_hits(log), 0);
+  uint64_t p;
+  app_t a = {0};
+  assert_rc(0, append1(log, 1000, 4242, &p, &a));
+  wait_all(&loop, &a, 1);
+  check_rec(log, p, 1000, 4242);
+  assert_int_equal(txmq_log_cache_hits(log), 1);
+  close_log(&loop, log);
+  free(pos);
+  free(len);
+  tu_rmrf(dir);
+  free(dir);
+  tu_loop_close_clean(&loop);
+}
+
 static void batches_contiguous(void** state) {
   (void)state;
   uv_loop_t loop;
@@ -1814,6 +1878,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(options_and_open_errors),
       cmocka_unit_test(roundtrip_sizes),
+      cmocka_unit_test(tail_cache_reads),
       cmocka_unit_test(batches_contiguous),
       cmocka_unit_test(iterator_ranges),
       cmocka_unit_test(sync_always_group_commit),

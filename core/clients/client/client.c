@@ -127,6 +127,7 @@ static void client_free_mem(txmq_client_t* c) {
   free(c->address);
   free(c->buckets);
   free(c->fbuf);
+  free(c->obuf);
   for (check_handler_t* h = c->handlers; h;) {
     check_handler_t* next = h->next;
     free(h->group);
@@ -179,8 +180,11 @@ int txmq_client_new(txmq_client_t** out, uv_loop_t* loop,
   uv_timer_init(loop, &c->conn_timer);
   uv_timer_init(loop, &c->req_timer);
   uv_timer_init(loop, &c->hb_timer);
+  uv_check_init(loop, &c->flush_check);
+  uv_prepare_init(loop, &c->flush_prep);
   c->conn_timer.data = c->req_timer.data = c->hb_timer.data = c;
-  c->handles_open = 3;
+  c->flush_check.data = c->flush_prep.data = c;
+  c->handles_open = 5;
   *out = c;
   return 0;
 }
@@ -369,7 +373,48 @@ static void on_write(uv_write_t* req, int status) {
     lose(c, TXMQ_EIO, "writing to the server failed: %s", uv_strerror(status));
 }
 
-/* Patches the length, checks the limit and writes; frees f in every case. */
+/* Writes the requests queued in this loop turn with one write. */
+static void flush_out(txmq_client_t* c) {
+  if (c->flush_armed) {
+    c->flush_armed = 0;
+    uv_check_stop(&c->flush_check);
+    uv_prepare_stop(&c->flush_prep);
+  }
+  if (c->olen == 0) return;
+  if (!c->tcp_open || uv_is_closing((uv_handle_t*)&c->tcp) ||
+      (c->state != ST_CONNECTED && c->state != ST_HANDSHAKE &&
+       c->state != ST_CLOSING)) {
+    c->olen = 0; /* the connection they were for is gone */
+    return;
+  }
+  wreq_t* w = malloc(sizeof *w);
+  if (!w) {
+    c->olen = 0;
+    lose(c, TXMQ_ENOMEM, "out of memory writing to the server");
+    return;
+  }
+  w->data = c->obuf;
+  uv_buf_t buf = uv_buf_init(c->obuf, (unsigned)c->olen);
+  c->obuf = NULL;
+  c->olen = c->ocap = 0;
+  int rc = uv_write(&w->req, (uv_stream_t*)&c->tcp, &buf, 1, on_write);
+  if (rc < 0) {
+    free(w->data);
+    free(w);
+    lose(c, TXMQ_EIO, "writing to the server failed: %s", uv_strerror(rc));
+  }
+}
+
+static void on_flush_check(uv_check_t* h) {
+  flush_out(h->data);
+}
+
+static void on_flush_prep(uv_prepare_t* h) {
+  flush_out(h->data);
+}
+
+/* Patches the length, checks the limit and queues the frame for the end of
+ * the loop turn; frees f in every case. */
 static int frame_write(txmq_client_t* c, frame_t* f) {
   if (f->err) {
     txmq__frame_destroy(f);
@@ -389,22 +434,26 @@ static int frame_write(txmq_client_t* c, frame_t* f) {
   p[1] = (uint8_t)(len >> 16);
   p[2] = (uint8_t)(len >> 8);
   p[3] = (uint8_t)len;
-  wreq_t* w = malloc(sizeof *w);
-  if (!w) {
-    txmq__frame_destroy(f);
-    txmq__client_set_diag(c, "out of memory");
-    return TXMQ_ENOMEM;
-  }
   size_t total = f->sb.size;
-  w->data = msgpack_sbuffer_release(&f->sb);
-  uv_buf_t buf = uv_buf_init(w->data, (unsigned)total);
-  int rc = uv_write(&w->req, (uv_stream_t*)&c->tcp, &buf, 1, on_write);
-  if (rc < 0) {
-    free(w->data);
-    free(w);
-    txmq__client_set_diag(c, "writing to the server failed: %s",
-                          uv_strerror(rc));
-    return TXMQ_EIO;
+  if (c->olen + total > c->ocap) {
+    size_t cap = c->ocap ? c->ocap : 4096;
+    while (cap < c->olen + total) cap *= 2;
+    char* nb = realloc(c->obuf, cap);
+    if (!nb) {
+      txmq__frame_destroy(f);
+      txmq__client_set_diag(c, "out of memory");
+      return TXMQ_ENOMEM;
+    }
+    c->obuf = nb;
+    c->ocap = cap;
+  }
+  memcpy(c->obuf + c->olen, f->sb.data, total);
+  c->olen += total;
+  txmq__frame_destroy(f);
+  if (!c->flush_armed) {
+    c->flush_armed = 1;
+    uv_check_start(&c->flush_check, on_flush_check);
+    uv_prepare_start(&c->flush_prep, on_flush_prep);
   }
   c->last_send = uv_now(c->loop);
   return 0;
@@ -1022,6 +1071,7 @@ static void on_tcp_close(uv_handle_t* h) {
   txmq_client_t* c = h->data;
   c->tcp_open = 0;
   c->handles_open--;
+  c->olen = 0; /* requests for the connection that is gone */
   c->hdr_got = 0;
   c->fgot = c->flen = 0;
   if (c->fcap > KEEP_FBUF) {
@@ -1089,6 +1139,9 @@ int txmq_client_close(txmq_client_t* c, txmq_client_close_cb cb, void* arg) {
   /* A connect that already failed and waits to be reported is reported as
    * closed instead; one in progress the same. */
   if (prev == ST_CONN_FAILING) c->conn_status = TXMQ_ECLOSED;
+  flush_out(c); /* what was sent before the close is written, as it was */
+  uv_close((uv_handle_t*)&c->flush_check, on_timer_close);
+  uv_close((uv_handle_t*)&c->flush_prep, on_timer_close);
   uv_close((uv_handle_t*)&c->conn_timer, on_timer_close);
   uv_close((uv_handle_t*)&c->req_timer, on_timer_close);
   uv_close((uv_handle_t*)&c->hb_timer, on_timer_close);

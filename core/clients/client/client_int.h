@@ -102,6 +102,14 @@ struct txmq_client_s {
   uv_timer_t conn_timer;
   uv_timer_t req_timer;
   uv_timer_t hb_timer;
+  /* requests of this loop turn, written with one write once the turn's
+   * callbacks are done (check) or before the loop blocks (prepare) */
+  uv_check_t flush_check;
+  uv_prepare_t flush_prep;
+  int flush_armed;
+  char* obuf;
+  size_t olen;
+  size_t ocap;
   int handles_open;
   uv_getaddrinfo_t gai;
   int gai_active;

@@ -205,6 +205,9 @@ uint64_t txmq_log_segment_base(const txmq_log_t* log, size_t i);
 /* Statistics since open. */
 uint64_t txmq_log_fsync_count(const txmq_log_t* log);
 uint64_t txmq_log_write_count(const txmq_log_t* log);
+/* Reads served from the tail cache (the newest 8 MiB appended by this
+ * process, kept in memory) instead of the segment files. */
+uint64_t txmq_log_cache_hits(const txmq_log_t* log);
 
 /* What recovery did or found, in words; "" if nothing. Valid until the next
  * call on log. */
