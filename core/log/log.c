@@ -120,6 +120,7 @@ int txmq_log_new(txmq_log_t** out, uv_loop_t* loop, const char* dir) {
   log->loop = loop;
   log->sync = TXMQ_SYNC_ALWAYS;
   log->sync_interval_ms = 1000;
+  log->zero_ahead = TXMQ__LOG_ZERO_AHEAD;
   log->segment_size = 64u * 1024u * 1024u;
   log->recover = TXMQ_LOG_RECOVER_STRICT;
   log->max_buffered = 64u * 1024u * 1024u;
@@ -171,6 +172,10 @@ int txmq_log_set(txmq_log_t* log, txmq_log_opt_t opt, int64_t v) {
     case TXMQ_LOG_OPT_RETAIN_SECONDS:
       if (v < 0) return TXMQ_EINVAL;
       log->retain_seconds = (uint64_t)v;
+      return 0;
+    case TXMQ_LOG_OPT_ZERO_AHEAD:
+      if (v < 0 || v > (int64_t)1 << 30) return TXMQ_EINVAL;
+      log->zero_ahead = (uint64_t)v;
       return 0;
   }
   return TXMQ_EINVAL;
@@ -296,6 +301,12 @@ int txmq_log_open(txmq_log_t* log) {
     return 0;
   }
   log->tc = malloc(TXMQ__LOG_TAIL_CACHE); /* without it, reads pread */
+  /* The newest segment's file is zeros beyond its records, if anything
+   * (recovery cut any other tail). Without the buffer, no zero-fill. */
+  struct stat st;
+  log->w_zeroed = fstat(log->wfd, &st) == 0 ? (uint64_t)st.st_size : 0;
+  log->w_zeros = log->sync == TXMQ_SYNC_ALWAYS && log->zero_ahead > 0
+                     ? calloc(1, TXMQ__LOG_ZERO_CHUNK) : NULL;
   log->tc_from = log->next_pos;
   log->stop = log->quiet = log->exited = 0;
   log->pub_err = 0;
@@ -303,6 +314,8 @@ int txmq_log_open(txmq_log_t* log) {
   log->w_last_sync_ns = uv_hrtime();
   rc = uv_thread_create(&log->thread, txmq__log_writer_main, log);
   if (rc != 0) {
+    free(log->w_zeros);
+    log->w_zeros = NULL;
     txmq__log_diagf(log, "cannot start the writer thread: %s", uv_strerror(rc));
     release_files(log);
     return txmq_err_from_errno(-rc);

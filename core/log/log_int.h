@@ -32,6 +32,9 @@
  * waiting for the writer, so one write() carries many of them. */
 #define TXMQ__LOG_CHUNK_CAP (64u * 1024u)
 #define TXMQ__LOG_TAIL_CACHE (8u * 1024u * 1024u)
+/* Zero-fill ahead of the written end: at most this far, this much a time. */
+#define TXMQ__LOG_ZERO_AHEAD (1024u * 1024u)
+#define TXMQ__LOG_ZERO_CHUNK (256u * 1024u)
 #define TXMQ__LOG_DIAG_MAX 1024
 #define TXMQ__LOG_MIN_SEGMENT 4096
 /* Read fds kept open at most: see txmq__seg_t. */
@@ -109,6 +112,7 @@ struct txmq_log_s {
   uint64_t max_buffered;
   uint64_t retain_bytes;
   uint64_t retain_seconds;
+  uint64_t zero_ahead;
   int read_only; /* effective: the option, or RECOVER_READONLY chose it */
   int dirfd;
 
@@ -182,10 +186,17 @@ struct txmq_log_s {
   char w_msg[256];
   int w_msg_new;
   txmq__newseg_t* w_new; /* created in this round, published at its end */
+  /* Sync always: the file of the segment being written is zero-filled
+   * ahead of the data while the writer has nothing else to do, so that an
+   * fdatasync flushes only data, not a changed size or extent map (on a
+   * disk where that is a second write, it saves one per sync). */
+  uint64_t w_zeroed;   /* file offset up to which it is written (zeros) */
+  uint8_t* w_zeros;    /* TXMQ__LOG_ZERO_CHUNK zero bytes, NULL: off */
 
   /* Statistics and test faults: atomics, read from any thread. */
   atomic_uint_fast64_t nfsync;
   atomic_uint_fast64_t nwrite;
+  atomic_uint_fast64_t nzero;  /* zero-fill writes (each with its sync) */
   atomic_int fault_write; /* errno to fail the next write with (tests) */
   atomic_int fault_sync;  /* errno to fail the next fdatasync with (tests) */
 };

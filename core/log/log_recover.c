@@ -330,7 +330,11 @@ static int scan_last(txmq_log_t* log, rlist_t* l, finding_t* f,
   int problem;
   uint64_t q = follow_records(data, have, s->base, &problem);
   *end = s->base + q;
-  if (q < have) {
+  /* Zeros after the last record are room the writer filled ahead of its
+   * data (sync always), not a torn write: no record starts with zeros. */
+  uint64_t z = q;
+  while (z < have && data[z] == 0) z++;
+  if (q < have && z < have) {
     /* A crash tears only the end of what was being written, so a valid
      * record after the bad one means the damage is something else. */
     int64_t next = txmq__log_find_valid(data, have, q + 1, s->base);

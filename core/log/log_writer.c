@@ -115,6 +115,7 @@ static int create_segment(txmq_log_t* log, uint64_t base, uint32_t id) {
   log->wfd = fd;
   log->wbase = base;
   log->wid = id;
+  log->w_zeroed = TXMQ_LOG_SEGMENT_HEADER_SIZE;
   return 0;
 }
 
@@ -129,7 +130,17 @@ static int roll(txmq_log_t* log, const txmq__chunk_t* c) {
                 c->seg_base, c->start, log->w_end);
     return -1;
   }
-  if (log->w_end > log->w_durable && sync_data(log) != 0) return -1;
+  /* A finished segment ends at its last record: the zeros written ahead
+   * of it are cut (recovery takes only the newest segment's zeros for
+   * unused room). */
+  uint64_t data_end = TXMQ_LOG_SEGMENT_HEADER_SIZE + (log->w_end - log->wbase);
+  int cut = log->w_zeroed > data_end;
+  if (cut && ftruncate(log->wfd, (off_t)data_end) != 0) {
+    writer_fail(log, errno, "cannot cut segment %020" PRIu64 ".log to its end",
+                log->wbase);
+    return -1;
+  }
+  if ((cut || log->w_end > log->w_durable) && sync_data(log) != 0) return -1;
   close(log->wfd);
   log->wfd = -1;
   return create_segment(log, c->seg_base, c->seg_id);
@@ -188,6 +199,39 @@ static void unlink_retired(txmq_log_t* log, txmq__unlink_t* u) {
   }
 }
 
+/* The zero-fill the writer would do now, as [*from, *to); 0 if none. */
+static int zero_wanted(const txmq_log_t* log, uint64_t* from, uint64_t* to) {
+  if (log->w_zeros == NULL || log->w_err != 0 || log->wfd < 0) return 0;
+  uint64_t data_end = TXMQ_LOG_SEGMENT_HEADER_SIZE + (log->w_end - log->wbase);
+  /* Nothing while at least half the room is left: each fill is a sync. */
+  if (log->w_zeroed > data_end && log->w_zeroed - data_end >= log->zero_ahead / 2)
+    return 0;
+  uint64_t limit = data_end + log->zero_ahead;
+  if (limit > log->segment_size) limit = log->segment_size;
+  uint64_t start = log->w_zeroed > data_end ? log->w_zeroed : data_end;
+  if (start >= limit) return 0;
+  *from = start;
+  *to = limit - start > TXMQ__LOG_ZERO_CHUNK ? start + TXMQ__LOG_ZERO_CHUNK
+                                             : limit;
+  return 1;
+}
+
+/* Writes zeros over [from, to) of the segment file and syncs them. Only the
+ * writer writes the file, and only beyond the data: nothing is overwritten.
+ * A failure only stops the zero-filling (writes then grow the file). */
+static void zero_fill(txmq_log_t* log, uint64_t from, uint64_t to) {
+  int err = txmq__pwrite_full(log->wfd, log->w_zeros, (size_t)(to - from),
+                              from);
+  if (err == 0) err = txmq__fdatasync(log->wfd);
+  atomic_fetch_add(&log->nzero, 1);
+  if (err != 0) {
+    free(log->w_zeros);
+    log->w_zeros = NULL;
+    return;
+  }
+  log->w_zeroed = to;
+}
+
 static void free_chunks(txmq__chunk_t* c) {
   while (c != NULL) {
     txmq__chunk_t* next = c->next;
@@ -203,6 +247,14 @@ void txmq__log_writer_main(void* arg) {
   for (;;) {
     while (log->pend_head == NULL && !log->sync_req &&
            log->unlink_head == NULL && !log->stop) {
+      uint64_t zfrom, zto;
+      if (zero_wanted(log, &zfrom, &zto)) {
+        /* Idle: prepare the room the next records will be written to. */
+        uv_mutex_unlock(&log->mu);
+        zero_fill(log, zfrom, zto);
+        uv_mutex_lock(&log->mu);
+        continue;
+      }
       if (log->sync == TXMQ_SYNC_INTERVAL && log->w_err == 0 &&
           log->w_end > log->w_durable) {
         uint64_t now = uv_hrtime();
@@ -260,7 +312,15 @@ void txmq__log_writer_main(void* arg) {
     uv_mutex_lock(&log->mu);
   }
   if (log->wfd >= 0) {
+    /* A clean close leaves the file ending at its last record. */
+    uint64_t data_end =
+        TXMQ_LOG_SEGMENT_HEADER_SIZE + (log->w_end - log->wbase);
+    if (log->w_err == 0 && log->w_zeroed > data_end &&
+        ftruncate(log->wfd, (off_t)data_end) == 0)
+      txmq__fdatasync(log->wfd);
     close(log->wfd);
     log->wfd = -1;
   }
+  free(log->w_zeros);
+  log->w_zeros = NULL;
 }

@@ -55,6 +55,9 @@ static void fill(uint8_t* buf, size_t len, uint32_t seed) {
  * open's code, *out is allocated either way. */
 static int open_log(txmq_log_t** out, uv_loop_t* loop, const char* dir, ...) {
   assert_rc(0, txmq_log_new(out, loop, dir));
+  /* Off unless a test asks: many look at file sizes, which the writer's
+   * zero-filling changes whenever it is idle (zero_fill_ahead tests it). */
+  assert_rc(0, txmq_log_set(*out, TXMQ_LOG_OPT_ZERO_AHEAD, 0));
   va_list ap;
   va_start(ap, dir);
   for (;;) {
@@ -413,6 +416,77 @@ static void tail_cache_reads(void** state) {
   tu_loop_close_clean(&loop);
 }
 
+/* Sync always: the idle writer fills the segment file with zeros ahead of
+ * the data; records are written over them; a crash image taken while it is
+ * open recovers every record and takes the zeros for room, not a torn
+ * tail; a clean close cuts them; a rolled segment ends at its last record. */
+static void zero_fill_ahead(void** state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char* dir = tu_tmpdir("log");
+  char* copy = tu_tmpdir("logcopy");
+  txmq_log_t* log;
+  assert_rc(0, open_log(&log, &loop, dir, TXMQ_LOG_OPT_ZERO_AHEAD,
+                        (int64_t)(512 * 1024), TXMQ_LOG_OPT_SEGMENT_SIZE,
+                        (int64_t)(2 << 20), END_OPTS));
+  uint64_t pos[40];
+  for (uint32_t i = 0; i < 40; i++) {
+    app_t a = {0};
+    a.check_durable = 1;
+    assert_rc(0, append1(log, 1000 + i * 97, i, &pos[i], &a));
+    wait_all(&loop, &a, 1);
+    assert_rc(0, a.status);
+  }
+  uint64_t end = txmq_log_next_pos(log);
+  /* the idle writer keeps at least half of the 512 KiB filled */
+  int filled = 0;
+  for (int t = 0; t < 400 && !filled; t++) {
+    filled = seg_size(dir, 0) >= (long long)(HDR + end + 256 * 1024);
+    if (!filled) uv_sleep(5);
+  }
+  assert_true(filled);
+  /* the crash image: every record, no torn tail */
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "cp %s/*.log %s/", dir, copy);
+  assert_int_equal(system(cmd), 0);
+  txmq_log_t* img;
+  assert_rc(0, open_log(&img, &loop, copy, END_OPTS));
+  assert_string_equal(txmq_log_diag(img), "");
+  assert_int_equal(txmq_log_torn_bytes(img), 0);
+  assert_int_equal(txmq_log_end(img), end);
+  for (uint32_t i = 0; i < 40; i++) check_rec(img, pos[i], 1000 + i * 97, i);
+  close_log(&loop, img);
+  assert_int_equal(seg_size(copy, 0), (long long)(HDR + end));
+  /* records past the 2 MiB segment: the finished one ends at its last */
+  uint64_t big[3];
+  for (uint32_t i = 0; i < 3; i++) {
+    app_t a = {0};
+    assert_rc(0, append1(log, 900000, 100 + i, &big[i], &a));
+    wait_all(&loop, &a, 1);
+    assert_rc(0, a.status);
+  }
+  assert_true(txmq_log_segment_count(log) >= 2);
+  uint64_t b1 = txmq_log_segment_base(log, 1);
+  assert_int_equal(seg_size(dir, 0), (long long)(HDR + b1));
+  for (uint32_t i = 0; i < 3; i++) check_rec(log, big[i], 900000, 100 + i);
+  uint64_t end2 = txmq_log_next_pos(log);
+  close_log(&loop, log);
+  size_t n = 0;
+  uint64_t last = 0;
+  assert_rc(0, open_log(&log, &loop, dir, END_OPTS));
+  n = txmq_log_segment_count(log);
+  last = txmq_log_segment_base(log, n - 1);
+  assert_int_equal(txmq_log_end(log), end2);
+  close_log(&loop, log);
+  assert_int_equal(seg_size(dir, last), (long long)(HDR + end2 - last));
+  tu_rmrf(dir);
+  tu_rmrf(copy);
+  free(dir);
+  free(copy);
+  tu_loop_close_clean(&loop);
+}
+
 static void batches_contiguous(void** state) {
   (void)state;
   uv_loop_t loop;
@@ -744,7 +818,9 @@ static void torn_tail_every_byte(void** state) {
   for (size_t cut = start; cut <= len; cut++) {
     assert_int_equal(tu_write_file(path, bytes, cut), 0);
     txmq_log_t* log;
-    int rc = open_log(&log, &loop, dir, END_OPTS);
+    /* no zero-fill: the file's size is what this test looks at */
+    int rc = open_log(&log, &loop, dir, TXMQ_LOG_OPT_ZERO_AHEAD, (int64_t)0,
+                      END_OPTS);
     if (rc != 0) fprintf(stderr, "cut %zu: %s\n", cut, txmq_log_diag(log));
     assert_rc(0, rc);
     uint64_t torn = cut == len ? 0 : cut - start;
@@ -1397,7 +1473,8 @@ static void retention_by_size(void** state) {
   /* Keep about three segments' worth. */
   assert_rc(0,
             open_log(&log, &loop, dir, TXMQ_LOG_OPT_SEGMENT_SIZE, (int64_t)4096,
-                     TXMQ_LOG_OPT_RETAIN_BYTES, (int64_t)(3 * 4096), END_OPTS));
+                     TXMQ_LOG_OPT_RETAIN_BYTES, (int64_t)(3 * 4096),
+                     TXMQ_LOG_OPT_ZERO_AHEAD, (int64_t)0, END_OPTS));
   size_t nseg = txmq_log_segment_count(log);
   assert_true(nseg >= 12);
   /* The keep hook stops deletion at the first segment it keeps. */
@@ -1770,14 +1847,14 @@ static void fixture_torn_tails(void** state) {
     uint64_t torn;
     const char* why;
   } cases[] = {{"torn_tail", 23, "past the end"},
-               {"bad_crc_tail", 19, "crc"},
-               {"zero_tail", 512, "type 0"}};
+               {"bad_crc_tail", 19, "crc"}};
   uv_loop_t loop;
   uv_loop_init(&loop);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char* dir = fixture(cases[i].name);
     txmq_log_t* log;
-    assert_rc(0, open_log(&log, &loop, dir, END_OPTS));
+    assert_rc(0, open_log(&log, &loop, dir, TXMQ_LOG_OPT_ZERO_AHEAD,
+                          (int64_t)0, END_OPTS));
     assert_int_equal(txmq_log_torn_bytes(log), cases[i].torn);
     assert_true(diag_has(log, "torn tail"));
     assert_true(diag_has(log, cases[i].why));
@@ -1793,6 +1870,38 @@ static void fixture_torn_tails(void** state) {
     tu_rmrf(dir);
     free(dir);
   }
+  tu_loop_close_clean(&loop);
+}
+
+/* Zeros after the newest segment's last record are room the writer
+ * filled ahead (sync always), not a torn write: nothing is cut, appends
+ * go over them, and they survive a reopen. */
+static void fixture_zero_tail_is_room(void** state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char* dir = fixture("zero_tail");
+  assert_int_equal(seg_size(dir, 0), HDR + 34 + 512);
+  txmq_log_t* log;
+  assert_rc(0, open_log(&log, &loop, dir, END_OPTS));
+  assert_int_equal(txmq_log_torn_bytes(log), 0);
+  assert_string_equal(txmq_log_diag(log), "");
+  assert_int_equal(txmq_log_end(log), 34);
+  check_str(log, 0, "alpha");
+  check_str(log, 17, "bravo");
+  uint64_t p;
+  assert_rc(0, append_str(log, "again", &p));
+  assert_int_equal(p, 34);
+  close_log(&loop, log);
+  /* a clean close cuts the zeros after the last record */
+  assert_int_equal(seg_size(dir, 0), HDR + 34 + RHDR + 5);
+  assert_rc(0, open_log(&log, &loop, dir, END_OPTS));
+  assert_string_equal(txmq_log_diag(log), "");
+  assert_int_equal(txmq_log_end(log), 34 + RHDR + 5);
+  check_str(log, 34, "again");
+  close_log(&loop, log);
+  tu_rmrf(dir);
+  free(dir);
   tu_loop_close_clean(&loop);
 }
 
@@ -1879,6 +1988,7 @@ int main(void) {
       cmocka_unit_test(options_and_open_errors),
       cmocka_unit_test(roundtrip_sizes),
       cmocka_unit_test(tail_cache_reads),
+      cmocka_unit_test(zero_fill_ahead),
       cmocka_unit_test(batches_contiguous),
       cmocka_unit_test(iterator_ranges),
       cmocka_unit_test(sync_always_group_commit),
@@ -1906,6 +2016,7 @@ int main(void) {
       cmocka_unit_test(storage_failure),
       cmocka_unit_test(fixture_good),
       cmocka_unit_test(fixture_torn_tails),
+      cmocka_unit_test(fixture_zero_tail_is_room),
       cmocka_unit_test(fixture_corruption),
       cmocka_unit_test(fixture_torn_creation),
   };

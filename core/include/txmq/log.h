@@ -113,7 +113,16 @@ typedef enum {
                                         before append says EAGAIN; default
                                         64 MiB */
   TXMQ_LOG_OPT_RETAIN_BYTES,         /* retention by total size; 0 = off */
-  TXMQ_LOG_OPT_RETAIN_SECONDS        /* retention by age; 0 = off */
+  TXMQ_LOG_OPT_RETAIN_SECONDS,       /* retention by age; 0 = off */
+  TXMQ_LOG_OPT_ZERO_AHEAD            /* sync ALWAYS: bytes of the segment
+                                        file the writer, when idle, fills
+                                        with zeros ahead of the data, so
+                                        that an fdatasync flushes data only
+                                        (no size change); default 1 MiB,
+                                        0 = off. Recovery takes zeros after
+                                        the newest segment's last record
+                                        for that room; a clean close cuts
+                                        them. */
 } txmq_log_opt_t;
 
 /* One record to append. data may be NULL when len is 0. */
