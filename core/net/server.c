@@ -36,12 +36,16 @@
 #define DEFAULT_DRAIN_MS 10000
 /* A read buffer that is empty and larger than this is given back. */
 #define KEEP_RBUF 16384
+/* A written output buffer up to this size is kept for the next turn's
+ * responses (as much as an idle connection may hold). */
+#define NET_KEEP_OBUF 16384
 
 typedef struct {
   uv_write_t req;
   net_conn_t* c;
   char* buf;
   size_t len;
+  size_t cap;         /* of buf, when it can serve again as c->obuf */
 } wreq_t;
 
 static void conn_pump(net_conn_t* c);
@@ -238,7 +242,13 @@ static void on_write(uv_write_t* req, int status) {
   net_conn_t* c = r->c;
   txmq_server_t* srv = c->srv;
   c->out_bytes -= r->len;
-  free(r->buf);
+  if (c->obuf == NULL && r->cap > 0 && r->cap <= NET_KEEP_OBUF &&
+      c->state != C_CLOSING) {
+    c->obuf = r->buf; /* the next turn's responses go into it */
+    c->ocap = r->cap;
+  } else {
+    free(r->buf);
+  }
   free(r);
   if (c->out_bytes <= srv->max_output) c->out_full_since = 0;
   if (status < 0 && c->state != C_CLOSING) net__close(c, 0, uv_strerror(status));
@@ -247,8 +257,9 @@ static void on_write(uv_write_t* req, int status) {
   conn_maybe_free(c);
 }
 
-/* Hands bytes to libuv; takes buf (freed when written). */
-static int conn_write(net_conn_t* c, char* buf, size_t len) {
+/* Hands bytes to libuv; takes buf (freed when written, or kept as the
+ * connection's output buffer if cap is not 0). */
+static int conn_write(net_conn_t* c, char* buf, size_t len, size_t cap) {
   wreq_t* r = malloc(sizeof *r);
   if (r == NULL) {
     free(buf);
@@ -259,6 +270,7 @@ static int conn_write(net_conn_t* c, char* buf, size_t len) {
   r->c = c;
   r->buf = buf;
   r->len = len;
+  r->cap = cap;
   uv_buf_t b = uv_buf_init(buf, (unsigned)len);
   int rc = uv_write(&r->req, (uv_stream_t*)&c->tcp, &b, 1, on_write);
   if (rc != 0) {
@@ -276,10 +288,10 @@ static int conn_write(net_conn_t* c, char* buf, size_t len) {
 static void conn_flush(net_conn_t* c) {
   if (c->olen == 0 || c->handle_closing) return;
   char* buf = c->obuf;
-  size_t len = c->olen;
+  size_t len = c->olen, cap = c->ocap;
   c->obuf = NULL;
   c->olen = c->ocap = 0;
-  conn_write(c, buf, len);
+  conn_write(c, buf, len, cap);
 }
 
 static void flush_all(txmq_server_t* srv) {
@@ -343,7 +355,7 @@ int net__send(net_conn_t* c, net_wbuf_t* w) {
     w->p = NULL;
     w->len = w->cap = 0;
     c->out_bytes += len;
-    int rc = conn_write(c, buf, len);
+    int rc = conn_write(c, buf, len, 0);
     if (rc != 0) return rc;
   } else {
     if (c->olen + len > c->ocap) {

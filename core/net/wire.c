@@ -336,8 +336,20 @@ int net__get_msgs(const msgpack_object* map, const char* key, size_t max,
   txmq_msg_t** msgs = calloc(cnt, sizeof *msgs);
   if (msgs == NULL) return net__errf(err, TXMQ_ENOMEM, "out of memory");
   for (size_t i = 0; i < cnt; i++) {
-    char where[64];
-    snprintf(where, sizeof where, "%s[%zu]", key, i);
+    char where[64]; /* "key[i]", for errors; by hand: this is per message */
+    size_t kl = strlen(key);
+    if (kl > sizeof where - 24) kl = sizeof where - 24;
+    memcpy(where, key, kl);
+    char digits[24];
+    size_t nd = 0, x = i;
+    do {
+      digits[nd++] = (char)('0' + x % 10);
+      x /= 10;
+    } while (x != 0);
+    where[kl++] = '[';
+    while (nd > 0) where[kl++] = digits[--nd];
+    where[kl++] = ']';
+    where[kl] = '\0';
     int rc = msg_decode(&v->via.array.ptr[i], where, &msgs[i], err);
     if (rc != 0) {
       net__msgs_free(msgs, i);
