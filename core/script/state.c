@@ -635,9 +635,6 @@ int txmq__lstate_new(const txmq__lstate_conf_t* conf, txmq__lstate_t** out,
   lua_settop(L, 0);
   if (rc != 0) goto fail;
   lua_gc(L, LUA_GCCOLLECT);
-  /* Every call leaves a message table and its strings behind, and almost
-   * nothing survives it: the generational collector's case. */
-  lua_gc(L, LUA_GCGEN, 0, 0);
   *out = S;
   return 0;
 fail:
