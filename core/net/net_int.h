@@ -183,6 +183,10 @@ struct txmq_server_s {
   uv_prepare_t flush_prep;
   int flush_armed;
   int flush_open;
+  /* the objects of the frame being handled (cleared after each) */
+  msgpack_zone zone;
+  int zone_ok;
+  int zone_busy;
   /* the read buffer shared by all connections (libuv reads one at a time) */
   int readbuf_busy;
   /* life cycle */

@@ -438,14 +438,27 @@ static void handle_frame(net_conn_t* c, const uint8_t* p, size_t len,
   txmq_server_t* srv = c->srv;
   msgpack_unpacked u;
   msgpack_unpacked_init(&u);
-  int rc = txmq__mp_unpack(p, len, NET_MAX_DEPTH, NET_MAX_ITEMS, &u);
+  /* The server's zone holds the objects unless a frame of another
+   * connection is being handled further up the stack (a request finishing
+   * inside another's handling pumps its own connection). */
+  int zoned = srv->zone_ok && !srv->zone_busy;
+  msgpack_object obj;
+  int rc;
+  if (zoned) {
+    srv->zone_busy = 1;
+    rc = txmq__mp_unpack_zone(p, len, NET_MAX_DEPTH, NET_MAX_ITEMS,
+                              &srv->zone, &obj);
+  } else {
+    rc = txmq__mp_unpack(p, len, NET_MAX_DEPTH, NET_MAX_ITEMS, &u);
+    obj = u.data;
+  }
   if (rc != 0) {
     violation(c, TXMQ_EPROTO,
               "invalid msgpack (or nested deeper than 16, or more than 65536 "
               "objects, or bytes after the value): closing the connection");
     goto out;
   }
-  const msgpack_object* o = &u.data;
+  const msgpack_object* o = &obj;
   if (o->type != MSGPACK_OBJECT_MAP) {
     bad_message(c, 0, "a frame must hold a msgpack map");
     goto out;
@@ -493,6 +506,10 @@ static void handle_frame(net_conn_t* c, const uint8_t* p, size_t len,
   c->refs++;
   net__dispatch(c, o, rid, op->via.str.ptr, op->via.str.size);
 out:
+  if (zoned) {
+    msgpack_zone_clear(&srv->zone);
+    srv->zone_busy = 0;
+  }
   msgpack_unpacked_destroy(&u);
 }
 
@@ -759,6 +776,7 @@ int txmq_server_new(txmq_server_t** out, uv_loop_t* loop, txmq_runtime_t* rt,
   srv->flush_prep.data = srv;
   srv->flush_open = 1;
   srv->handles += 2;
+  srv->zone_ok = msgpack_zone_init(&srv->zone, 8192); /* else unpack alone */
   net__consumers_attach(srv);
   *out = srv;
   return 0;
@@ -982,5 +1000,6 @@ int txmq_server_close(txmq_server_t* srv,
 void txmq_server_free(txmq_server_t* srv) {
   if (srv == NULL) return;
   for (int i = 1; i < NET_NROLES; i++) secret_clear(srv, i);
+  if (srv->zone_ok) msgpack_zone_destroy(&srv->zone);
   free(srv);
 }

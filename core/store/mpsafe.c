@@ -109,6 +109,20 @@ int txmq__mp_check(const void* buf, size_t len, unsigned max_depth,
   return 0;
 }
 
+int txmq__mp_unpack_zone(const void* buf, size_t len, unsigned max_depth,
+                         size_t max_items, msgpack_zone* z,
+                         msgpack_object* out) {
+  size_t used = 0;
+  int rc = txmq__mp_check(buf, len, max_depth, max_items, &used);
+  if (rc != 0) return rc;
+  if (used != len) return TXMQ_EPROTO; /* trailing bytes */
+  size_t off = 0;
+  msgpack_unpack_return r = msgpack_unpack(buf, len, &off, z, out);
+  if (r == MSGPACK_UNPACK_NOMEM_ERROR) return TXMQ_ENOMEM;
+  if (r != MSGPACK_UNPACK_SUCCESS || off != len) return TXMQ_EPROTO;
+  return 0;
+}
+
 int txmq__mp_unpack(const void* buf, size_t len, unsigned max_depth,
                     size_t max_items, msgpack_unpacked* out) {
   size_t used = 0;

@@ -53,6 +53,12 @@ int txmq__mp_check(const void* buf, size_t len, unsigned max_depth,
  * every case. Strings and bins in out->data point into buf. */
 int txmq__mp_unpack(const void* buf, size_t len, unsigned max_depth,
                     size_t max_items, msgpack_unpacked* out);
+/* The same into a zone the caller owns (msgpack_zone_init once,
+ * msgpack_zone_clear after each use): no allocation per object once the
+ * zone's first chunk is big enough. out lives until the zone is cleared. */
+int txmq__mp_unpack_zone(const void* buf, size_t len, unsigned max_depth,
+                         size_t max_items, msgpack_zone* z,
+                         msgpack_object* out);
 
 /* ---- message codec at the object level ---- */
 

@@ -119,11 +119,35 @@ static int unpack(const void* data, size_t len, msgpack_unpacked* up) {
   return 0;
 }
 
+static int unpack_half(const void* data, size_t len, txmq__half_t* h) {
+  msgpack_unpacked_init(&h->up);
+  int rc;
+  if (h->zone != NULL) {
+    rc = txmq__mp_unpack_zone(data, len, TXMQ__MP_MAX_DEPTH, len + 1, h->zone,
+                              &h->obj);
+  } else {
+    rc = txmq__mp_unpack(data, len, TXMQ__MP_MAX_DEPTH, len + 1, &h->up);
+    h->obj = h->up.data;
+  }
+  if (rc == 0 && h->obj.type != MSGPACK_OBJECT_MAP) rc = TXMQ_EPROTO;
+  if (rc != 0) {
+    txmq__half_done(h);
+    return rc == TXMQ_ENOMEM ? rc : TXMQ_ECORRUPT;
+  }
+  return 0;
+}
+
 int txmq__half_decode(const void* data, size_t len, txmq__half_t* h) {
+  return txmq__half_decode_in(data, len, NULL, h);
+}
+
+int txmq__half_decode_in(const void* data, size_t len, msgpack_zone* z,
+                         txmq__half_t* h) {
   memset(h, 0, sizeof *h);
-  int rc = unpack(data, len, &h->up);
+  h->zone = z;
+  int rc = unpack_half(data, len, h);
   if (rc != 0) return rc;
-  const msgpack_object_map* m = &h->up.data.via.map;
+  const msgpack_object_map* m = &h->obj.via.map;
   int have_id = 0;
   for (uint32_t i = 0; i < m->size && rc == 0; i++) {
     const msgpack_object* k = &m->ptr[i].key;
@@ -166,12 +190,13 @@ int txmq__half_decode(const void* data, size_t len, txmq__half_t* h) {
       (h->producer_len == 0 || h->producer_len > TXMQ__MAX_LABEL ||
        memchr(h->producer, '\0', h->producer_len) != NULL))
     rc = TXMQ_ECORRUPT;
-  if (rc != 0) msgpack_unpacked_destroy(&h->up);
+  if (rc != 0) txmq__half_done(h);
   return rc;
 }
 
 void txmq__half_done(txmq__half_t* h) {
-  msgpack_unpacked_destroy(&h->up);
+  if (h->zone != NULL) msgpack_zone_clear(h->zone);
+  else msgpack_unpacked_destroy(&h->up);
 }
 
 int txmq__half_msg(const txmq__half_t* h, uint32_t i, txmq_msg_t** out) {

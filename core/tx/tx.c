@@ -108,6 +108,7 @@ struct txmq_tx_s {
   txmq__idgen_t idgen;
   txmq_tx_metrics_t m;
   msgpack_sbuffer sb; /* reused for every record we encode */
+  msgpack_zone zone;  /* reused for every half record we decode */
 
   uv_timer_t timer;
   uv_idle_t idle;
@@ -482,7 +483,7 @@ static int publish_all(txmq_tx_t* tx, uint64_t half_pos) {
   if (le.type != TXMQ_REC_TX_HALF) return TXMQ_ECORRUPT;
   uint32_t len = le.len;
   txmq__half_t h;
-  rc = txmq__half_decode(le.data, le.len, &h);
+  rc = txmq__half_decode_in(le.data, le.len, &tx->zone, &h);
   if (rc != 0) return rc;
   txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
   uint32_t n = h.msgs->size, k;
@@ -654,7 +655,7 @@ static int dispatch(txmq_tx_t* tx, uint32_t i, uint64_t now) {
   uint32_t n = 0;
   int rc = txmq_log_read(txmq_store_log(tx->st), e->half_pos, &le);
   if (rc == 0 && le.type != TXMQ_REC_TX_HALF) rc = TXMQ_ECORRUPT;
-  if (rc == 0) rc = txmq__half_decode(le.data, le.len, &h);
+  if (rc == 0) rc = txmq__half_decode_in(le.data, le.len, &tx->zone, &h);
   if (rc == 0) {
     for (; n < h.msgs->size && rc == 0; n++) rc = txmq__half_msg(&h, n, &msgs[n]);
     if (rc != 0) n--;
@@ -958,9 +959,14 @@ int txmq_tx_new(txmq_tx_t** out, uv_loop_t* loop, txmq_store_t* st) {
   tx->txs.free_head = TXMQ__NIL;
   tx->age_head = tx->age_tail = TXMQ__NIL;
   msgpack_sbuffer_init(&tx->sb);
+  if (!msgpack_zone_init(&tx->zone, 8192)) {
+    free(tx);
+    return TXMQ_ENOMEM;
+  }
   txmq__idgen_init(&tx->idgen);
   int rc = txmq__store_set_decoder(st, TXMQ_REC_TX_HALF, decode_foreign, NULL);
   if (rc != 0) {
+    msgpack_zone_destroy(&tx->zone);
     free(tx);
     return rc;
   }
@@ -1102,6 +1108,7 @@ void txmq_tx_free(txmq_tx_t* tx) {
   txmq__heap_free(&tx->heap);
   txmq__dtab_free(&tx->dec);
   msgpack_sbuffer_destroy(&tx->sb);
+  msgpack_zone_destroy(&tx->zone);
   free(tx->show_group);
   free(tx->show_producer);
   free(tx);

@@ -192,7 +192,9 @@ const char* txmq__ev_name(txmq__ev_t ev);
 /* A decoded half record. Strings point into the record (not terminated);
  * msgs is the array object, valid while `up` lives. */
 typedef struct {
-  msgpack_unpacked up;
+  msgpack_unpacked up;  /* when decoded without a zone */
+  msgpack_zone* zone;   /* else the caller's zone, cleared by half_done */
+  msgpack_object obj;
   uint8_t id[TXMQ_TX_ID_LEN];
   const char* group;
   uint32_t group_len;
@@ -210,6 +212,9 @@ int txmq__half_encode(msgpack_sbuffer* sb, const uint8_t* id,
                       txmq_msg_t* const* msgs, size_t n);
 /* Decodes; on success the caller calls txmq__half_done(). */
 int txmq__half_decode(const void* data, size_t len, txmq__half_t* h);
+/* The same with the objects in zone z (not in use by anyone else). */
+int txmq__half_decode_in(const void* data, size_t len, msgpack_zone* z,
+                         txmq__half_t* h);
 void txmq__half_done(txmq__half_t* h);
 /* Message i of a decoded half record as a new message. */
 int txmq__half_msg(const txmq__half_t* h, uint32_t i, txmq_msg_t** out);
