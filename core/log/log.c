@@ -915,7 +915,35 @@ struct txmq_log_iter_s {
   uint8_t* win;  /* ITER_WINDOW bytes, allocated on first use */
   uint64_t wpos; /* position of win[0] */
   size_t wlen;   /* valid bytes in win */
+  uint64_t skip_until;  /* txmq_log_iter_skip */
+  uint8_t skip[256];
 };
+
+int txmq_log_iter_skip(txmq_log_iter_t* it, uint64_t until,
+                       const uint8_t* types, size_t n) {
+  if (it == NULL || (types == NULL && n > 0)) return TXMQ_EINVAL;
+  memset(it->skip, 0, sizeof it->skip);
+  for (size_t i = 0; i < n; i++) it->skip[types[i]] = 1;
+  it->skip_until = until;
+  return 0;
+}
+
+/* The record at it->cur is one to step over if its header says so: the
+ * window holds it whole, its length, type and position are right. */
+static int iter_skippable(const txmq_log_iter_t* it, uint64_t* next) {
+  if (it->cur >= it->skip_until || it->cur < it->wpos ||
+      it->cur - it->wpos + RHDR > it->wlen)
+    return 0;
+  const uint8_t* p = it->win + (it->cur - it->wpos);
+  size_t have = it->wlen - (size_t)(it->cur - it->wpos);
+  uint32_t len = txmq__get_le32(p + 4);
+  if (!it->skip[p[8]] || p[8] == 0 || len > TXMQ_LOG_MAX_RECORD ||
+      RHDR + (size_t)len > have ||
+      txmq__get_le24(p + 9) != (uint32_t)(it->cur & 0xffffffu))
+    return 0;
+  *next = it->cur + RHDR + len;
+  return 1;
+}
 
 int txmq_log_iter_new(txmq_log_t* log, uint64_t from, uint64_t to,
                       txmq_log_iter_t** out) {
@@ -978,16 +1006,24 @@ int txmq_log_iter_next(txmq_log_iter_t* it, txmq_log_entry_t* out) {
   if (it == NULL || out == NULL) return TXMQ_EINVAL;
   if (it->stopped != 0) return it->stopped;
   uint64_t limit = it->log->end_seen < it->to ? it->log->end_seen : it->to;
-  if (it->cur >= limit) return TXMQ_ENOTFOUND;
-  if (it->cur >= txmq_log_begin(it->log) && iter_window(it, out)) {
-    it->cur = out->next;
+  for (;;) {
+    if (it->cur >= limit) return TXMQ_ENOTFOUND;
+    uint64_t next;
+    if (it->cur < it->skip_until && iter_skippable(it, &next)) {
+      it->cur = next;
+      continue;
+    }
+    if (it->cur >= txmq_log_begin(it->log) && iter_window(it, out)) {
+      it->cur = out->next;
+    } else {
+      int rc = read_at(it->log, it->cur, &it->buf, &it->cap, out);
+      if (rc == TXMQ_ECORRUPT) it->stopped = rc;
+      if (rc != 0) return rc;
+      it->cur = out->next;
+    }
+    if (out->pos < it->skip_until && it->skip[out->type]) continue;
     return 0;
   }
-  int rc = read_at(it->log, it->cur, &it->buf, &it->cap, out);
-  if (rc == TXMQ_ECORRUPT) it->stopped = rc;
-  if (rc != 0) return rc;
-  it->cur = out->next;
-  return 0;
 }
 
 void txmq_log_iter_free(txmq_log_iter_t* it) {

@@ -109,6 +109,8 @@ struct txmq_tx_s {
   txmq_tx_metrics_t m;
   msgpack_sbuffer sb; /* reused for every record we encode */
   msgpack_zone zone;  /* reused for every half record we decode */
+  int64_t replay_skew; /* monotonic minus wall clock, read once at replay */
+  int replay_skew_set;
 
   uv_timer_t timer;
   uv_idle_t idle;
@@ -790,7 +792,7 @@ static void replay_due(txmq_tx_t* tx, uint32_t i, int64_t due_wall) {
 
 static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   txmq__half_t h;
-  if (txmq__half_decode(le->data, le->len, &h) != 0) return;
+  if (txmq__half_decode_in(le->data, le->len, &tx->zone, &h) != 0) return;
   if (txmq__txtab_find(&tx->txs, h.id) != TXMQ__NIL ||
       txmq__dtab_find(&tx->dec, h.id, NULL, NULL) == 0) {
     txmq__half_done(&h);
@@ -849,7 +851,11 @@ static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   }
   e->half_pos = e->last_pos = le->pos;
   e->born_wall = h.at;
-  e->half_mono = sat_sub((int64_t)mono_now(tx), sat_sub(wall_now(tx), h.at));
+  if (!tx->replay_skew_set) {
+    tx->replay_skew = sat_sub((int64_t)mono_now(tx), wall_now(tx));
+    tx->replay_skew_set = 1;
+  }
+  e->half_mono = sat_add(tx->replay_skew, h.at);
   e->nmsgs = (uint8_t)h.msgs->size;
   e->flags = 0;
   e->state = TXMQ_TX_PENDING;

@@ -555,6 +555,53 @@ static void batches_contiguous(void** state) {
   tu_loop_close_clean(&loop);
 }
 
+/* txmq_log_iter_skip: below the bound, records of the listed types are
+ * stepped over (across windows and segments), the others come; from the
+ * bound on, every record comes. */
+static void iterator_skip(void** state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char* dir = tu_tmpdir("log");
+  txmq_log_t* log;
+  assert_rc(0, open_log(&log, &loop, dir, TXMQ_LOG_OPT_SEGMENT_SIZE,
+                        (int64_t)(256 * 1024), END_OPTS));
+  enum { N = 180 };
+  uint64_t pos[N];
+  app_t a[N];
+  memset(a, 0, sizeof a);
+  /* types 1 + i % 200; lengths up to ~20 KiB: several windows, segments */
+  for (int i = 0; i < N; i++)
+    assert_rc(0, append1(log, (uint32_t)((i * 7919) % 20000), (uint32_t)i,
+                         &pos[i], &a[i]));
+  wait_all(&loop, a, N);
+  assert_true(txmq_log_segment_count(log) > 3);
+  uint8_t types[N / 2];
+  size_t nt = 0;
+  for (int i = 0; i < N; i += 2) types[nt++] = (uint8_t)(1 + i);
+  txmq_log_iter_t* it;
+  txmq_log_entry_t e;
+  assert_rc(0, txmq_log_iter_new(log, pos[0], UINT64_MAX, &it));
+  assert_rc(0, txmq_log_iter_skip(it, pos[150], types, nt));
+  for (int i = 0; i < N; i++) {
+    if (i < 150 && i % 2 == 0) continue;
+    assert_rc(0, txmq_log_iter_next(it, &e));
+    assert_int_equal(e.pos, pos[i]);
+    assert_int_equal(e.type, 1 + i);
+    uint8_t* buf = malloc(e.len + 1);
+    fill(buf, e.len, (uint32_t)i);
+    assert_memory_equal(e.data, buf, e.len);
+    free(buf);
+  }
+  assert_rc(TXMQ_ENOTFOUND, txmq_log_iter_next(it, &e));
+  assert_rc(TXMQ_EINVAL, txmq_log_iter_skip(it, 0, NULL, 1));
+  txmq_log_iter_free(it);
+  close_log(&loop, log);
+  tu_rmrf(dir);
+  free(dir);
+  tu_loop_close_clean(&loop);
+}
+
 static void iterator_ranges(void** state) {
   (void)state;
   uv_loop_t loop;
@@ -1991,6 +2038,7 @@ int main(void) {
       cmocka_unit_test(zero_fill_ahead),
       cmocka_unit_test(batches_contiguous),
       cmocka_unit_test(iterator_ranges),
+      cmocka_unit_test(iterator_skip),
       cmocka_unit_test(sync_always_group_commit),
       cmocka_unit_test(sync_interval),
       cmocka_unit_test(sync_never_and_flush),

@@ -255,6 +255,12 @@ int txmq_log_iter_new(txmq_log_t* log, uint64_t from, uint64_t to,
 /* 0 and *out filled; TXMQ_ENOTFOUND at the end; TXMQ_ECORRUPT on a bad
  * record (the iterator stops there). */
 int txmq_log_iter_next(txmq_log_iter_t* it, txmq_log_entry_t* out);
+/* From now on, records below position until whose type is one of
+ * types[0..n) are stepped over and not returned: only their header is
+ * checked (length, type, position), not their checksum. For a reader that
+ * already holds what such records say (a replay below its checkpoint). */
+int txmq_log_iter_skip(txmq_log_iter_t* it, uint64_t until,
+                       const uint8_t* types, size_t n);
 void txmq_log_iter_free(txmq_log_iter_t* it);
 
 /* CRC32C (Castagnoli) of buf, continuing from crc (start with 0). Uses the
