@@ -357,7 +357,7 @@ row() {
     result="NOT met (no figure)"
     missing=$((missing + 1))
   else
-    ratio=$(awk -v v="$v" -v t="$t" 'BEGIN { printf "%.2f", t != 0 ? v / t : 0 }')
+    ratio=$(awk -v v="$v" -v t="$t" 'BEGIN { printf "%.2f", (t != 0 ? v / t : 0) }')
     if [ "$ver" != ok ]; then
       result="NOT met (verified=$ver)"
     elif awk -v v="$v" -v t="$t" -v d="$dir" \
