@@ -242,8 +242,10 @@ static void on_write(uv_write_t* req, int status) {
   net_conn_t* c = r->c;
   txmq_server_t* srv = c->srv;
   c->out_bytes -= r->len;
+  /* Kept while the connection has requests in progress (more responses
+   * are coming); an idle connection holds no output buffer. */
   if (c->obuf == NULL && r->cap > 0 && r->cap <= NET_KEEP_OBUF &&
-      c->state != C_CLOSING) {
+      c->inflight > 0 && c->state != C_CLOSING) {
     c->obuf = r->buf; /* the next turn's responses go into it */
     c->ocap = r->cap;
   } else {
