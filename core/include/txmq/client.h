@@ -11,6 +11,13 @@
  * the transaction's producer group and answered later with
  * txmq_client_check_reply().
  *
+ * WRITES
+ * Requests are not written one by one: those made during one turn of the
+ * loop are queued and written together, with one write, when the turn's
+ * callbacks are done (a check handle) or before the loop next waits (a
+ * prepare handle). A request made while the loop is not running goes out
+ * when it runs; txmq_client_close() writes what was queued first.
+ *
  * ERRORS
  * One error model (txmq/error.h). A call that fails returns a negative
  * TXMQ_E* code and never calls its callback. A call that returns 0 calls its
