@@ -442,10 +442,23 @@ int txmq_store_append(txmq_store_t* st, const txmq_log_rec_t* recs, size_t n,
 
 /* ---- publish and read ---- */
 
+static int publish_fields(txmq_store_t* st, uint64_t rec_pos,
+                          uint32_t rec_len, uint32_t sub, const char* name,
+                          int32_t qid, const char* tags, size_t tags_len,
+                          int64_t* offset);
+
 static int publish_int(txmq_store_t* st, uint64_t rec_pos, uint32_t rec_len,
                        uint32_t sub, const txmq_msg_t* msg, int64_t* offset) {
-  const char* name = txmq_msg_topic(msg);
-  int32_t qid = txmq_msg_queue_id(msg);
+  const char* tags = txmq_msg_tags(msg);
+  return publish_fields(st, rec_pos, rec_len, sub, txmq_msg_topic(msg),
+                        txmq_msg_queue_id(msg), tags,
+                        tags != NULL ? strlen(tags) : 0, offset);
+}
+
+static int publish_fields(txmq_store_t* st, uint64_t rec_pos,
+                          uint32_t rec_len, uint32_t sub, const char* name,
+                          int32_t qid, const char* tags, size_t tags_len,
+                          int64_t* offset) {
   if (name == NULL || qid < 0) return TXMQ_EINVAL;
   txmq__topic_t* t = txmq__store_topic(st, name);
   if (t == NULL && st->replaying && txmq_name_valid(name) &&
@@ -459,8 +472,7 @@ static int publish_int(txmq_store_t* st, uint64_t rec_pos, uint32_t rec_len,
                          "messages", name, nq);
   }
   if (t == NULL || qid >= t->nqueues) return TXMQ_ENOTFOUND;
-  const char* tags = txmq_msg_tags(msg);
-  uint32_t h = tags ? txmq__tags_hash(tags, strlen(tags)) : 0;
+  uint32_t h = tags ? txmq__tags_hash(tags, tags_len) : 0;
   int rc = txmq__index_append(st, t, qid, rec_pos, rec_len, h, sub);
   if (rc != 0) {
     /* The record is durable but not indexed: stop applied here so that the
@@ -474,6 +486,38 @@ static int publish_int(txmq_store_t* st, uint64_t rec_pos, uint32_t rec_len,
   if (!st->replaying && st->pub_cb != NULL)
     st->pub_cb(st->pub_arg, t->name, qid, t->queues[qid].count - 1);
   return 0;
+}
+
+/* What may publish now: 0, or why not (the same for both forms). */
+static int publish_allowed(txmq_store_t* st, int* skip) {
+  *skip = 0;
+  if (st->replaying) {
+    /* Publishes of records before the checkpoint are in the index. */
+    *skip = st->replay_cur_applied;
+    return 0;
+  }
+  /* Append callbacks still run while the store closes. */
+  if (st->state != TXMQ__ST_OPEN && st->state != TXMQ__ST_CLOSING)
+    return TXMQ_ECLOSED;
+  if (st->read_only) return TXMQ_EROFS;
+  if (st->index_failed) return TXMQ_EFAILED;
+  return 0;
+}
+
+int txmq_store_publish_fields(txmq_store_t* st, uint64_t rec_pos,
+                              uint32_t rec_len, uint32_t sub,
+                              const char* topic, int32_t qid,
+                              const char* tags, size_t tags_len,
+                              int64_t* offset) {
+  if (offset != NULL) *offset = -1;
+  if (st == NULL || topic == NULL || (tags != NULL &&
+                                      memchr(tags, '\0', tags_len) != NULL))
+    return TXMQ_EINVAL;
+  int skip;
+  int rc = publish_allowed(st, &skip);
+  if (rc != 0 || skip) return rc;
+  return publish_fields(st, rec_pos, rec_len, sub, topic, qid, tags, tags_len,
+                        offset);
 }
 
 int txmq_store_publish(txmq_store_t* st, uint64_t rec_pos, uint32_t rec_len,

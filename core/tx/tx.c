@@ -476,8 +476,9 @@ static int append_event(txmq_tx_t* tx, uint32_t i, txmq__ev_t ev,
 
 /* ---- publishing ---- */
 
-/* Makes every message of entry i's half record visible, in one go: they
- * are all decoded first so that nothing is published if any fails. */
+/* Makes every message of entry i's half record visible, in one go: what
+ * publishing needs of each (topic, queue, tags) is read first, straight
+ * from the record, so that nothing is published if any is unreadable. */
 static int publish_all(txmq_tx_t* tx, uint64_t half_pos) {
   txmq_log_entry_t le;
   int rc = txmq_log_read(txmq_store_log(tx->st), half_pos, &le);
@@ -487,15 +488,18 @@ static int publish_all(txmq_tx_t* tx, uint64_t half_pos) {
   txmq__half_t h;
   rc = txmq__half_decode_in(le.data, le.len, &tx->zone, &h);
   if (rc != 0) return rc;
-  txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
-  uint32_t n = h.msgs->size, k;
-  for (k = 0; k < n && rc == 0; k++) rc = txmq__half_msg(&h, k, &msgs[k]);
-  txmq__half_done(&h);
-  if (rc != 0) k--;
-  for (uint32_t j = 0; j < k; j++) {
-    if (rc == 0) rc = txmq_store_publish(tx->st, half_pos, len, j, msgs[j], NULL);
-    txmq_msg_free(msgs[j]);
+  txmq__half_pub_t p[TXMQ_TX_MAX_MSGS];
+  uint32_t n = h.msgs->size;
+  for (uint32_t k = 0; k < n && rc == 0; k++) rc = txmq__half_pub(&h, k, &p[k]);
+  for (uint32_t j = 0; j < n && rc == 0; j++) {
+    char topic[TXMQ_NAME_MAX + 1];
+    memcpy(topic, p[j].topic, p[j].topic_len);
+    topic[p[j].topic_len] = '\0';
+    rc = txmq_store_publish_fields(tx->st, half_pos, len, j, topic, p[j].qid,
+                                   p[j].tags, p[j].tags_len, NULL);
   }
+  /* The strings point into the record read above: done with them only now. */
+  txmq__half_done(&h);
   return rc;
 }
 
