@@ -442,23 +442,22 @@ int txmq_store_append(txmq_store_t* st, const txmq_log_rec_t* recs, size_t n,
 
 /* ---- publish and read ---- */
 
-static int publish_fields(txmq_store_t* st, uint64_t rec_pos,
+static int publish_hashed(txmq_store_t* st, uint64_t rec_pos,
                           uint32_t rec_len, uint32_t sub, const char* name,
-                          int32_t qid, const char* tags, size_t tags_len,
-                          int64_t* offset);
+                          int32_t qid, uint32_t h, int64_t* offset);
 
 static int publish_int(txmq_store_t* st, uint64_t rec_pos, uint32_t rec_len,
                        uint32_t sub, const txmq_msg_t* msg, int64_t* offset) {
   const char* tags = txmq_msg_tags(msg);
-  return publish_fields(st, rec_pos, rec_len, sub, txmq_msg_topic(msg),
-                        txmq_msg_queue_id(msg), tags,
-                        tags != NULL ? strlen(tags) : 0, offset);
+  return publish_hashed(st, rec_pos, rec_len, sub, txmq_msg_topic(msg),
+                        txmq_msg_queue_id(msg),
+                        tags ? txmq__tags_hash(tags, strlen(tags)) : 0,
+                        offset);
 }
 
-static int publish_fields(txmq_store_t* st, uint64_t rec_pos,
+static int publish_hashed(txmq_store_t* st, uint64_t rec_pos,
                           uint32_t rec_len, uint32_t sub, const char* name,
-                          int32_t qid, const char* tags, size_t tags_len,
-                          int64_t* offset) {
+                          int32_t qid, uint32_t h, int64_t* offset) {
   if (name == NULL || qid < 0) return TXMQ_EINVAL;
   txmq__topic_t* t = txmq__store_topic(st, name);
   if (t == NULL && st->replaying && txmq_name_valid(name) &&
@@ -472,7 +471,6 @@ static int publish_fields(txmq_store_t* st, uint64_t rec_pos,
                          "messages", name, nq);
   }
   if (t == NULL || qid >= t->nqueues) return TXMQ_ENOTFOUND;
-  uint32_t h = tags ? txmq__tags_hash(tags, tags_len) : 0;
   int rc = txmq__index_append(st, t, qid, rec_pos, rec_len, h, sub);
   if (rc != 0) {
     /* The record is durable but not indexed: stop applied here so that the
@@ -513,10 +511,21 @@ int txmq_store_publish_fields(txmq_store_t* st, uint64_t rec_pos,
   if (st == NULL || topic == NULL || (tags != NULL &&
                                       memchr(tags, '\0', tags_len) != NULL))
     return TXMQ_EINVAL;
+  return txmq__store_publish_hashed(
+      st, rec_pos, rec_len, sub, topic, qid,
+      tags != NULL ? txmq__tags_hash(tags, tags_len) : 0, offset);
+}
+
+int txmq__store_publish_hashed(txmq_store_t* st, uint64_t rec_pos,
+                               uint32_t rec_len, uint32_t sub,
+                               const char* topic, int32_t qid,
+                               uint32_t tags_hash, int64_t* offset) {
+  if (offset != NULL) *offset = -1;
+  if (st == NULL || topic == NULL) return TXMQ_EINVAL;
   int skip;
   int rc = publish_allowed(st, &skip);
   if (rc != 0 || skip) return rc;
-  return publish_fields(st, rec_pos, rec_len, sub, topic, qid, tags, tags_len,
+  return publish_hashed(st, rec_pos, rec_len, sub, topic, qid, tags_hash,
                         offset);
 }
 

@@ -140,6 +140,12 @@ int txmq__store_set_index_file_entries(txmq_store_t* st, uint32_t n);
 /* The tags hash function (FNV-1a 32), used by txmq_store_tags_hash() and by
  * tag filters on (ptr, len) without a NUL. Never 0 for a non-empty input. */
 uint32_t txmq__tags_hash(const char* s, size_t len);
+/* txmq_store_publish_fields with the tags' hash (0: no tags) already
+ * computed. */
+int txmq__store_publish_hashed(txmq_store_t* st, uint64_t rec_pos,
+                               uint32_t rec_len, uint32_t sub,
+                               const char* topic, int32_t qid,
+                               uint32_t tags_hash, int64_t* offset);
 
 #ifdef __cplusplus
 }

@@ -503,6 +503,17 @@ static int publish_all(txmq_tx_t* tx, uint64_t half_pos) {
   return rc;
 }
 
+/* Publishes entry e's messages: a one-message transaction from what the
+ * entry holds (its topic is the entry's topic set), others from the half
+ * record. */
+static int publish_entry(txmq_tx_t* tx, const txmq__txe_t* e) {
+  if (e->nmsgs == 1 && e->pub_qid >= 0)
+    return txmq__store_publish_hashed(tx->st, e->half_pos, e->half_len, 0,
+                                      e->topics->s, e->pub_qid,
+                                      e->pub_tags_hash, NULL);
+  return publish_all(tx, e->half_pos);
+}
+
 /* ---- decisions ---- */
 
 static void add_waiter(decide_op_t* op, waiter_t* w) {
@@ -534,7 +545,7 @@ static void on_decided(txmq_log_t* log, int status, uint64_t pos, void* arg) {
   int rc = status;
   if (status == 0) {
     if (st == TXMQ_TX_COMMITTED) {
-      rc = publish_all(tx, e->half_pos);
+      rc = publish_entry(tx, e);
       tx->m.commits++;
     } else {
       tx->m.rollbacks++;
@@ -854,6 +865,15 @@ static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
     return;
   }
   e->half_pos = e->last_pos = le->pos;
+  e->half_len = le->len;
+  e->pub_qid = -1;
+  txmq__half_pub_t pub;
+  if (h.msgs->size == 1 && txmq__half_pub(&h, 0, &pub) == 0 &&
+      pub.qid < TXMQ_STORE_MAX_QUEUES) {
+    e->pub_qid = (int16_t)pub.qid;
+    e->pub_tags_hash =
+        pub.tags != NULL ? txmq__tags_hash(pub.tags, pub.tags_len) : 0;
+  }
   e->born_wall = h.at;
   if (!tx->replay_skew_set) {
     tx->replay_skew = sat_sub((int64_t)mono_now(tx), wall_now(tx));
@@ -911,7 +931,7 @@ static void replay_event(txmq_tx_t* tx, const txmq_log_entry_t* le,
        * checkpoint is published now, exactly once: later checkpoints cover
        * it and replay then passes it with already_applied set. */
       if (ev.ev == TXMQ__EV_COMMIT && !already_applied)
-        (void)publish_all(tx, e->half_pos);
+        (void)publish_entry(tx, e);
       txmq__dtab_add(&tx->dec, ev.id,
                      ev.ev == TXMQ__EV_COMMIT ? TXMQ_TX_COMMITTED
                                               : TXMQ_TX_ROLLED_BACK,
@@ -1253,6 +1273,13 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
   }
   txmq__txe_t* e = E(tx, i);
   e->half_pos = e->last_pos = pos;
+  e->half_len = (uint32_t)tx->sb.size;
+  e->pub_qid = -1;
+  if (n == 1) {
+    const char* tags = txmq_msg_tags(op->msgs[0]);
+    e->pub_qid = (int16_t)txmq_msg_queue_id(op->msgs[0]);
+    e->pub_tags_hash = tags ? txmq__tags_hash(tags, strlen(tags)) : 0;
+  }
   e->born_wall = at;
   e->nmsgs = (uint8_t)n;
   e->flags = TXE_HALF_PENDING;

@@ -89,6 +89,12 @@ typedef struct {
     } ul;     /* group's undeliverable list (TXE_UNDELIV) */
     void* op; /* the decision in flight (TXE_DECIDING) */
   } u;
+  /* A one-message transaction publishes without reading its half record
+   * back: its length, the message's queue and tags hash (pub_qid -1: read
+   * the record). */
+  uint32_t half_len;
+  uint32_t pub_tags_hash;
+  int16_t pub_qid;
   uint16_t count;  /* counted checks */
   uint8_t state;   /* txmq_tx_state_t; already the decided one if DECIDING */
   uint8_t flags;

@@ -65,6 +65,11 @@ req {"op":"tx.end","tx_id":$TX,"decision":"unknown"}
 expect state = "committed"
 req {"op":"receive","group":"cg2","topic":"TXA","max":10}
 expect msgs.# = 1
+req {"op":"receive","group":"cg-tag","topic":"TXA","tags":"t || u","max":10}
+expect msgs.# = 1
+expect msgs.0.tags = "t"
+req {"op":"receive","group":"cg-other","topic":"TXA","tags":"x","max":10,"wait_ms":0}
+expect msgs.# = 0
 EOF
 
 drive "tx.half + rollback: never visible; commit after it conflicts" <<'EOF'
