@@ -42,7 +42,8 @@
 #   BENCH_NO_PEERS=1   skip the peers (the table says "skipped"); also lets the
 #                      run succeed when ../shared/bench is missing
 #   REPEAT             peer passes, medians over them (1 / 1)
-#   MSGS, MAXSEC       per peer measurement: upper bounds (100000, 8 / 5000, 2)
+#   MSGS, MAXSEC       per peer measurement: upper bounds (400000, 8 / 5000, 2);
+#                      a measurement at 256 in flight then lasts a few seconds
 #   DURABILITIES       peer durabilities (always); TXMQ_DURABILITIES (the same)
 #   TXMQ_MODES         txmq's modes in the peer run (tx-2step tx-hosted)
 #   SYNC_CHECK         strace the servers' fsyncs in the first pass (1)
@@ -71,7 +72,7 @@ if ((quick)); then
   d_msgs=5000 d_maxsec=2 d_pending=100000
   d_rmsgs=1000000 d_rpending=100000 d_mem_mb=20
 else
-  d_msgs=100000 d_maxsec=8 d_pending=1000000
+  d_msgs=400000 d_maxsec=8 d_pending=1000000
   d_rmsgs=10000000 d_rpending=1000000 d_mem_mb=200
 fi
 BUILD="${TXMQ_BENCH_BUILD:-$repo/build-bench}"
