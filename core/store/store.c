@@ -502,20 +502,6 @@ static int publish_allowed(txmq_store_t* st, int* skip) {
   return 0;
 }
 
-int txmq_store_publish_fields(txmq_store_t* st, uint64_t rec_pos,
-                              uint32_t rec_len, uint32_t sub,
-                              const char* topic, int32_t qid,
-                              const char* tags, size_t tags_len,
-                              int64_t* offset) {
-  if (offset != NULL) *offset = -1;
-  if (st == NULL || topic == NULL || (tags != NULL &&
-                                      memchr(tags, '\0', tags_len) != NULL))
-    return TXMQ_EINVAL;
-  return txmq__store_publish_hashed(
-      st, rec_pos, rec_len, sub, topic, qid,
-      tags != NULL ? txmq__tags_hash(tags, tags_len) : 0, offset);
-}
-
 int txmq__store_publish_hashed(txmq_store_t* st, uint64_t rec_pos,
                                uint32_t rec_len, uint32_t sub,
                                const char* topic, int32_t qid,

@@ -140,8 +140,9 @@ int txmq__store_set_index_file_entries(txmq_store_t* st, uint32_t n);
 /* The tags hash function (FNV-1a 32), used by txmq_store_tags_hash() and by
  * tag filters on (ptr, len) without a NUL. Never 0 for a non-empty input. */
 uint32_t txmq__tags_hash(const char* s, size_t len);
-/* txmq_store_publish_fields with the tags' hash (0: no tags) already
- * computed. */
+/* txmq_store_publish for a caller that holds a message's topic, queue id
+ * and tags hash (0: no tags) rather than the message: a transaction whose
+ * message decoded when it was stored. */
 int txmq__store_publish_hashed(txmq_store_t* st, uint64_t rec_pos,
                                uint32_t rec_len, uint32_t sub,
                                const char* topic, int32_t qid,

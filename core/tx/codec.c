@@ -221,38 +221,6 @@ int txmq__half_topic(const txmq__half_t* h, uint32_t i, const char** s,
   return TXMQ_EPROTO;
 }
 
-int txmq__half_pub(const txmq__half_t* h, uint32_t i, txmq__half_pub_t* out) {
-  memset(out, 0, sizeof *out);
-  out->qid = -1;
-  if (i >= h->msgs->size) return TXMQ_ECORRUPT;
-  const msgpack_object* o = &h->msgs->ptr[i];
-  if (o->type != MSGPACK_OBJECT_MAP) return TXMQ_ECORRUPT;
-  for (uint32_t k = 0; k < o->via.map.size; k++) {
-    const msgpack_object* key = &o->via.map.ptr[k].key;
-    const msgpack_object* v = &o->via.map.ptr[k].val;
-    if (key_is(key, "topic")) {
-      if (v->type != MSGPACK_OBJECT_STR) return TXMQ_ECORRUPT;
-      out->topic = v->via.str.ptr;
-      out->topic_len = v->via.str.size;
-    } else if (key_is(key, "qid")) {
-      int64_t q;
-      if (get_int(v, &q) != 0 || q < 0 || q > INT32_MAX) return TXMQ_ECORRUPT;
-      out->qid = (int32_t)q;
-    } else if (key_is(key, "tags")) {
-      if (v->type == MSGPACK_OBJECT_NIL) continue;
-      if (v->type != MSGPACK_OBJECT_STR) return TXMQ_ECORRUPT;
-      out->tags = v->via.str.ptr;
-      out->tags_len = v->via.str.size;
-    }
-  }
-  if (out->topic == NULL || out->topic_len == 0 ||
-      out->topic_len > TXMQ_NAME_MAX || out->qid < 0 ||
-      memchr(out->topic, '\0', out->topic_len) != NULL ||
-      (out->tags != NULL && memchr(out->tags, '\0', out->tags_len) != NULL))
-    return TXMQ_ECORRUPT;
-  return 0;
-}
-
 int txmq__event_encode(msgpack_sbuffer* sb, const txmq__event_t* ev) {
   msgpack_packer pk;
   msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);

@@ -476,9 +476,9 @@ static int append_event(txmq_tx_t* tx, uint32_t i, txmq__ev_t ev,
 
 /* ---- publishing ---- */
 
-/* Makes every message of entry i's half record visible, in one go: what
- * publishing needs of each (topic, queue, tags) is read first, straight
- * from the record, so that nothing is published if any is unreadable. */
+/* Makes every message of entry i's half record visible, in one go: they
+ * are all decoded first so that nothing is published if any fails (a
+ * message that does not decode would be indexed and never read back). */
 static int publish_all(txmq_tx_t* tx, uint64_t half_pos) {
   txmq_log_entry_t le;
   int rc = txmq_log_read(txmq_store_log(tx->st), half_pos, &le);
@@ -488,18 +488,15 @@ static int publish_all(txmq_tx_t* tx, uint64_t half_pos) {
   txmq__half_t h;
   rc = txmq__half_decode_in(le.data, le.len, &tx->zone, &h);
   if (rc != 0) return rc;
-  txmq__half_pub_t p[TXMQ_TX_MAX_MSGS];
-  uint32_t n = h.msgs->size;
-  for (uint32_t k = 0; k < n && rc == 0; k++) rc = txmq__half_pub(&h, k, &p[k]);
-  for (uint32_t j = 0; j < n && rc == 0; j++) {
-    char topic[TXMQ_NAME_MAX + 1];
-    memcpy(topic, p[j].topic, p[j].topic_len);
-    topic[p[j].topic_len] = '\0';
-    rc = txmq_store_publish_fields(tx->st, half_pos, len, j, topic, p[j].qid,
-                                   p[j].tags, p[j].tags_len, NULL);
-  }
-  /* The strings point into the record read above: done with them only now. */
+  txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
+  uint32_t n = h.msgs->size, k;
+  for (k = 0; k < n && rc == 0; k++) rc = txmq__half_msg(&h, k, &msgs[k]);
   txmq__half_done(&h);
+  if (rc != 0) k--;
+  for (uint32_t j = 0; j < k; j++) {
+    if (rc == 0) rc = txmq_store_publish(tx->st, half_pos, len, j, msgs[j], NULL);
+    txmq_msg_free(msgs[j]);
+  }
   return rc;
 }
 
@@ -867,13 +864,18 @@ static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   e->half_pos = e->last_pos = le->pos;
   e->half_len = le->len;
   e->pub_qid = -1;
-  txmq__half_pub_t pub;
-  if (h.msgs->size == 1 && txmq__half_pub(&h, 0, &pub) == 0 &&
-      pub.qid < TXMQ_STORE_MAX_QUEUES) {
-    e->pub_qid = (int16_t)pub.qid;
-    e->pub_tags_hash =
-        pub.tags != NULL ? txmq__tags_hash(pub.tags, pub.tags_len) : 0;
+  /* Only a message that decodes may take the short way at COMMIT: one that
+   * does not is never published (see publish_all). */
+  txmq_msg_t* m1 = NULL;
+  if (h.msgs->size == 1 && txmq__half_msg(&h, 0, &m1) == 0) {
+    const char* tags = txmq_msg_tags(m1);
+    int32_t q = txmq_msg_queue_id(m1);
+    if (q >= 0 && q < TXMQ_STORE_MAX_QUEUES) {
+      e->pub_qid = (int16_t)q;
+      e->pub_tags_hash = tags ? txmq__tags_hash(tags, strlen(tags)) : 0;
+    }
   }
+  txmq_msg_free(m1);
   e->born_wall = h.at;
   if (!tx->replay_skew_set) {
     tx->replay_skew = sat_sub((int64_t)mono_now(tx), wall_now(tx));

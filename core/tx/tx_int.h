@@ -224,17 +224,6 @@ int txmq__half_decode_in(const void* data, size_t len, msgpack_zone* z,
 void txmq__half_done(txmq__half_t* h);
 /* Message i of a decoded half record as a new message. */
 int txmq__half_msg(const txmq__half_t* h, uint32_t i, txmq_msg_t** out);
-/* What publishing message i needs, without building it: its topic (not
- * terminated, 1..TXMQ_NAME_MAX bytes, no NUL), queue id (>= 0) and tags
- * (NULL if none; no NUL inside). 0 or TXMQ_ECORRUPT. */
-typedef struct {
-  const char* topic;
-  uint32_t topic_len;
-  int32_t qid;
-  const char* tags;
-  uint32_t tags_len;
-} txmq__half_pub_t;
-int txmq__half_pub(const txmq__half_t* h, uint32_t i, txmq__half_pub_t* out);
 /* The topic of message i without decoding the rest. 0 or TXMQ_EPROTO. */
 int txmq__half_topic(const txmq__half_t* h, uint32_t i, const char** s,
                      uint32_t* len);

@@ -53,6 +53,7 @@
  * anything was violated, with one line per violation naming the
  * transaction.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -1729,8 +1730,44 @@ static void dump_stacks(harness_t* h) {
     printf("  the daemon's stacks: %s\n", path);
 }
 
+/* Prints each thread of process pid: its state letter and, from
+ * /proc/PID/task/TID/wchan, where in the kernel it waits. */
+static void print_threads(int pid) {
+  char path[320];
+  snprintf(path, sizeof path, "/proc/%d/task", pid);
+  DIR* d = opendir(path);
+  if (d == NULL) {
+    printf("  threads of %d: %s\n", pid, strerror(errno));
+    return;
+  }
+  struct dirent* de;
+  while ((de = readdir(d)) != NULL) {
+    if (de->d_name[0] == '.') continue;
+    char buf[512] = "", wchan[128] = "";
+    snprintf(path, sizeof path, "/proc/%d/task/%s/stat", pid, de->d_name);
+    int fd = open(path, O_RDONLY);
+    if (fd >= 0) {
+      ssize_t n = read(fd, buf, sizeof buf - 1);
+      buf[n > 0 ? n : 0] = '\0';
+      close(fd);
+    }
+    snprintf(path, sizeof path, "/proc/%d/task/%s/wchan", pid, de->d_name);
+    fd = open(path, O_RDONLY);
+    if (fd >= 0) {
+      ssize_t n = read(fd, wchan, sizeof wchan - 1);
+      wchan[n > 0 ? n : 0] = '\0';
+      close(fd);
+    }
+    const char* p = strrchr(buf, ')');
+    printf("  thread %s: state %c, waits in %s\n", de->d_name,
+           p != NULL && p[1] == ' ' ? p[2] : '?', wchan[0] ? wchan : "-");
+  }
+  closedir(d);
+}
+
 static void on_stop_timeout(uv_timer_t* tm) {
   harness_t* h = tm->data;
+  print_threads(h->proc.pid);
   int gone = proc_state(h->proc.pid) == 'Z' || kill(h->proc.pid, 0) != 0;
   violation(h, NULL, 0, "txmqd did not exit within 30 s of SIGTERM%s", gone
             ? " (or it did and its exit was not reported)" : "");
