@@ -238,8 +238,11 @@ static void options_and_open_errors(void** state) {
   assert_rc(TXMQ_EINVAL, txmq_log_set(log, TXMQ_LOG_OPT_READ_ONLY, 2));
   assert_rc(TXMQ_EINVAL, txmq_log_set(log, TXMQ_LOG_OPT_MAX_BUFFERED, 0));
   assert_rc(TXMQ_EINVAL, txmq_log_set(log, TXMQ_LOG_OPT_RETAIN_BYTES, -1));
+  assert_rc(TXMQ_EINVAL, txmq_log_set(log, TXMQ_LOG_OPT_ZERO_AHEAD, -1));
   assert_rc(TXMQ_EINVAL, txmq_log_set(log, (txmq_log_opt_t)99, 1));
   assert_rc(0, txmq_log_set(log, TXMQ_LOG_OPT_SEGMENT_SIZE, 4096));
+  /* no zero-fill: the size of the new segment's file is checked below */
+  assert_rc(0, txmq_log_set(log, TXMQ_LOG_OPT_ZERO_AHEAD, 0));
   assert_rc(0, txmq_log_open(log));
   assert_rc(TXMQ_EBUSY, txmq_log_set(log, TXMQ_LOG_OPT_SYNC, 1));
   assert_rc(TXMQ_EBUSY, txmq_log_open(log));
