@@ -23,7 +23,9 @@ req {"op":"send","msg":{"topic":"B","body":"keep-1"}}
 req {"op":"send","msg":{"topic":"B","body":"keep-2"}}
 req {"op":"tx.half","group":"bg","msgs":[{"topic":"B2","body":"half"}]}
 EOF
-log_bytes() { cat "$work"/data/log/*.log | wc -c; }
+# Bytes of the log other than zeros: the writer fills room ahead of the
+# data with zeros when idle, and every record has non-zero bytes.
+log_bytes() { cat "$work"/data/log/*.log | tr -d '\000' | wc -c; }
 before=$(log_bytes)
 
 # A client that stays connected through all of it, to prove the daemon
