@@ -936,10 +936,9 @@ static int iter_skippable(const txmq_log_iter_t* it, uint64_t* next) {
     return 0;
   const uint8_t* p = it->win + (it->cur - it->wpos);
   size_t have = it->wlen - (size_t)(it->cur - it->wpos);
-  uint32_t len = txmq__get_le32(p + 4);
-  if (!it->skip[p[8]] || p[8] == 0 || len > TXMQ_LOG_MAX_RECORD ||
-      RHDR + (size_t)len > have ||
-      txmq__get_le24(p + 9) != (uint32_t)(it->cur & 0xffffffu))
+  uint32_t len;
+  if (!it->skip[p[8]] ||
+      txmq__log_rec_check_header(p, have, it->cur, &len) != TXMQ__REC_OK)
     return 0;
   *next = it->cur + RHDR + len;
   return 1;

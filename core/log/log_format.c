@@ -77,8 +77,8 @@ void txmq__log_rec_encode(uint8_t* dst, uint64_t pos, const txmq_log_rec_t* r) {
   txmq__put_le32(dst, crc);
 }
 
-int txmq__log_rec_check(const uint8_t* p, uint64_t avail, uint64_t pos,
-                        uint32_t* len) {
+int txmq__log_rec_check_header(const uint8_t* p, uint64_t avail, uint64_t pos,
+                               uint32_t* len) {
   if (avail < TXMQ_LOG_RECORD_HEADER_SIZE) return TXMQ__REC_SHORT_HEADER;
   uint32_t n = txmq__get_le32(p + 4);
   *len = n;
@@ -88,6 +88,14 @@ int txmq__log_rec_check(const uint8_t* p, uint64_t avail, uint64_t pos,
   if (p[8] == 0) return TXMQ__REC_BAD_TYPE;
   if (txmq__get_le24(p + 9) != (uint32_t)(pos & 0xffffffu))
     return TXMQ__REC_BAD_POS;
+  return TXMQ__REC_OK;
+}
+
+int txmq__log_rec_check(const uint8_t* p, uint64_t avail, uint64_t pos,
+                        uint32_t* len) {
+  int rc = txmq__log_rec_check_header(p, avail, pos, len);
+  if (rc != TXMQ__REC_OK) return rc;
+  uint32_t n = *len;
   if (txmq__get_le32(p) != txmq_crc32c(0, p + 4, 8u + n))
     return TXMQ__REC_BAD_CRC;
   return TXMQ__REC_OK;

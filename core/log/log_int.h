@@ -236,6 +236,9 @@ void txmq__log_rec_encode(uint8_t* dst, uint64_t pos, const txmq_log_rec_t* r);
  * the header is complete. Returns TXMQ__REC_*. */
 int txmq__log_rec_check(const uint8_t* p, uint64_t avail, uint64_t pos,
                         uint32_t* len);
+/* The same without the checksum: length, type and position only. */
+int txmq__log_rec_check_header(const uint8_t* p, uint64_t avail, uint64_t pos,
+                               uint32_t* len);
 const char* txmq__log_rec_problem(int code);
 /* Offset of the first valid record in data[from, n), data being a segment's
  * data region that starts at position base; -1 if there is none. */

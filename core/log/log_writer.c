@@ -47,6 +47,11 @@ static void writer_fail(txmq_log_t* log, int err, const char* fmt, ...) {
   log->w_msg_new = 1;
 }
 
+/* The file offset where the segment being written's data ends. */
+static uint64_t file_end(const txmq_log_t* log) {
+  return TXMQ_LOG_SEGMENT_HEADER_SIZE + (log->w_end - log->wbase);
+}
+
 /* fdatasync of the segment being written, counted; a test may inject the
  * failure a real disk would give. */
 static int sync_data(txmq_log_t* log) {
@@ -133,7 +138,7 @@ static int roll(txmq_log_t* log, const txmq__chunk_t* c) {
   /* A finished segment ends at its last record: the zeros written ahead
    * of it are cut (recovery takes only the newest segment's zeros for
    * unused room). */
-  uint64_t data_end = TXMQ_LOG_SEGMENT_HEADER_SIZE + (log->w_end - log->wbase);
+  uint64_t data_end = file_end(log);
   int cut = log->w_zeroed > data_end;
   if (cut && ftruncate(log->wfd, (off_t)data_end) != 0) {
     writer_fail(log, errno, "cannot cut segment %020" PRIu64 ".log to its end",
@@ -202,7 +207,7 @@ static void unlink_retired(txmq_log_t* log, txmq__unlink_t* u) {
 /* The zero-fill the writer would do now, as [*from, *to); 0 if none. */
 static int zero_wanted(const txmq_log_t* log, uint64_t* from, uint64_t* to) {
   if (log->w_zeros == NULL || log->w_err != 0 || log->wfd < 0) return 0;
-  uint64_t data_end = TXMQ_LOG_SEGMENT_HEADER_SIZE + (log->w_end - log->wbase);
+  uint64_t data_end = file_end(log);
   /* Nothing while at least half the room is left: each fill is a sync. */
   if (log->w_zeroed > data_end && log->w_zeroed - data_end >= log->zero_ahead / 2)
     return 0;
@@ -313,8 +318,7 @@ void txmq__log_writer_main(void* arg) {
   }
   if (log->wfd >= 0) {
     /* A clean close leaves the file ending at its last record. */
-    uint64_t data_end =
-        TXMQ_LOG_SEGMENT_HEADER_SIZE + (log->w_end - log->wbase);
+    uint64_t data_end = file_end(log);
     if (log->w_err == 0 && log->w_zeroed > data_end &&
         ftruncate(log->wfd, (off_t)data_end) == 0)
       txmq__fdatasync(log->wfd);

@@ -109,29 +109,36 @@ int txmq__mp_check(const void* buf, size_t len, unsigned max_depth,
   return 0;
 }
 
-int txmq__mp_unpack_zone(const void* buf, size_t len, unsigned max_depth,
-                         size_t max_items, msgpack_zone* z,
-                         msgpack_object* out) {
+/* Checks that buf is exactly one object within the limits (no trailing
+ * bytes), before msgpack-c sees it. */
+static int check_whole(const void* buf, size_t len, unsigned max_depth,
+                       size_t max_items) {
   size_t used = 0;
   int rc = txmq__mp_check(buf, len, max_depth, max_items, &used);
   if (rc != 0) return rc;
-  if (used != len) return TXMQ_EPROTO; /* trailing bytes */
+  return used == len ? 0 : TXMQ_EPROTO;
+}
+
+static int unpack_result(msgpack_unpack_return r, size_t off, size_t len) {
+  if (r == MSGPACK_UNPACK_NOMEM_ERROR) return TXMQ_ENOMEM;
+  return r == MSGPACK_UNPACK_SUCCESS && off == len ? 0 : TXMQ_EPROTO;
+}
+
+int txmq__mp_unpack_zone(const void* buf, size_t len, unsigned max_depth,
+                         size_t max_items, msgpack_zone* z,
+                         msgpack_object* out) {
+  int rc = check_whole(buf, len, max_depth, max_items);
+  if (rc != 0) return rc;
   size_t off = 0;
   msgpack_unpack_return r = msgpack_unpack(buf, len, &off, z, out);
-  if (r == MSGPACK_UNPACK_NOMEM_ERROR) return TXMQ_ENOMEM;
-  if (r != MSGPACK_UNPACK_SUCCESS || off != len) return TXMQ_EPROTO;
-  return 0;
+  return unpack_result(r, off, len);
 }
 
 int txmq__mp_unpack(const void* buf, size_t len, unsigned max_depth,
                     size_t max_items, msgpack_unpacked* out) {
-  size_t used = 0;
-  int rc = txmq__mp_check(buf, len, max_depth, max_items, &used);
+  int rc = check_whole(buf, len, max_depth, max_items);
   if (rc != 0) return rc;
-  if (used != len) return TXMQ_EPROTO; /* trailing bytes */
   size_t off = 0;
   msgpack_unpack_return r = msgpack_unpack_next(out, buf, len, &off);
-  if (r == MSGPACK_UNPACK_NOMEM_ERROR) return TXMQ_ENOMEM;
-  if (r != MSGPACK_UNPACK_SUCCESS || off != len) return TXMQ_EPROTO;
-  return 0;
+  return unpack_result(r, off, len);
 }

@@ -519,16 +519,9 @@ int txmq_store_publish(txmq_store_t* st, uint64_t rec_pos, uint32_t rec_len,
                        uint32_t sub, const txmq_msg_t* msg, int64_t* offset) {
   if (offset != NULL) *offset = -1;
   if (msg == NULL) return TXMQ_EINVAL;
-  if (st->replaying) {
-    /* Publishes of records before the checkpoint are in the index. */
-    if (st->replay_cur_applied) return 0;
-  } else {
-    /* Append callbacks still run while the store closes. */
-    if (st->state != TXMQ__ST_OPEN && st->state != TXMQ__ST_CLOSING)
-      return TXMQ_ECLOSED;
-    if (st->read_only) return TXMQ_EROFS;
-    if (st->index_failed) return TXMQ_EFAILED;
-  }
+  int skip;
+  int rc = publish_allowed(st, &skip);
+  if (rc != 0 || skip) return rc;
   return publish_int(st, rec_pos, rec_len, sub, msg, offset);
 }
 

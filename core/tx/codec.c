@@ -119,19 +119,19 @@ static int unpack(const void* data, size_t len, msgpack_unpacked* up) {
   return 0;
 }
 
+/* unpack() into the half's zone when it has one. */
 static int unpack_half(const void* data, size_t len, txmq__half_t* h) {
-  msgpack_unpacked_init(&h->up);
-  int rc;
-  if (h->zone != NULL) {
-    rc = txmq__mp_unpack_zone(data, len, TXMQ__MP_MAX_DEPTH, len + 1, h->zone,
-                              &h->obj);
-  } else {
-    rc = txmq__mp_unpack(data, len, TXMQ__MP_MAX_DEPTH, len + 1, &h->up);
-    h->obj = h->up.data;
+  if (h->zone == NULL) {
+    int rc = unpack(data, len, &h->up);
+    if (rc == 0) h->obj = h->up.data;
+    return rc;
   }
+  msgpack_unpacked_init(&h->up);
+  int rc = txmq__mp_unpack_zone(data, len, TXMQ__MP_MAX_DEPTH, len + 1,
+                                h->zone, &h->obj);
   if (rc == 0 && h->obj.type != MSGPACK_OBJECT_MAP) rc = TXMQ_EPROTO;
   if (rc != 0) {
-    txmq__half_done(h);
+    msgpack_zone_clear(h->zone);
     return rc == TXMQ_ENOMEM ? rc : TXMQ_ECORRUPT;
   }
   return 0;

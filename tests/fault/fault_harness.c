@@ -1694,9 +1694,10 @@ static void on_tick(uv_timer_t* tm) {
 }
 
 /* The state letter of process pid (R, S, D, Z, ...), 0 if unknown. */
-static char proc_state(int pid) {
-  char path[64], buf[512];
-  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+/* The state letter in a /proc .../stat file (R, S, D, Z, ...), 0 if
+ * unknown. */
+static char stat_state(const char* path) {
+  char buf[512];
   int fd = open(path, O_RDONLY);
   if (fd < 0) return 0;
   ssize_t n = read(fd, buf, sizeof buf - 1);
@@ -1705,6 +1706,12 @@ static char proc_state(int pid) {
   buf[n] = '\0';
   const char* p = strrchr(buf, ')'); /* the name may hold anything */
   return p != NULL && p[1] == ' ' ? p[2] : 0;
+}
+
+static char proc_state(int pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  return stat_state(path);
 }
 
 /* Writes the daemon's threads' stacks into the work directory with gdb,
@@ -1743,24 +1750,18 @@ static void print_threads(int pid) {
   struct dirent* de;
   while ((de = readdir(d)) != NULL) {
     if (de->d_name[0] == '.') continue;
-    char buf[512] = "", wchan[128] = "";
+    char wchan[128] = "";
     snprintf(path, sizeof path, "/proc/%d/task/%s/stat", pid, de->d_name);
-    int fd = open(path, O_RDONLY);
-    if (fd >= 0) {
-      ssize_t n = read(fd, buf, sizeof buf - 1);
-      buf[n > 0 ? n : 0] = '\0';
-      close(fd);
-    }
+    char st = stat_state(path);
     snprintf(path, sizeof path, "/proc/%d/task/%s/wchan", pid, de->d_name);
-    fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY);
     if (fd >= 0) {
       ssize_t n = read(fd, wchan, sizeof wchan - 1);
       wchan[n > 0 ? n : 0] = '\0';
       close(fd);
     }
-    const char* p = strrchr(buf, ')');
     printf("  thread %s: state %c, waits in %s\n", de->d_name,
-           p != NULL && p[1] == ' ' ? p[2] : '?', wchan[0] ? wchan : "-");
+           st ? st : '?', wchan[0] ? wchan : "-");
   }
   closedir(d);
 }
