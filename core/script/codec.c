@@ -640,28 +640,71 @@ static void hex(const uint8_t* in, size_t n, char* out) {
   out[2 * n] = '\0';
 }
 
-static void set_str(lua_State* L, const char* k, const char* v) {
-  if (v == NULL) return;
-  lua_pushstring(L, v);
-  lua_setfield(L, -2, k);
+/* The keys of a message table, and the handlers' names, created once per
+ * state and kept in a table: building a message then takes each key with a
+ * raw array read, where lua_setfield would look every name up in Lua's
+ * string cache (a strcmp each) on every call. */
+static const char* const MSG_KEYS[TXMQ__MK_COUNT] = {
+    [TXMQ__MK_TOPIC - 1] = "topic",
+    [TXMQ__MK_TAGS - 1] = "tags",
+    [TXMQ__MK_KEYS - 1] = "keys",
+    [TXMQ__MK_BODY - 1] = "body",
+    [TXMQ__MK_PROPERTIES - 1] = "properties",
+    [TXMQ__MK_MSG_ID - 1] = "msg_id",
+    [TXMQ__MK_TX_ID - 1] = "tx_id",
+    [TXMQ__MK_QUEUE_ID - 1] = "queue_id",
+    [TXMQ__MK_BORN_AT - 1] = "born_at",
+    [TXMQ__MK_STORED_AT - 1] = "stored_at",
+    [TXMQ__MK_CHECK_COUNT - 1] = "check_count",
+    [TXMQ__MK_EXECUTE - 1] = "executeLocalTransaction",
+    [TXMQ__MK_CHECK - 1] = "checkLocalTransaction",
+};
+
+void txmq__codec_push_keys(lua_State* L) {
+  lua_createtable(L, TXMQ__MK_COUNT, 0);
+  for (int k = 1; k <= TXMQ__MK_COUNT; k++) {
+    lua_pushstring(L, MSG_KEYS[k - 1]);
+    lua_rawseti(L, -2, k);
+  }
 }
 
-static void set_int(lua_State* L, const char* k, int64_t v) {
+/* Sets t[key k] = the value on top (popped); t is just below the value. */
+static void set_field(lua_State* L, int keys, int k) {
+  lua_rawgeti(L, keys, k);
+  lua_insert(L, -2);
+  lua_rawset(L, -3);
+}
+
+static int set_str(lua_State* L, int keys, int k, const char* v) {
+  if (v == NULL) return 0;
+  lua_pushlstring(L, v, strlen(v));
+  set_field(L, keys, k);
+  return 1;
+}
+
+static void set_int(lua_State* L, int keys, int k, int64_t v) {
   lua_pushinteger(L, (lua_Integer)v);
-  lua_setfield(L, -2, k);
+  set_field(L, keys, k);
 }
 
-void txmq__codec_push_msg(lua_State* L, const txmq_msg_t* m,
+void txmq__codec_push_msg(lua_State* L, int keys, const txmq_msg_t* m,
                           const uint8_t* tx_id, int64_t check_count) {
   luaL_checkstack(L, 6, "pushing a message");
-  lua_createtable(L, 0, 12);
-  set_str(L, "topic", txmq_msg_topic(m));
-  set_str(L, "tags", txmq_msg_tags(m));
-  set_str(L, "keys", txmq_msg_keys(m));
+  keys = lua_absindex(L, keys);
+  const char* tags = txmq_msg_tags(m);
+  const char* mkeys = txmq_msg_keys(m);
+  /* Sized exactly: topic, body, properties, msg_id, queue_id, born_at,
+   * stored_at and the optional ones. */
+  int n = 7 + (tags != NULL) + (mkeys != NULL) + (tx_id != NULL) +
+          (check_count >= 0);
+  lua_createtable(L, 0, n);
+  set_str(L, keys, TXMQ__MK_TOPIC, txmq_msg_topic(m));
+  set_str(L, keys, TXMQ__MK_TAGS, tags);
+  set_str(L, keys, TXMQ__MK_KEYS, mkeys);
   size_t blen = 0;
   const void* body = txmq_msg_body(m, &blen);
   lua_pushlstring(L, body != NULL ? body : "", body != NULL ? blen : 0);
-  lua_setfield(L, -2, "body");
+  set_field(L, keys, TXMQ__MK_BODY);
   size_t np = txmq_msg_prop_count(m);
   lua_createtable(L, 0, (int)np);
   for (size_t i = 0; i < np; i++) {
@@ -670,18 +713,20 @@ void txmq__codec_push_msg(lua_State* L, const txmq_msg_t* m,
     lua_pushstring(L, v);
     lua_setfield(L, -2, k);
   }
-  lua_setfield(L, -2, "properties");
+  set_field(L, keys, TXMQ__MK_PROPERTIES);
   char buf[2 * 16 + 1];
   hex(txmq_msg_id(m), TXMQ_MSG_ID_LEN, buf);
-  set_str(L, "msg_id", buf);
+  lua_pushlstring(L, buf, 2 * TXMQ_MSG_ID_LEN);
+  set_field(L, keys, TXMQ__MK_MSG_ID);
   if (tx_id != NULL) {
     hex(tx_id, 16, buf);
-    set_str(L, "tx_id", buf);
+    lua_pushlstring(L, buf, 32);
+    set_field(L, keys, TXMQ__MK_TX_ID);
   }
-  set_int(L, "queue_id", txmq_msg_queue_id(m));
-  set_int(L, "born_at", txmq_msg_born_ms(m));
-  set_int(L, "stored_at", txmq_msg_store_ms(m));
-  if (check_count >= 0) set_int(L, "check_count", check_count);
+  set_int(L, keys, TXMQ__MK_QUEUE_ID, txmq_msg_queue_id(m));
+  set_int(L, keys, TXMQ__MK_BORN_AT, txmq_msg_born_ms(m));
+  set_int(L, keys, TXMQ__MK_STORED_AT, txmq_msg_store_ms(m));
+  if (check_count >= 0) set_int(L, keys, TXMQ__MK_CHECK_COUNT, check_count);
 }
 
 /* Raw field of the table at idx as an optional string; 1 if present. */

@@ -73,11 +73,32 @@ int txmq__codec_pack(lua_State* L, int idx, msgpack_packer* pk, char* err,
 int txmq__codec_encode(lua_State* L, int idx, void** buf, size_t* len,
                        char* err, size_t errlen);
 
+/* Indexes of the key table txmq__codec_push_keys pushes. */
+enum {
+  TXMQ__MK_TOPIC = 1,
+  TXMQ__MK_TAGS,
+  TXMQ__MK_KEYS,
+  TXMQ__MK_BODY,
+  TXMQ__MK_PROPERTIES,
+  TXMQ__MK_MSG_ID,
+  TXMQ__MK_TX_ID,
+  TXMQ__MK_QUEUE_ID,
+  TXMQ__MK_BORN_AT,
+  TXMQ__MK_STORED_AT,
+  TXMQ__MK_CHECK_COUNT,
+  TXMQ__MK_EXECUTE, /* "executeLocalTransaction" */
+  TXMQ__MK_CHECK,   /* "checkLocalTransaction" */
+  TXMQ__MK_COUNT = TXMQ__MK_CHECK
+};
+/* Pushes a new array of the message keys and handler names above, to be
+ * kept for the state's life. May raise a memory error. */
+void txmq__codec_push_keys(lua_State* L);
 /* Pushes m as the msg table of txmq/script.h: topic, tags, keys, body,
  * properties, msg_id, queue_id, born_at, stored_at; tx_id (32 hex digits)
- * when tx_id is not NULL; check_count when check_count >= 0. May raise a
- * memory error: call in protected mode. */
-void txmq__codec_push_msg(lua_State* L, const txmq_msg_t* m,
+ * when tx_id is not NULL; check_count when check_count >= 0. keys: the
+ * stack index of a txmq__codec_push_keys table. May raise a memory error:
+ * call in protected mode. */
+void txmq__codec_push_msg(lua_State* L, int keys, const txmq_msg_t* m,
                           const uint8_t* tx_id, int64_t check_count);
 /* Builds a new message from the table at idx (topic required; tags, keys,
  * body, properties, born_at optional), with raw access only (no

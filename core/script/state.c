@@ -47,6 +47,7 @@ struct txmq__lstate_s {
   char err_msg[ERRMSG_MAX];
   int env_ref;
   int normalize_ref;
+  int keys_ref;   /* txmq__codec_push_keys */
   int loadlib_ref;
   int loaded_ref;
   char* group;
@@ -479,6 +480,8 @@ static int setup(lua_State* L) {
   txmq__codec_init(L);
   lua_getfield(L, 1, "normalize");
   S->normalize_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  txmq__codec_push_keys(L);
+  S->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "loadlib");
@@ -635,6 +638,7 @@ int txmq__lstate_new(const txmq__lstate_conf_t* conf, txmq__lstate_t** out,
   lua_settop(L, 0);
   if (rc != 0) goto fail;
   lua_gc(L, LUA_GCCOLLECT);
+  lua_gc(L, LUA_GCINC, 400, 0, 0);
   *out = S;
   return 0;
 fail:
@@ -656,32 +660,44 @@ typedef struct {
   size_t diaglen;
 } tramp_t;
 
+/* The result codes of the RocketMQ spellings a handler returns (txmq.COMMIT
+ * and the others), without a call into Lua; anything else goes through
+ * handler.lua's normalize, which also describes what was wrong. */
+static int quick_result(lua_State* L, int idx) {
+  if (lua_type(L, idx) != LUA_TSTRING) return 0;
+  size_t n;
+  const char* s = lua_tolstring(L, idx, &n);
+  if (n == 14 && memcmp(s, "COMMIT_MESSAGE", 14) == 0) return TXMQ_SCRIPT_COMMIT;
+  if (n == 16 && memcmp(s, "ROLLBACK_MESSAGE", 16) == 0)
+    return TXMQ_SCRIPT_ROLLBACK;
+  if (n == 6 && memcmp(s, "UNKNOW", 6) == 0) return TXMQ_SCRIPT_UNKNOWN;
+  return 0;
+}
+
 static int trampoline(lua_State* L) {
   tramp_t* t = lua_touserdata(L, 1);
   txmq__lstate_t* S = t->S;
   const txmq__lcall_t* c = t->c;
   const char* fname = c->check ? "checkLocalTransaction" : "executeLocalTransaction";
   lua_settop(L, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->keys_ref); /* 1: the key table */
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->env_ref);
-  lua_pushstring(L, fname);
-  lua_rawget(L, 1); /* 2: the handler */
-  if (!lua_isfunction(L, 2)) {
+  lua_rawgeti(L, 1, c->check ? TXMQ__MK_CHECK : TXMQ__MK_EXECUTE);
+  lua_rawget(L, 2); /* 2: env, 3: the handler */
+  if (!lua_isfunction(L, 3)) {
     diag_set(S, t->diag, t->diaglen, 0, "the script does not define %s", fname);
     t->status = TXMQ_ESCRIPT;
     return 0;
   }
-  lua_Debug ar;
-  lua_pushvalue(L, 2);
-  lua_getinfo(L, ">S", &ar);
-  int defined = ar.linedefined;
+  lua_pushvalue(L, 3); /* 4: what is called; 3 stays for the diagnostic */
 
   /* The arguments are core work: built before the budget starts. */
   int64_t count = c->check ? (int64_t)c->check_count : -1;
-  txmq__codec_push_msg(L, c->msgs[0], c->tx_id, count);
+  txmq__codec_push_msg(L, 1, c->msgs[0], c->tx_id, count);
   if (c->n > 1) {
     lua_createtable(L, (int)c->n, 0);
     for (size_t i = 0; i < c->n; i++) {
-      txmq__codec_push_msg(L, c->msgs[i], c->tx_id, count);
+      txmq__codec_push_msg(L, 1, c->msgs[i], c->tx_id, count);
       lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     lua_getfield(L, LUA_REGISTRYINDEX, TXMQ__ARRAY_MT);
@@ -707,6 +723,12 @@ static int trampoline(lua_State* L) {
   arm(S, c->budget_ms);
   lua_call(L, nargs, 1);
   disarm(S);
+  int code = quick_result(L, -1);
+  if (code != 0) {
+    t->result = code;
+    t->status = 0;
+    return 0;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, S->normalize_ref);
   lua_insert(L, -2);
   lua_call(L, 1, 2);
@@ -714,7 +736,10 @@ static int trampoline(lua_State* L) {
     t->result = (int)lua_tointeger(L, -2);
     t->status = 0;
   } else {
-    diag_set(S, t->diag, t->diaglen, defined, "%s %s", fname,
+    lua_Debug ar;
+    lua_pushvalue(L, 3);
+    lua_getinfo(L, ">S", &ar);
+    diag_set(S, t->diag, t->diaglen, ar.linedefined, "%s %s", fname,
              lua_tostring(L, -1) != NULL ? lua_tostring(L, -1) : "returned a bad result");
     t->status = TXMQ_ESCRIPT;
   }
