@@ -97,6 +97,7 @@ int txmq_log_new(txmq_log_t** out, uv_loop_t* loop, const char* dir) {
   *out = NULL;
   txmq_log_t* log = calloc(1, sizeof *log);
   if (log == NULL) return TXMQ_ENOMEM;
+  txmq__pool_init(&log->batch_pool, sizeof(txmq__batch_t), 1024);
   log->dir = strdup(dir);
   if (log->dir == NULL) {
     free(log);
@@ -216,7 +217,7 @@ static void fire_callbacks(txmq_log_t* log, int final) {
     log->batch_head = b->next;
     if (log->batch_head == NULL) log->batch_tail = NULL;
     b->cb(log, status, b->first, b->arg);
-    free(b);
+    txmq__pool_put(&log->batch_pool, b);
   }
 }
 
@@ -457,7 +458,7 @@ int txmq_log_append(txmq_log_t* log, const txmq_log_rec_t* recs, size_t n,
   }
   txmq__batch_t* b = NULL;
   if (cb != NULL) {
-    b = malloc(sizeof *b);
+    b = txmq__pool_get(&log->batch_pool);
     if (b == NULL) return TXMQ_ENOMEM;
     b->next = NULL;
     b->first = log->next_pos;
@@ -471,7 +472,7 @@ int txmq_log_append(txmq_log_t* log, const txmq_log_rec_t* recs, size_t n,
   uv_mutex_lock(&log->mu);
   if (log->pub_err != 0) {
     uv_mutex_unlock(&log->mu);
-    free(b);
+    txmq__pool_put(&log->batch_pool, b);
     return TXMQ_EFAILED;
   }
   /* Small appends go into the chunk the writer has not taken yet. */
@@ -515,7 +516,7 @@ int txmq_log_append(txmq_log_t* log, const txmq_log_rec_t* recs, size_t n,
       txmq__chunk_t* c = malloc(sizeof *c + cap);
       if (c == NULL) {
         free_chunk_list(head);
-        free(b);
+        txmq__pool_put(&log->batch_pool, b);
         return TXMQ_ENOMEM;
       }
       c->next = NULL;
@@ -534,7 +535,7 @@ int txmq_log_append(txmq_log_t* log, const txmq_log_rec_t* recs, size_t n,
     if (log->pub_err != 0) {
       uv_mutex_unlock(&log->mu);
       free_chunk_list(head);
-      free(b);
+      txmq__pool_put(&log->batch_pool, b);
       return TXMQ_EFAILED;
     }
     for (txmq__chunk_t* c = head; c != NULL; c = c->next)
@@ -561,7 +562,7 @@ int txmq_log_flush(txmq_log_t* log, txmq_log_append_cb cb, void* arg) {
   if (log->failed_seen != 0) return TXMQ_EFAILED;
   txmq__batch_t* b = NULL;
   if (cb != NULL) {
-    b = malloc(sizeof *b);
+    b = txmq__pool_get(&log->batch_pool);
     if (b == NULL) return TXMQ_ENOMEM;
     b->next = NULL;
     b->first = b->end = log->next_pos;
@@ -577,7 +578,7 @@ int txmq_log_flush(txmq_log_t* log, txmq_log_append_cb cb, void* arg) {
   }
   uv_mutex_unlock(&log->mu);
   if (failed) {
-    free(b);
+    txmq__pool_put(&log->batch_pool, b);
     return TXMQ_EFAILED;
   }
   if (b != NULL) batch_push(log, b);
@@ -877,6 +878,7 @@ void txmq_log_free(txmq_log_t* log) {
     log->batch_head = b->next;
     free(b);
   }
+  txmq__pool_drain(&log->batch_pool);
   free_chunk_list(log->pend_head);
   while (log->unlink_head != NULL) {
     txmq__unlink_t* u = log->unlink_head;

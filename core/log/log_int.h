@@ -22,6 +22,7 @@
 #include <sys/uio.h>
 #include <uv.h>
 
+#include "common/pool.h"
 #include "txmq/error.h"
 #include "txmq/log.h"
 
@@ -129,6 +130,7 @@ struct txmq_log_s {
   int failed_seen; /* the writer's error, once the loop has heard of it */
   txmq__batch_t* batch_head;
   txmq__batch_t* batch_tail;
+  txmq__pool_t batch_pool; /* of txmq__batch_t, loop thread only */
   uint64_t rfd_bases[TXMQ__LOG_MAX_RFDS]; /* segments whose rfd is open */
   size_t nrfds;
   uint64_t rfd_clock;

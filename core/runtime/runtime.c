@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/pool.h"
 #include "txmq/error.h"
 #include "txmq/runtime.h"
 
@@ -23,6 +24,7 @@ struct txmq_runtime_s {
   txmq_tx_t* tx;
   txmq_script_host_t* scripts;
   txmq_tx_target_t script_target;
+  txmq__pool_t hosted_pool; /* hosted_t */
   int opened;          /* open completed */
   int store_open;      /* a failed open may leave the store open */
   int closing;
@@ -32,16 +34,21 @@ struct txmq_runtime_s {
 };
 
 /* One runtime-hosted transaction, from txmq_runtime_tx_send to its cb. */
+/* Short producer names and a one-message transaction's id are kept inline:
+ * this is made once per request. */
+#define PRODUCER_INLINE 64
 typedef struct {
   txmq_runtime_t* rt;
   txmq_runtime_tx_cb cb;
   void* cbarg;
-  char* group;
-  char* producer;
+  char group[TXMQ_NAME_MAX + 1];
+  char* producer; /* NULL, producer_buf or malloc()ed */
+  char producer_buf[PRODUCER_INLINE];
   void* arg;
   size_t arg_len;
   uint8_t tx_id[TXMQ_TX_ID_LEN];
-  uint8_t* msg_ids;
+  uint8_t* msg_ids; /* msg_id1 for one message */
+  uint8_t msg_id1[TXMQ_MSG_ID_LEN];
   size_t nmsgs;
   char version[TXMQ_SCRIPT_VERSION_LEN + 1];
   char diag[DIAG_MAX];
@@ -63,16 +70,11 @@ static txmq_tx_decision_t decision_of(int status, txmq_script_result_t r) {
   }
 }
 
-static char* dup_or_null(const char* s) {
-  return s != NULL ? strdup(s) : NULL;
-}
-
 static void hosted_free(hosted_t* h) {
-  free(h->group);
-  free(h->producer);
+  if (h->producer != h->producer_buf) free(h->producer);
   free(h->arg);
-  free(h->msg_ids);
-  free(h);
+  if (h->msg_ids != h->msg_id1) free(h->msg_ids);
+  txmq__pool_put(&h->rt->hosted_pool, h);
 }
 
 static void hosted_finish(hosted_t* h, int status, txmq_tx_state_t state) {
@@ -119,7 +121,10 @@ static void on_execute(txmq_script_host_t* host, int status,
                        const char* diag, void* arg) {
   (void)host;
   hosted_t* h = arg;
-  snprintf(h->version, sizeof h->version, "%s", version != NULL ? version : "");
+  /* Once per request: a copy, not snprintf (which showed in profiles). */
+  size_t vn = version != NULL ? strnlen(version, sizeof h->version - 1) : 0;
+  if (vn > 0) memcpy(h->version, version, vn);
+  h->version[vn] = '\0';
   if (status != 0) {
     snprintf(h->diag, sizeof h->diag, "%s",
              diag != NULL && diag[0] != '\0' ? diag : txmq_strerror(status));
@@ -145,7 +150,7 @@ static void on_half(txmq_tx_t* tx, int status, const uint8_t* tx_id,
     return;
   }
   memcpy(h->tx_id, tx_id, TXMQ_TX_ID_LEN);
-  h->msg_ids = malloc(nmsgs * TXMQ_MSG_ID_LEN);
+  h->msg_ids = nmsgs == 1 ? h->msg_id1 : malloc(nmsgs * TXMQ_MSG_ID_LEN);
   if (h->msg_ids != NULL) {
     for (size_t i = 0; i < nmsgs; i++) {
       memcpy(h->msg_ids + i * TXMQ_MSG_ID_LEN, txmq_msg_id(msgs[i]),
@@ -175,19 +180,23 @@ int txmq_runtime_tx_send(txmq_runtime_t* rt, const char* group,
   if (!rt->opened || rt->closing) return TXMQ_ECLOSED;
   if (!txmq_name_valid(group)) return TXMQ_EBADNAME;
   if (!txmq_script_has_group(rt->scripts, group)) return TXMQ_ENOTFOUND;
-  hosted_t* h = calloc(1, sizeof *h);
+  hosted_t* h = txmq__pool_get(&rt->hosted_pool);
   if (h == NULL) return TXMQ_ENOMEM;
   h->rt = rt;
   h->cb = cb;
   h->cbarg = cbarg;
-  h->group = strdup(group);
-  h->producer = dup_or_null(producer);
+  memcpy(h->group, group, strlen(group) + 1); /* a valid name fits */
+  if (producer != NULL) {
+    size_t n = strlen(producer) + 1;
+    h->producer = n <= sizeof h->producer_buf ? h->producer_buf : malloc(n);
+    if (h->producer != NULL) memcpy(h->producer, producer, n);
+  }
   if (arg != NULL && arg_len > 0) {
     h->arg = malloc(arg_len);
     if (h->arg != NULL) memcpy(h->arg, arg, arg_len);
     h->arg_len = arg_len;
   }
-  if (h->group == NULL || (producer != NULL && h->producer == NULL) ||
+  if ((producer != NULL && h->producer == NULL) ||
       (arg_len > 0 && arg != NULL && h->arg == NULL)) {
     hosted_free(h);
     return TXMQ_ENOMEM;
@@ -268,6 +277,7 @@ int txmq_runtime_new(txmq_runtime_t** out, uv_loop_t* loop,
   txmq_runtime_t* rt = calloc(1, sizeof *rt);
   if (rt == NULL) return TXMQ_ENOMEM;
   rt->loop = loop;
+  txmq__pool_init(&rt->hosted_pool, sizeof(hosted_t), 1024);
   int rc = txmq_store_new(&rt->store, loop, data_dir);
   if (rc == 0) rc = txmq_tx_new(&rt->tx, loop, rt->store);
   if (rc == 0) rc = txmq_script_host_new(&rt->scripts, loop, scripts_dir);
@@ -363,5 +373,6 @@ void txmq_runtime_free(txmq_runtime_t* rt) {
   txmq_script_host_free(rt->scripts);
   txmq_tx_free(rt->tx);
   txmq_store_free(rt->store);
+  txmq__pool_drain(&rt->hosted_pool);
   free(rt);
 }

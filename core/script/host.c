@@ -34,6 +34,7 @@
 
 #include <uv.h>
 
+#include "common/pool.h"
 #include "script_int.h"
 #include "txmq/error.h"
 
@@ -92,7 +93,8 @@ struct job_s {
   int check;
   int has_tx;
   uint8_t tx_id[16];
-  txmq_msg_t** msgs;
+  txmq_msg_t** msgs;   /* &msg1 for one message */
+  txmq_msg_t* msg1;
   size_t n;
   void* arg;
   size_t arg_len;
@@ -147,6 +149,8 @@ struct txmq_script_host_s {
   job_t* dq_tail;
   int exited;                  /* workers that have left */
   int stopping;
+
+  txmq__pool_t job_pool;       /* calls and builds (loop thread only) */
 
   uv_async_t async;
   uv_timer_t debounce;
@@ -216,13 +220,15 @@ static version_t* rq_pop(txmq_script_host_t* h) {
   return v;
 }
 
-static void job_free(job_t* j) {
+/* Calls and builds are made and ended on the loop, through the pool;
+ * JOB_DESTROY jobs are freed by the worker that runs them (free()). */
+static void job_free(txmq_script_host_t* h, job_t* j) {
   if (j == NULL) return;
   for (size_t i = 0; i < j->n; i++) txmq_msg_free(j->msgs[i]);
-  free(j->msgs);
+  if (j->msgs != &j->msg1) free(j->msgs);
   free(j->arg);
   free(j->path);
-  free(j);
+  txmq__pool_put(&h->job_pool, j);
 }
 
 static group_t* group_find(txmq_script_host_t* h, const char* name) {
@@ -527,7 +533,7 @@ static void finish_call(txmq_script_host_t* h, job_t* j) {
   const char* ver = j->version != NULL ? j->version->id : "";
   j->cb(h, j->status, j->result, ver, j->diag, j->cbarg);
   version_unref(h, j->version);
-  job_free(j);
+  job_free(h, j);
 }
 
 /* Fails a call that never reached a version. */
@@ -606,7 +612,7 @@ static void finish_build(txmq_script_host_t* h, job_t* j) {
     cb(h, status, g->name, reported, status == 0 ? "" : j->diag, arg);
   }
   if (g->dirty && !h->closing) start_debounce(h);
-  job_free(j);
+  job_free(h, j);
   /* A name without a script leaves nothing behind: reloads and calls name
    * groups that come from the wire, and a record kept for every name asked
    * would grow without bound. */
@@ -682,13 +688,13 @@ static void on_async(uv_async_t* a) {
 
 static int start_build(txmq_script_host_t* h, group_t* g,
                        txmq_script_reload_cb cb, void* arg, int skip_unchanged) {
-  job_t* j = calloc(1, sizeof *j);
+  job_t* j = txmq__pool_get(&h->job_pool);
   if (j == NULL) return TXMQ_ENOMEM;
   j->kind = JOB_BUILD;
   j->group = g;
   j->path = dupstr(g->path);
   if (j->path == NULL) {
-    free(j);
+    txmq__pool_put(&h->job_pool, j);
     return TXMQ_ENOMEM;
   }
   if (skip_unchanged && g->current != NULL) {
@@ -754,6 +760,7 @@ int txmq_script_host_new(txmq_script_host_t** out, uv_loop_t* loop,
   txmq_script_host_t* h = calloc(1, sizeof *h);
   if (h == NULL) return TXMQ_ENOMEM;
   h->loop = loop;
+  txmq__pool_init(&h->job_pool, sizeof(job_t), 1024);
   h->dir = dupstr(scripts_dir);
   if (h->dir == NULL) {
     free(h);
@@ -957,7 +964,7 @@ static int submit(txmq_script_host_t* h, const char* group, int check,
     if (!txmq_script_has_group(h, group)) return TXMQ_ENOTFOUND;
     if (g == NULL && (g = group_get(h, group)) == NULL) return TXMQ_ENOMEM;
   }
-  job_t* j = calloc(1, sizeof *j);
+  job_t* j = txmq__pool_get(&h->job_pool);
   if (j == NULL) return TXMQ_ENOMEM;
   j->kind = JOB_CALL;
   j->group = g;
@@ -970,7 +977,7 @@ static int submit(txmq_script_host_t* h, const char* group, int check,
   j->budget_ms = h->call_budget_ms;
   j->cb = cb;
   j->cbarg = cbarg;
-  j->msgs = calloc(n, sizeof *j->msgs);
+  j->msgs = n == 1 ? &j->msg1 : calloc(n, sizeof *j->msgs);
   if (j->msgs == NULL) goto nomem;
   for (; j->n < n; j->n++) {
     if ((j->msgs[j->n] = txmq_msg_clone(msgs[j->n])) == NULL) goto nomem;
@@ -987,14 +994,14 @@ static int submit(txmq_script_host_t* h, const char* group, int check,
   if (!g->building) {
     int rc = start_build(h, g, NULL, NULL, 0);
     if (rc != 0) {
-      job_free(j);
+      job_free(h, j);
       return rc;
     }
   }
   jq_push(&g->wait_head, &g->wait_tail, j);
   return 0;
 nomem:
-  job_free(j);
+  job_free(h, j);
   return TXMQ_ENOMEM;
 }
 
@@ -1075,6 +1082,7 @@ void txmq_script_host_free(txmq_script_host_t* h) {
   for (size_t i = 0; i < h->n_fns; i++) free((char*)h->fns[i].name);
   free(h->fns);
   free(h->threads);
+  txmq__pool_drain(&h->job_pool);
   uv_cond_destroy(&h->cond);
   uv_mutex_destroy(&h->mu);
   free(h->dir);

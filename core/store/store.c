@@ -95,6 +95,7 @@ int txmq_store_new(txmq_store_t** out, uv_loop_t* loop, const char* data_dir) {
   txmq_store_t* st = calloc(1, sizeof *st);
   if (st == NULL) return TXMQ_ENOMEM;
   st->loop = loop;
+  txmq__pool_init(&st->app_pool, sizeof(app_ctx_t), 1024);
   st->dir = strdup(data_dir);
   st->index_dir = join(data_dir, "index");
   st->ckpt_path = join(data_dir, "checkpoint");
@@ -300,7 +301,7 @@ static void on_appended(txmq_log_t* log, int status, uint64_t first_pos,
   if (status == 0 && !st->index_failed && c->end > st->applied)
     st->applied = c->end;
   txmq_msg_free(c->msg);
-  free(c);
+  txmq__pool_put(&st->app_pool, c);
 }
 
 /* Appends through the log with c as the completion; fills c->pos, c->end
@@ -342,7 +343,7 @@ static int create_topic_logged(txmq_store_t* st, const char* name, int nqueues,
     msgpack_sbuffer_destroy(&sb);
     return TXMQ_ENOMEM;
   }
-  app_ctx_t* c = calloc(1, sizeof *c);
+  app_ctx_t* c = txmq__pool_get(&st->app_pool);
   if (c == NULL) {
     msgpack_sbuffer_destroy(&sb);
     return TXMQ_ENOMEM;
@@ -352,7 +353,7 @@ static int create_topic_logged(txmq_store_t* st, const char* name, int nqueues,
   int rc = append_wrapped(st, &rec, 1, NULL, c);
   msgpack_sbuffer_destroy(&sb);
   if (rc != 0) {
-    free(c);
+    txmq__pool_put(&st->app_pool, c);
     return rc;
   }
   return txmq__store_topic_add(st, name, nqueues, out);
@@ -403,9 +404,9 @@ int txmq_store_put(txmq_store_t* st, txmq_msg_t* msg, txmq_store_put_cb cb,
     free(buf);
     return TXMQ_ETOOBIG;
   }
-  app_ctx_t* c = calloc(1, sizeof *c);
+  app_ctx_t* c = txmq__pool_get(&st->app_pool);
   if (c == NULL || (c->msg = txmq_msg_clone(msg)) == NULL) {
-    free(c);
+    txmq__pool_put(&st->app_pool, c);
     free(buf);
     return TXMQ_ENOMEM;
   }
@@ -418,7 +419,7 @@ int txmq_store_put(txmq_store_t* st, txmq_msg_t* msg, txmq_store_put_cb cb,
   free(buf);
   if (rc != 0) {
     txmq_msg_free(c->msg);
-    free(c);
+    txmq__pool_put(&st->app_pool, c);
   }
   return rc;
 }
@@ -430,13 +431,13 @@ int txmq_store_append(txmq_store_t* st, const txmq_log_rec_t* recs, size_t n,
   if (rc != 0) return rc;
   for (size_t i = 0; i < n; i++)
     if (recs[i].type < TXMQ_REC_FIRST_FOREIGN) return TXMQ_EINVAL;
-  app_ctx_t* c = calloc(1, sizeof *c);
+  app_ctx_t* c = txmq__pool_get(&st->app_pool);
   if (c == NULL) return TXMQ_ENOMEM;
   c->kind = APP_FOREIGN;
   c->cb = cb;
   c->arg = arg;
   rc = append_wrapped(st, recs, n, positions, c);
-  if (rc != 0) free(c);
+  if (rc != 0) txmq__pool_put(&st->app_pool, c);
   return rc;
 }
 
@@ -1095,6 +1096,7 @@ void txmq_store_free(txmq_store_t* st) {
     abort();
   }
   txmq__store_forget_all(st);
+  txmq__pool_drain(&st->app_pool);
   if (st->log != NULL) txmq_log_free(st->log);
   txmq__strv_free(&st->sync_files);
   txmq__strv_free(&st->sync_dirs);

@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/pool.h"
 #include "txmq/error.h"
 #include "txmq/log.h"
 #include "txmq/msg.h"
@@ -103,6 +104,7 @@ typedef struct txmq__ckpt_s txmq__ckpt_t;
 
 struct txmq_store_s {
   uv_loop_t* loop;
+  txmq__pool_t app_pool; /* appends' completion contexts (store.c) */
   char* dir;
   char* index_dir;
   char* ckpt_path;

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/pool.h"
 #include "store/store_int.h"
 #include "txmq/error.h"
 #include "txmq/log.h"
@@ -56,7 +57,8 @@ typedef struct {
   int64_t immunity_ms;
   txmq_tx_begin_cb cb;
   void* arg;
-  size_t n;
+  size_t n;   /* messages prepared */
+  size_t cap; /* messages asked for */
   txmq_msg_t* msgs[];
 } begin_op_t;
 
@@ -70,6 +72,13 @@ typedef struct {
   txmq_tx_end_cb cb;
   void* arg;
 } event_op_t;
+
+/* The size of op_pool's blocks: the largest of the ops kept there. */
+#define MAX2(a, b) ((a) > (b) ? (a) : (b))
+#define OP_BLOCK                                                            \
+  MAX2(MAX2(sizeof(decide_op_t), sizeof(event_op_t)),                       \
+       MAX2(sizeof(waiter_t), sizeof(begin_op_t) + sizeof(txmq_msg_t*)))
+
 
 /* A callback to run from the loop, for requests answered without a write
  * (a repeat of a decision that is already durable). libuv never calls a
@@ -122,6 +131,7 @@ struct txmq_tx_s {
 
   defer_t* dq_head;
   defer_t* dq_tail;
+  txmq__pool_t op_pool; /* decide, event and one-message begin ops, waiters */
   int idle_on;
 
   int started, closing, close_started;
@@ -567,12 +577,12 @@ static void on_decided(txmq_log_t* log, int status, uint64_t pos, void* arg) {
     arm(tx);
   }
   waiter_t* w = op->head;
-  free(op);
+  txmq__pool_put(&tx->op_pool, op);
   while (w != NULL) {
-    waiter_t* next = w->next;
-    w->cb(tx, rc, st, w->arg);
-    free(w);
-    w = next;
+    waiter_t done = *w;
+    txmq__pool_put(&tx->op_pool, w);
+    done.cb(tx, rc, st, done.arg);
+    w = done.next;
   }
   maybe_finish_close(tx);
 }
@@ -582,11 +592,11 @@ static void on_decided(txmq_log_t* log, int status, uint64_t pos, void* arg) {
 static int decide(txmq_tx_t* tx, uint32_t i, txmq_tx_decision_t d,
                   txmq_tx_source_t src, const char* ver, const char* who,
                   txmq_tx_end_cb cb, void* arg) {
-  decide_op_t* op = calloc(1, sizeof *op);
-  waiter_t* w = cb ? calloc(1, sizeof *w) : NULL;
+  decide_op_t* op = txmq__pool_get(&tx->op_pool);
+  waiter_t* w = cb ? txmq__pool_get(&tx->op_pool) : NULL;
   if (op == NULL || (cb && w == NULL)) {
-    free(op);
-    free(w);
+    txmq__pool_put(&tx->op_pool, op);
+    txmq__pool_put(&tx->op_pool, w);
     return TXMQ_ENOMEM;
   }
   op->tx = tx;
@@ -596,8 +606,8 @@ static int decide(txmq_tx_t* tx, uint32_t i, txmq_tx_decision_t d,
                         d == TXMQ_TX_COMMIT ? TXMQ__EV_COMMIT : TXMQ__EV_ROLLBACK,
                         src, ver, who, on_decided, op);
   if (rc != 0) {
-    free(op);
-    free(w);
+    txmq__pool_put(&tx->op_pool, op);
+    txmq__pool_put(&tx->op_pool, w);
     return rc;
   }
   if (w) {
@@ -979,6 +989,7 @@ int txmq_tx_new(txmq_tx_t** out, uv_loop_t* loop, txmq_store_t* st) {
   if (tx == NULL) return TXMQ_ENOMEM;
   tx->loop = loop;
   tx->st = st;
+  txmq__pool_init(&tx->op_pool, OP_BLOCK, 1024);
   tx->timeout_ms = 6000;
   tx->interval_ms = 30000;
   tx->backoff_pct = 100;
@@ -1141,12 +1152,27 @@ void txmq_tx_free(txmq_tx_t* tx) {
   txmq__dtab_free(&tx->dec);
   msgpack_sbuffer_destroy(&tx->sb);
   msgpack_zone_destroy(&tx->zone);
+  txmq__pool_drain(&tx->op_pool);
   free(tx->show_group);
   free(tx->show_producer);
   free(tx);
 }
 
 /* ---- begin ---- */
+
+/* Ops of one-message transactions come from the pool, others from malloc. */
+static begin_op_t* begin_op_new(txmq_tx_t* tx, size_t n) {
+  begin_op_t* op = n == 1 ? txmq__pool_get(&tx->op_pool)
+                          : calloc(1, sizeof *op + n * sizeof(txmq_msg_t*));
+  if (op != NULL) op->cap = n;
+  return op;
+}
+
+static void begin_op_free(txmq_tx_t* tx, begin_op_t* op) {
+  for (size_t k = 0; k < op->n; k++) txmq_msg_free(op->msgs[k]);
+  if (op->cap == 1) txmq__pool_put(&tx->op_pool, op);
+  else free(op);
+}
 
 static void on_half(txmq_log_t* log, int status, uint64_t pos, void* arg) {
   (void)log;
@@ -1176,8 +1202,7 @@ static void on_half(txmq_log_t* log, int status, uint64_t pos, void* arg) {
   if (op->cb)
     op->cb(tx, status, op->id, status == 0 ? (const txmq_msg_t* const*)op->msgs : NULL,
            status == 0 ? op->n : 0, op->arg);
-  for (size_t k = 0; k < op->n; k++) txmq_msg_free(op->msgs[k]);
-  free(op);
+  begin_op_free(tx, op);
   maybe_finish_close(tx);
 }
 
@@ -1207,7 +1232,7 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
     }
   }
 
-  begin_op_t* op = calloc(1, sizeof *op + n * sizeof(txmq_msg_t*));
+  begin_op_t* op = begin_op_new(tx, n);
   if (op == NULL) return TXMQ_ENOMEM;
   op->tx = tx;
   op->immunity_ms = immunity_ms;
@@ -1269,8 +1294,7 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
     }
   }
   if (rc != 0) {
-    for (size_t k = 0; k < op->n; k++) txmq_msg_free(op->msgs[k]);
-    free(op);
+    begin_op_free(tx, op);
     return rc;
   }
   txmq__txe_t* e = E(tx, i);
@@ -1319,8 +1343,10 @@ static void on_event_op(txmq_log_t* log, int status, uint64_t pos, void* arg) {
   } else {
     txmq__dtab_find(&tx->dec, op->id, &st, NULL);
   }
-  if (op->cb) op->cb(tx, status, st, op->arg);
-  free(op);
+  txmq_tx_end_cb cb = op->cb;
+  void* cbarg = op->arg;
+  txmq__pool_put(&tx->op_pool, op);
+  if (cb) cb(tx, status, st, cbarg);
   maybe_finish_close(tx);
 }
 
@@ -1329,7 +1355,7 @@ static void on_event_op(txmq_log_t* log, int status, uint64_t pos, void* arg) {
 static int event_op(txmq_tx_t* tx, uint32_t i, int kind, txmq__ev_t ev,
                     txmq_tx_source_t src, const char* ver, const char* who,
                     uint16_t prev_count, txmq_tx_end_cb cb, void* arg) {
-  event_op_t* op = calloc(1, sizeof *op);
+  event_op_t* op = txmq__pool_get(&tx->op_pool);
   if (op == NULL) return TXMQ_ENOMEM;
   op->tx = tx;
   memcpy(op->id, E(tx, i)->id, TXMQ_TX_ID_LEN);
@@ -1338,7 +1364,7 @@ static int event_op(txmq_tx_t* tx, uint32_t i, int kind, txmq__ev_t ev,
   op->cb = cb;
   op->arg = arg;
   int rc = append_event(tx, i, ev, src, ver, who, on_event_op, op);
-  if (rc != 0) free(op);
+  if (rc != 0) txmq__pool_put(&tx->op_pool, op);
   return rc;
 }
 
@@ -1371,7 +1397,7 @@ int txmq_tx_end(txmq_tx_t* tx, const uint8_t* tx_id,
     decide_op_t* op = e->u.op;
     if (decision != TXMQ_TX_UNKNOWN && op->state != want) return TXMQ_ECONFLICT;
     if (cb == NULL) return 0;
-    waiter_t* w = calloc(1, sizeof *w);
+    waiter_t* w = txmq__pool_get(&tx->op_pool);
     if (w == NULL) return TXMQ_ENOMEM;
     w->cb = cb;
     w->arg = arg;
