@@ -2,7 +2,12 @@
  * msg.c - the message model of txmq/msg.h, its msgpack codec and the msg id
  * generator.
  *
- * A message owns copies of all its fields. The codec writes one msgpack map
+ * A message owns copies of all its fields. A copy (txmq_msg_clone) and a
+ * decoded message are one allocation: their fields live in room at the end
+ * of the block, so that making and freeing one costs a malloc and a free
+ * instead of one per field (messages are made several times per request).
+ * Fields set later are allocated alone; a field is freed only if it is not
+ * inside the block. The codec writes one msgpack map
  * and reads it back from untrusted bytes: every key's type and every limit
  * is checked, duplicate keys and trailing bytes are refused, and nothing the
  * input declares is allocated before the bytes are known to be there (see
@@ -41,7 +46,14 @@ struct txmq_msg_s {
   int64_t queue_offset;
   int32_t queue_id;
   uint8_t id[TXMQ_MSG_ID_LEN];
+  size_t props_cap; /* entries props has room for */
+  size_t blk;       /* bytes of the block that starts at the message */
+  char* room;       /* its part not used yet */
+  size_t room_len;
 };
+
+/* Where a message's room starts: aligned for the props array. */
+#define MSG_HEAD ((sizeof(struct txmq_msg_s) + 15) & ~(size_t)15)
 
 /* The top-level map has 10 known keys; unknown keys are allowed for forward
  * compatibility but bounded so that the duplicate check stays cheap. */
@@ -51,65 +63,95 @@ struct txmq_msg_s {
 #define MSG_MAX_ITEMS 4096
 #define MSG_MAX_DEPTH 8
 
-static char* dup_n(const char* s, size_t n) {
-  char* p = malloc(n + 1);
+/* A message with room bytes of room for its fields. */
+static txmq_msg_t* msg_alloc(size_t room) {
+  if (room > SIZE_MAX - MSG_HEAD) return NULL;
+  txmq_msg_t* m = malloc(MSG_HEAD + room);
+  if (m == NULL) return NULL;
+  memset(m, 0, sizeof *m);
+  m->queue_id = -1;
+  m->queue_offset = -1;
+  m->blk = MSG_HEAD + room;
+  m->room = (char*)m + MSG_HEAD;
+  m->room_len = room;
+  return m;
+}
+
+/* n bytes for a field: from the room if they fit, else malloc(). */
+static void* take(txmq_msg_t* m, size_t n) {
+  if (n <= m->room_len) {
+    void* p = m->room;
+    m->room += n;
+    m->room_len -= n;
+    return p;
+  }
+  return malloc(n);
+}
+
+/* Frees a field unless it lives in the message's block. */
+static void drop(const txmq_msg_t* m, void* p) {
+  uintptr_t b = (uintptr_t)m, q = (uintptr_t)p;
+  if (p != NULL && (q < b || q >= b + m->blk)) free(p);
+}
+
+static char* dup_n(txmq_msg_t* m, const char* s, size_t n) {
+  char* p = take(m, n + 1);
   if (p == NULL) return NULL;
   memcpy(p, s, n);
   p[n] = '\0';
   return p;
 }
 
-txmq_msg_t* txmq_msg_new(void) {
-  txmq_msg_t* m = calloc(1, sizeof *m);
-  if (m == NULL) return NULL;
-  m->queue_id = -1;
-  m->queue_offset = -1;
-  return m;
-}
+txmq_msg_t* txmq_msg_new(void) { return msg_alloc(0); }
 
 static void clear_props(txmq_msg_t* m) {
   for (size_t i = 0; i < m->nprops; i++) {
-    free(m->props[i].key);
-    free(m->props[i].value);
+    drop(m, m->props[i].key);
+    drop(m, m->props[i].value);
   }
-  free(m->props);
+  drop(m, m->props);
   m->props = NULL;
+  m->props_cap = 0;
   m->nprops = 0;
 }
 
 void txmq_msg_free(txmq_msg_t* m) {
   if (m == NULL) return;
-  free(m->topic);
-  free(m->tags);
-  free(m->keys);
-  free(m->body);
+  drop(m, m->topic);
+  drop(m, m->tags);
+  drop(m, m->keys);
+  drop(m, m->body);
   clear_props(m);
   free(m);
 }
 
+static size_t str_room(const char* s) { return s != NULL ? strlen(s) + 1 : 0; }
+
 txmq_msg_t* txmq_msg_clone(const txmq_msg_t* m) {
-  txmq_msg_t* c = txmq_msg_new();
+  size_t room = str_room(m->topic) + str_room(m->tags) + str_room(m->keys) +
+                m->body_len + m->nprops * sizeof(prop_t);
+  for (size_t i = 0; i < m->nprops; i++)
+    room += str_room(m->props[i].key) + str_room(m->props[i].value);
+  txmq_msg_t* c = msg_alloc(room);
   if (c == NULL) return NULL;
-  if ((m->topic && (c->topic = strdup(m->topic)) == NULL) ||
-      (m->tags && (c->tags = strdup(m->tags)) == NULL) ||
-      (m->keys && (c->keys = strdup(m->keys)) == NULL))
-    goto oom;
+  /* The props array first: the room starts aligned. */
+  if (m->nprops > 0) {
+    c->props = take(c, m->nprops * sizeof(prop_t));
+    c->props_cap = m->nprops;
+    for (size_t i = 0; i < m->nprops; i++) {
+      c->props[i].key = dup_n(c, m->props[i].key, strlen(m->props[i].key));
+      c->props[i].value =
+          dup_n(c, m->props[i].value, strlen(m->props[i].value));
+      c->nprops = i + 1;
+    }
+  }
+  if (m->topic) c->topic = dup_n(c, m->topic, strlen(m->topic));
+  if (m->tags) c->tags = dup_n(c, m->tags, strlen(m->tags));
+  if (m->keys) c->keys = dup_n(c, m->keys, strlen(m->keys));
   if (m->body_len > 0) {
-    if ((c->body = malloc(m->body_len)) == NULL) goto oom;
+    c->body = take(c, m->body_len);
     memcpy(c->body, m->body, m->body_len);
     c->body_len = m->body_len;
-  }
-  if (m->nprops > 0) {
-    /* Always sized for the maximum: properties are few and small, and a
-     * fixed capacity keeps prop_set free of reallocation failure paths. */
-    if ((c->props = calloc(TXMQ_MSG_MAX_PROPS, sizeof *c->props)) == NULL)
-      goto oom;
-    for (size_t i = 0; i < m->nprops; i++) {
-      c->props[i].key = strdup(m->props[i].key);
-      c->props[i].value = strdup(m->props[i].value);
-      c->nprops = i + 1;
-      if (c->props[i].key == NULL || c->props[i].value == NULL) goto oom;
-    }
   }
   c->born_ms = m->born_ms;
   c->store_ms = m->store_ms;
@@ -117,9 +159,6 @@ txmq_msg_t* txmq_msg_clone(const txmq_msg_t* m) {
   c->queue_offset = m->queue_offset;
   memcpy(c->id, m->id, sizeof c->id);
   return c;
-oom:
-  txmq_msg_free(c);
-  return NULL;
 }
 
 int txmq_name_valid(const char* name) {
@@ -135,18 +174,18 @@ int txmq_name_valid(const char* name) {
   return 1;
 }
 
-/* Replaces *slot with a copy of s (NULL clears). */
-static int set_str(char** slot, const char* s, size_t max) {
+/* Replaces *slot (a field of m) with a copy of s (NULL clears). */
+static int set_str(txmq_msg_t* m, char** slot, const char* s, size_t max) {
   if (s == NULL) {
-    free(*slot);
+    drop(m, *slot);
     *slot = NULL;
     return 0;
   }
   size_t n = strnlen(s, max + 1);
   if (n > max) return TXMQ_ETOOBIG;
-  char* c = dup_n(s, n);
+  char* c = dup_n(m, s, n);
   if (c == NULL) return TXMQ_ENOMEM;
-  free(*slot);
+  drop(m, *slot);
   *slot = c;
   return 0;
 }
@@ -154,17 +193,17 @@ static int set_str(char** slot, const char* s, size_t max) {
 int txmq_msg_set_topic(txmq_msg_t* m, const char* topic) {
   if (m == NULL || topic == NULL) return TXMQ_EINVAL;
   if (!txmq_name_valid(topic)) return TXMQ_EBADNAME;
-  return set_str(&m->topic, topic, TXMQ_NAME_MAX);
+  return set_str(m, &m->topic, topic, TXMQ_NAME_MAX);
 }
 
 int txmq_msg_set_tags(txmq_msg_t* m, const char* tags) {
   if (m == NULL) return TXMQ_EINVAL;
-  return set_str(&m->tags, tags, TXMQ_MSG_MAX_FIELD);
+  return set_str(m, &m->tags, tags, TXMQ_MSG_MAX_FIELD);
 }
 
 int txmq_msg_set_keys(txmq_msg_t* m, const char* keys) {
   if (m == NULL) return TXMQ_EINVAL;
-  return set_str(&m->keys, keys, TXMQ_MSG_MAX_FIELD);
+  return set_str(m, &m->keys, keys, TXMQ_MSG_MAX_FIELD);
 }
 
 int txmq_msg_set_body(txmq_msg_t* m, const void* body, size_t len) {
@@ -174,10 +213,10 @@ int txmq_msg_set_body(txmq_msg_t* m, const void* body, size_t len) {
   /* An empty body and no body are the same thing: the encoding leaves both
    * out, so keeping them apart here would not survive a round trip. */
   if (len > 0) {
-    if ((c = malloc(len)) == NULL) return TXMQ_ENOMEM;
+    if ((c = take(m, len)) == NULL) return TXMQ_ENOMEM;
     memcpy(c, body, len);
   }
-  free(m->body);
+  drop(m, m->body);
   m->body = c;
   m->body_len = len;
   return 0;
@@ -200,8 +239,8 @@ static int prop_set_n(txmq_msg_t* m, const char* key, size_t klen,
   if (value == NULL) {
     if (p != NULL) {
       size_t i = (size_t)(p - m->props);
-      free(p->key);
-      free(p->value);
+      drop(m, p->key);
+      drop(m, p->value);
       memmove(p, p + 1, (m->nprops - i - 1) * sizeof *p);
       m->nprops--;
     }
@@ -209,21 +248,28 @@ static int prop_set_n(txmq_msg_t* m, const char* key, size_t klen,
   }
   if (vlen > TXMQ_MSG_MAX_FIELD) return TXMQ_ETOOBIG;
   if (p == NULL && m->nprops >= TXMQ_MSG_MAX_PROPS) return TXMQ_ETOOBIG;
-  char* v = dup_n(value, vlen);
+  char* v = dup_n(m, value, vlen);
   if (v == NULL) return TXMQ_ENOMEM;
   if (p != NULL) {
-    free(p->value);
+    drop(m, p->value);
     p->value = v;
     return 0;
   }
-  if (m->props == NULL &&
-      (m->props = calloc(TXMQ_MSG_MAX_PROPS, sizeof *m->props)) == NULL) {
-    free(v);
-    return TXMQ_ENOMEM;
+  if (m->nprops == m->props_cap) {
+    /* Grown once to the maximum: properties are few and small. */
+    prop_t* a = calloc(TXMQ_MSG_MAX_PROPS, sizeof *a);
+    if (a == NULL) {
+      drop(m, v);
+      return TXMQ_ENOMEM;
+    }
+    if (m->nprops > 0) memcpy(a, m->props, m->nprops * sizeof *a);
+    drop(m, m->props);
+    m->props = a;
+    m->props_cap = TXMQ_MSG_MAX_PROPS;
   }
-  char* k = dup_n(key, klen);
+  char* k = dup_n(m, key, klen);
   if (k == NULL) {
-    free(v);
+    drop(m, v);
     return TXMQ_ENOMEM;
   }
   m->props[m->nprops].key = k;
@@ -421,14 +467,15 @@ static int get_int(const msgpack_object* o, int64_t min, int64_t max,
   return *v < min || *v > max ? TXMQ_EPROTO : 0;
 }
 
-static int str_field(char** slot, const msgpack_object* o, size_t max) {
+static int str_field(txmq_msg_t* m, char** slot, const msgpack_object* o,
+                     size_t max) {
   const char* p;
   size_t n;
   int rc = get_str(o, max, &p, &n);
   if (rc != 0) return rc;
-  char* c = dup_n(p, n);
+  char* c = dup_n(m, p, n);
   if (c == NULL) return TXMQ_ENOMEM;
-  free(*slot);
+  drop(m, *slot);
   *slot = c;
   return 0;
 }
@@ -436,6 +483,17 @@ static int str_field(char** slot, const msgpack_object* o, size_t max) {
 static int decode_props(txmq_msg_t* m, const msgpack_object* o) {
   if (o->type != MSGPACK_OBJECT_MAP) return TXMQ_EPROTO;
   if (o->via.map.size > TXMQ_MSG_MAX_PROPS) return TXMQ_EPROTO;
+  if (o->via.map.size > 0 && m->props == NULL) {
+    /* The array, aligned, from the room decoded_room kept for it. */
+    size_t pad = (size_t)(-(uintptr_t)m->room) & (sizeof(prop_t) - 1);
+    size_t need = pad + o->via.map.size * sizeof(prop_t);
+    if (need <= m->room_len) {
+      m->props = (prop_t*)(void*)(m->room + pad);
+      m->room += need;
+      m->room_len -= need;
+      m->props_cap = o->via.map.size;
+    }
+  }
   for (uint32_t i = 0; i < o->via.map.size; i++) {
     const msgpack_object_kv* kv = &o->via.map.ptr[i];
     const char *k, *v;
@@ -461,10 +519,10 @@ static int decode_field(txmq_msg_t* m, const msgpack_object_str* k,
     const char* p;
     size_t len;
     if (get_str(v, TXMQ_NAME_MAX, &p, &len) != 0) return TXMQ_EPROTO;
-    char* t = dup_n(p, len);
+    char* t = dup_n(m, p, len);
     if (t == NULL) return TXMQ_ENOMEM;
     if (!txmq_name_valid(t)) {
-      free(t);
+      drop(m, t);
       return TXMQ_EPROTO;
     }
     m->topic = t;
@@ -475,9 +533,9 @@ static int decode_field(txmq_msg_t* m, const msgpack_object_str* k,
     if (get_int(v, -1, INT64_MAX, &n) != 0) return TXMQ_EPROTO;
     m->queue_offset = n;
   } else if (key_is(k, "tags")) {
-    return str_field(&m->tags, v, TXMQ_MSG_MAX_FIELD);
+    return str_field(m, &m->tags, v, TXMQ_MSG_MAX_FIELD);
   } else if (key_is(k, "keys")) {
-    return str_field(&m->keys, v, TXMQ_MSG_MAX_FIELD);
+    return str_field(m, &m->keys, v, TXMQ_MSG_MAX_FIELD);
   } else if (key_is(k, "props")) {
     return decode_props(m, v);
   } else if (key_is(k, "body")) {
@@ -507,6 +565,35 @@ static int decode_field(txmq_msg_t* m, const msgpack_object_str* k,
   return 0;
 }
 
+static size_t str_obj_room(const msgpack_object* o) {
+  return o->type == MSGPACK_OBJECT_STR ? (size_t)o->via.str.size + 1 : 0;
+}
+
+/* The room the fields of a message map take once decoded (an upper bound
+ * for what does not decode: decoding then fails anyway). The props array
+ * comes first: the fields are decoded in the map's order, so room for
+ * aligning it is added. */
+static size_t decoded_room(const msgpack_object_map* map) {
+  size_t room = 0;
+  for (uint32_t i = 0; i < map->size; i++) {
+    const msgpack_object_str* k = &map->ptr[i].key.via.str;
+    const msgpack_object* v = &map->ptr[i].val;
+    if (key_is(k, "topic") || key_is(k, "tags") || key_is(k, "keys")) {
+      room += str_obj_room(v);
+    } else if (key_is(k, "body")) {
+      if (v->type == MSGPACK_OBJECT_BIN) room += v->via.bin.size;
+      else if (v->type == MSGPACK_OBJECT_STR) room += v->via.str.size;
+    } else if (key_is(k, "props") && v->type == MSGPACK_OBJECT_MAP &&
+               v->via.map.size <= TXMQ_MSG_MAX_PROPS) {
+      room += sizeof(prop_t) - 1 + v->via.map.size * sizeof(prop_t);
+      for (uint32_t j = 0; j < v->via.map.size; j++)
+        room += str_obj_room(&v->via.map.ptr[j].key) +
+                str_obj_room(&v->via.map.ptr[j].val);
+    }
+  }
+  return room;
+}
+
 int txmq__msg_from_object(const msgpack_object* o, txmq_msg_t** out) {
   if (o == NULL || out == NULL) return TXMQ_EINVAL;
   if (o->type != MSGPACK_OBJECT_MAP) return TXMQ_EPROTO;
@@ -523,7 +610,7 @@ int txmq__msg_from_object(const msgpack_object* o, txmq_msg_t** out) {
         return TXMQ_EPROTO;
     }
   }
-  txmq_msg_t* m = txmq_msg_new();
+  txmq_msg_t* m = msg_alloc(decoded_room(map));
   if (m == NULL) return TXMQ_ENOMEM;
   int rc = 0;
   for (uint32_t i = 0; i < map->size && rc == 0; i++)
