@@ -467,13 +467,22 @@ static int get_int(const msgpack_object* o, int64_t min, int64_t max,
   return *v < min || *v > max ? TXMQ_EPROTO : 0;
 }
 
+/* Fields a map object gives, as decode_field() finds them: the routing
+ * fields are noted here whether or not a message is being built. */
+typedef struct {
+  int have_topic;
+  int32_t queue_id;
+  const char* tags; /* into the object, not terminated; NULL if none */
+  size_t tags_len;
+} peek_t;
+
+/* A string field: checked, then copied into *slot when there is a message
+ * to build (slot non-NULL). */
 static int str_field(txmq_msg_t* m, char** slot, const msgpack_object* o,
-                     size_t max) {
-  const char* p;
-  size_t n;
-  int rc = get_str(o, max, &p, &n);
-  if (rc != 0) return rc;
-  char* c = dup_n(m, p, n);
+                     size_t max, const char** p, size_t* n) {
+  int rc = get_str(o, max, p, n);
+  if (rc != 0 || slot == NULL) return rc;
+  char* c = dup_n(m, *p, *n);
   if (c == NULL) return TXMQ_ENOMEM;
   drop(m, *slot);
   *slot = c;
@@ -483,7 +492,7 @@ static int str_field(txmq_msg_t* m, char** slot, const msgpack_object* o,
 static int decode_props(txmq_msg_t* m, const msgpack_object* o) {
   if (o->type != MSGPACK_OBJECT_MAP) return TXMQ_EPROTO;
   if (o->via.map.size > TXMQ_MSG_MAX_PROPS) return TXMQ_EPROTO;
-  if (o->via.map.size > 0 && m->props == NULL) {
+  if (m != NULL && o->via.map.size > 0 && m->props == NULL) {
     /* The array, aligned, from the room decoded_room kept for it. */
     size_t pad = (size_t)(-(uintptr_t)m->room) & (sizeof(prop_t) - 1);
     size_t need = pad + o->via.map.size * sizeof(prop_t);
@@ -501,6 +510,15 @@ static int decode_props(txmq_msg_t* m, const msgpack_object* o) {
     if (get_str(&kv->key, TXMQ_MSG_MAX_FIELD, &k, &kn) != 0 || kn == 0 ||
         get_str(&kv->val, TXMQ_MSG_MAX_FIELD, &v, &vn) != 0)
       return TXMQ_EPROTO;
+    if (m == NULL) {
+      /* Only checking: the duplicate test find_prop() makes on a built
+       * message, made on the keys before this one. */
+      for (uint32_t j = 0; j < i; j++) {
+        const msgpack_object_str* o2 = &o->via.map.ptr[j].key.via.str;
+        if (o2->size == kn && memcmp(o2->ptr, k, kn) == 0) return TXMQ_EPROTO;
+      }
+      continue;
+    }
     if (find_prop(m, k, kn) != NULL) return TXMQ_EPROTO; /* duplicate */
     int rc = prop_set_n(m, k, kn, v, vn);
     if (rc != 0) return rc == TXMQ_ENOMEM ? rc : TXMQ_EPROTO;
@@ -508,41 +526,47 @@ static int decode_props(txmq_msg_t* m, const msgpack_object* o) {
   return 0;
 }
 
-static int decode_field(txmq_msg_t* m, const msgpack_object_str* k,
+/* Checks one field and, when m is not NULL, stores it in m. Checking and
+ * building are one function so that a message txmq__msg_peek_object()
+ * accepts is exactly one txmq__msg_from_object() builds. */
+static int decode_field(txmq_msg_t* m, peek_t* pk, const msgpack_object_str* k,
                         const msgpack_object* v) {
   int64_t n;
+  const char* p;
+  size_t len;
   if (key_is(k, "id")) {
     if (v->type != MSGPACK_OBJECT_BIN || v->via.bin.size != TXMQ_MSG_ID_LEN)
       return TXMQ_EPROTO;
-    memcpy(m->id, v->via.bin.ptr, TXMQ_MSG_ID_LEN);
+    if (m != NULL) memcpy(m->id, v->via.bin.ptr, TXMQ_MSG_ID_LEN);
   } else if (key_is(k, "topic")) {
-    const char* p;
-    size_t len;
+    char t[TXMQ_NAME_MAX + 1];
     if (get_str(v, TXMQ_NAME_MAX, &p, &len) != 0) return TXMQ_EPROTO;
-    char* t = dup_n(m, p, len);
-    if (t == NULL) return TXMQ_ENOMEM;
-    if (!txmq_name_valid(t)) {
-      drop(m, t);
-      return TXMQ_EPROTO;
-    }
-    m->topic = t;
+    memcpy(t, p, len);
+    t[len] = '\0';
+    if (!txmq_name_valid(t)) return TXMQ_EPROTO;
+    if (m != NULL && (m->topic = dup_n(m, p, len)) == NULL) return TXMQ_ENOMEM;
+    pk->have_topic = 1;
   } else if (key_is(k, "qid")) {
     if (get_int(v, -1, INT32_MAX, &n) != 0) return TXMQ_EPROTO;
-    m->queue_id = (int32_t)n;
+    pk->queue_id = (int32_t)n;
+    if (m != NULL) m->queue_id = (int32_t)n;
   } else if (key_is(k, "qoff")) {
     if (get_int(v, -1, INT64_MAX, &n) != 0) return TXMQ_EPROTO;
-    m->queue_offset = n;
+    if (m != NULL) m->queue_offset = n;
   } else if (key_is(k, "tags")) {
-    return str_field(m, &m->tags, v, TXMQ_MSG_MAX_FIELD);
+    int rc = str_field(m, m ? &m->tags : NULL, v, TXMQ_MSG_MAX_FIELD, &p, &len);
+    if (rc == 0) {
+      pk->tags = p;
+      pk->tags_len = len;
+    }
+    return rc;
   } else if (key_is(k, "keys")) {
-    return str_field(m, &m->keys, v, TXMQ_MSG_MAX_FIELD);
+    return str_field(m, m ? &m->keys : NULL, v, TXMQ_MSG_MAX_FIELD, &p, &len);
   } else if (key_is(k, "props")) {
     return decode_props(m, v);
   } else if (key_is(k, "body")) {
     /* bin is what txmq writes; str is accepted too because many msgpack
      * libraries encode byte strings as str by default. */
-    const char* p;
-    uint32_t len;
     if (v->type == MSGPACK_OBJECT_BIN) {
       p = v->via.bin.ptr;
       len = v->via.bin.size;
@@ -553,16 +577,43 @@ static int decode_field(txmq_msg_t* m, const msgpack_object_str* k,
       return TXMQ_EPROTO;
     }
     if (len > TXMQ_MSG_MAX_BODY) return TXMQ_EPROTO;
-    return txmq_msg_set_body(m, p, len);
+    return m != NULL ? txmq_msg_set_body(m, p, len) : 0;
   } else if (key_is(k, "born")) {
     if (get_int(v, INT64_MIN, INT64_MAX, &n) != 0) return TXMQ_EPROTO;
-    m->born_ms = n;
+    if (m != NULL) m->born_ms = n;
   } else if (key_is(k, "stored")) {
     if (get_int(v, 0, INT64_MAX, &n) != 0) return TXMQ_EPROTO;
-    m->store_ms = n;
+    if (m != NULL) m->store_ms = n;
   }
   /* Unknown keys are ignored (forward compatibility). */
   return 0;
+}
+
+/* Every check of a message map; builds it into m unless m is NULL. */
+static int decode_object(const msgpack_object* o, txmq_msg_t* m, peek_t* pk) {
+  pk->have_topic = 0;
+  pk->queue_id = -1;
+  pk->tags = NULL;
+  pk->tags_len = 0;
+  if (o->type != MSGPACK_OBJECT_MAP) return TXMQ_EPROTO;
+  const msgpack_object_map* map = &o->via.map;
+  if (map->size > MSG_MAX_KEYS) return TXMQ_EPROTO;
+  for (uint32_t i = 0; i < map->size; i++) {
+    if (map->ptr[i].key.type != MSGPACK_OBJECT_STR) return TXMQ_EPROTO;
+    /* Duplicate keys: a reader that kept the first and one that kept the
+     * last would see different messages, so neither is allowed. */
+    for (uint32_t j = 0; j < i; j++) {
+      const msgpack_object_str* a = &map->ptr[i].key.via.str;
+      const msgpack_object_str* b = &map->ptr[j].key.via.str;
+      if (a->size == b->size && memcmp(a->ptr, b->ptr, a->size) == 0)
+        return TXMQ_EPROTO;
+    }
+  }
+  int rc = 0;
+  for (uint32_t i = 0; i < map->size && rc == 0; i++)
+    rc = decode_field(m, pk, &map->ptr[i].key.via.str, &map->ptr[i].val);
+  if (rc == 0 && !pk->have_topic) rc = TXMQ_EPROTO;
+  return rc == 0 || rc == TXMQ_ENOMEM ? rc : TXMQ_EPROTO;
 }
 
 static size_t str_obj_room(const msgpack_object* o) {
@@ -571,11 +622,11 @@ static size_t str_obj_room(const msgpack_object* o) {
 
 /* The room the fields of a message map take once decoded (an upper bound
  * for what does not decode: decoding then fails anyway). The props array
- * comes first: the fields are decoded in the map's order, so room for
- * aligning it is added. */
+ * may come after strings, so room for aligning it is added. */
 static size_t decoded_room(const msgpack_object_map* map) {
   size_t room = 0;
   for (uint32_t i = 0; i < map->size; i++) {
+    if (map->ptr[i].key.type != MSGPACK_OBJECT_STR) continue;
     const msgpack_object_str* k = &map->ptr[i].key.via.str;
     const msgpack_object* v = &map->ptr[i].val;
     if (key_is(k, "topic") || key_is(k, "tags") || key_is(k, "keys")) {
@@ -596,31 +647,31 @@ static size_t decoded_room(const msgpack_object_map* map) {
 
 int txmq__msg_from_object(const msgpack_object* o, txmq_msg_t** out) {
   if (o == NULL || out == NULL) return TXMQ_EINVAL;
-  if (o->type != MSGPACK_OBJECT_MAP) return TXMQ_EPROTO;
-  const msgpack_object_map* map = &o->via.map;
-  if (map->size > MSG_MAX_KEYS) return TXMQ_EPROTO;
-  for (uint32_t i = 0; i < map->size; i++) {
-    if (map->ptr[i].key.type != MSGPACK_OBJECT_STR) return TXMQ_EPROTO;
-    /* Duplicate keys: a reader that kept the first and one that kept the
-     * last would see different messages, so neither is allowed. */
-    for (uint32_t j = 0; j < i; j++) {
-      const msgpack_object_str* a = &map->ptr[i].key.via.str;
-      const msgpack_object_str* b = &map->ptr[j].key.via.str;
-      if (a->size == b->size && memcmp(a->ptr, b->ptr, a->size) == 0)
-        return TXMQ_EPROTO;
-    }
-  }
-  txmq_msg_t* m = msg_alloc(decoded_room(map));
+  /* The checks that need no message first: a bad map costs no
+   * allocation. */
+  if (o->type != MSGPACK_OBJECT_MAP || o->via.map.size > MSG_MAX_KEYS)
+    return TXMQ_EPROTO;
+  txmq_msg_t* m = msg_alloc(decoded_room(&o->via.map));
   if (m == NULL) return TXMQ_ENOMEM;
-  int rc = 0;
-  for (uint32_t i = 0; i < map->size && rc == 0; i++)
-    rc = decode_field(m, &map->ptr[i].key.via.str, &map->ptr[i].val);
-  if (rc == 0 && m->topic == NULL) rc = TXMQ_EPROTO;
+  peek_t pk;
+  int rc = decode_object(o, m, &pk);
   if (rc != 0) {
     txmq_msg_free(m);
-    return rc == TXMQ_ENOMEM ? rc : TXMQ_EPROTO;
+    return rc;
   }
   *out = m;
+  return 0;
+}
+
+int txmq__msg_peek_object(const msgpack_object* o, int32_t* queue_id,
+                          const char** tags, size_t* tags_len) {
+  if (o == NULL) return TXMQ_EINVAL;
+  peek_t pk;
+  int rc = decode_object(o, NULL, &pk);
+  if (rc != 0) return rc;
+  if (queue_id != NULL) *queue_id = pk.queue_id;
+  if (tags != NULL) *tags = pk.tags;
+  if (tags_len != NULL) *tags_len = pk.tags_len;
   return 0;
 }
 

@@ -68,6 +68,12 @@ int txmq__msg_pack(msgpack_packer* pk, const txmq_msg_t* m);
 /* Builds a new message from a map object, with every check of
  * txmq_msg_decode(). 0, TXMQ_EPROTO or TXMQ_ENOMEM. */
 int txmq__msg_from_object(const msgpack_object* o, txmq_msg_t** out);
+/* The same checks without building the message: 0 if txmq__msg_from_object
+ * would build one from o, and then its queue id (-1 if none) and its tags
+ * (pointing into o, not terminated; NULL if none), else TXMQ_EPROTO. Any
+ * of the out pointers may be NULL. Allocates nothing. */
+int txmq__msg_peek_object(const msgpack_object* o, int32_t* queue_id,
+                          const char** tags, size_t* tags_len);
 
 /* ---- msg ids ----
  *

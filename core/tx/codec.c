@@ -204,6 +204,12 @@ int txmq__half_msg(const txmq__half_t* h, uint32_t i, txmq_msg_t** out) {
   return txmq__msg_from_object(&h->msgs->ptr[i], out);
 }
 
+int txmq__half_msg_peek(const txmq__half_t* h, uint32_t i, int32_t* queue_id,
+                        const char** tags, size_t* tags_len) {
+  if (i >= h->msgs->size) return TXMQ_EPROTO;
+  return txmq__msg_peek_object(&h->msgs->ptr[i], queue_id, tags, tags_len);
+}
+
 int txmq__half_topic(const txmq__half_t* h, uint32_t i, const char** s,
                      uint32_t* len) {
   if (i >= h->msgs->size) return TXMQ_EPROTO;

@@ -876,16 +876,17 @@ static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   e->pub_qid = -1;
   /* Only a message that decodes may take the short way at COMMIT: one that
    * does not is never published (see publish_all). */
-  txmq_msg_t* m1 = NULL;
-  if (h.msgs->size == 1 && txmq__half_msg(&h, 0, &m1) == 0) {
-    const char* tags = txmq_msg_tags(m1);
-    int32_t q = txmq_msg_queue_id(m1);
-    if (q >= 0 && q < TXMQ_STORE_MAX_QUEUES) {
-      e->pub_qid = (int16_t)q;
-      e->pub_tags_hash = tags ? txmq__tags_hash(tags, strlen(tags)) : 0;
-    }
+  /* It is checked without being built: a million recovered transactions
+   * would otherwise each allocate and free a message and its body. */
+  int32_t q;
+  const char* tags;
+  size_t tags_len;
+  if (h.msgs->size == 1 &&
+      txmq__half_msg_peek(&h, 0, &q, &tags, &tags_len) == 0 && q >= 0 &&
+      q < TXMQ_STORE_MAX_QUEUES) {
+    e->pub_qid = (int16_t)q;
+    e->pub_tags_hash = tags ? txmq__tags_hash(tags, tags_len) : 0;
   }
-  txmq_msg_free(m1);
   e->born_wall = h.at;
   if (!tx->replay_skew_set) {
     tx->replay_skew = sat_sub((int64_t)mono_now(tx), wall_now(tx));

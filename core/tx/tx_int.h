@@ -224,6 +224,11 @@ int txmq__half_decode_in(const void* data, size_t len, msgpack_zone* z,
 void txmq__half_done(txmq__half_t* h);
 /* Message i of a decoded half record as a new message. */
 int txmq__half_msg(const txmq__half_t* h, uint32_t i, txmq_msg_t** out);
+/* Whether message i would decode (txmq__half_msg), and then its queue id
+ * and tags (into the record, not terminated; NULL if none), without
+ * building it. 0 or TXMQ_EPROTO. */
+int txmq__half_msg_peek(const txmq__half_t* h, uint32_t i, int32_t* queue_id,
+                        const char** tags, size_t* tags_len);
 /* The topic of message i without decoding the rest. 0 or TXMQ_EPROTO. */
 int txmq__half_topic(const txmq__half_t* h, uint32_t i, const char** s,
                      uint32_t* len);

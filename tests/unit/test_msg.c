@@ -666,6 +666,103 @@ static void decode_random_mutations_never_crash(void** state) {
   txmq_msg_free(m);
 }
 
+/* txmq__msg_peek_object() accepts exactly what txmq__msg_from_object()
+ * builds, and gives the same queue id and tags: checked on random
+ * mutations of a small message (small body, so that most flips hit the
+ * structure, keys, names and properties) and on a few chosen maps. */
+static void peek_object_agrees_with_from_object(void** state) {
+  (void)state;
+  txmq_msg_t* m = txmq_msg_new();
+  assert_int_equal(txmq_msg_set_topic(m, "orders"), 0);
+  assert_int_equal(txmq_msg_set_tags(m, "TagA"), 0);
+  assert_int_equal(txmq_msg_set_keys(m, "k1"), 0);
+  assert_int_equal(txmq_msg_set_body(m, "body", 4), 0);
+  assert_int_equal(txmq_msg_prop_set(m, "a", "1"), 0);
+  assert_int_equal(txmq_msg_prop_set(m, "b", "2"), 0);
+  txmq_msg_set_queue_id(m, 3);
+  void* buf;
+  size_t len;
+  assert_int_equal(txmq_msg_encode(m, &buf, &len), 0);
+  txmq_msg_free(m);
+  uint8_t* p = malloc(len);
+  uint32_t x = 88172645u;
+  int ok = 0, bad = 0;
+  for (int iter = 0; iter < 20000; iter++) {
+    memcpy(p, buf, len);
+    int flips = iter == 0 ? 0 : 1 + (int)(x % 3);
+    for (int f = 0; f < flips; f++) {
+      x ^= x << 13;
+      x ^= x >> 17;
+      x ^= x << 5;
+      p[x % len] = (uint8_t)(x >> 8);
+    }
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    if (txmq__mp_unpack(p, len, 8, 4096, &u) != 0) {
+      msgpack_unpacked_destroy(&u);
+      continue;
+    }
+    txmq_msg_t* built = NULL;
+    int rc1 = txmq__msg_from_object(&u.data, &built);
+    int32_t q = -7;
+    const char* tags = NULL;
+    size_t tlen = 0;
+    int rc2 = txmq__msg_peek_object(&u.data, &q, &tags, &tlen);
+    if (rc1 != rc2)
+      fail_msg("iteration %d: from_object %s, peek %s", iter,
+               txmq_err_name(rc1), txmq_err_name(rc2));
+    if (rc1 == 0) {
+      ok++;
+      assert_int_equal(q, txmq_msg_queue_id(built));
+      const char* bt = txmq_msg_tags(built);
+      if (bt == NULL) {
+        assert_null(tags);
+      } else {
+        assert_non_null(tags);
+        assert_int_equal(tlen, strlen(bt));
+        assert_memory_equal(tags, bt, tlen);
+      }
+      txmq_msg_free(built);
+    } else {
+      assert_int_equal(rc1, TXMQ_EPROTO);
+      bad++;
+    }
+    msgpack_unpacked_destroy(&u);
+  }
+  assert_true(ok > 0);
+  assert_true(bad > 0);
+  free(p);
+  free(buf);
+
+  /* Chosen maps: duplicate property keys, no topic, a bad topic name, no
+   * qid (queue id -1) and no tags. */
+  static const char* const cases[] = {
+      "\x82\xa5topic\xa1t\xa5props\x82\xa1k\xa1v\xa1k\xa1w",
+      "\x81\xa4tags\xa1x",
+      "\x81\xa5topic\xa2.t",
+      "\x81\xa5topic\xa1t",
+  };
+  static const int expect[] = {TXMQ_EPROTO, TXMQ_EPROTO, TXMQ_EPROTO, 0};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(
+        txmq__mp_unpack(cases[i], strlen(cases[i]), 8, 4096, &u), 0);
+    txmq_msg_t* built = NULL;
+    int32_t q = -7;
+    const char* tags = "x";
+    assert_int_equal(txmq__msg_from_object(&u.data, &built), expect[i]);
+    assert_int_equal(txmq__msg_peek_object(&u.data, &q, &tags, NULL),
+                     expect[i]);
+    if (expect[i] == 0) {
+      assert_int_equal(q, -1);
+      assert_null(tags);
+      txmq_msg_free(built);
+    }
+    msgpack_unpacked_destroy(&u);
+  }
+}
+
 static void ids_strictly_increase_and_are_unique(void** state) {
   (void)state;
   txmq__idgen_t g, h;
@@ -741,6 +838,7 @@ int main(void) {
       cmocka_unit_test(decode_duplicate_and_odd_keys),
       cmocka_unit_test(decode_huge_declared_lengths),
       cmocka_unit_test(decode_random_mutations_never_crash),
+      cmocka_unit_test(peek_object_agrees_with_from_object),
       cmocka_unit_test(ids_strictly_increase_and_are_unique),
       cmocka_unit_test(mp_check_limits),
   };
