@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/mpwrite.h"
 #include "net/net_int.h"
 #include "store/store_int.h"
 #include "txmq/error.h"
@@ -35,7 +36,7 @@ static int wb_write(void* data, const char* buf, size_t len) {
     w->p = p;
     w->cap = cap;
   }
-  memcpy(w->p + w->len, buf, len);
+  txmq__mp_copy(w->p + w->len, buf, len);
   w->len += len;
   return 0;
 }

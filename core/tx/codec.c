@@ -11,6 +11,7 @@
  */
 #include <string.h>
 
+#include "common/mpwrite.h"
 #include "store/store_int.h"
 #include "txmq/error.h"
 #include "tx/tx_int.h"
@@ -36,7 +37,7 @@ int txmq__half_encode(msgpack_sbuffer* sb, const uint8_t* id,
                       int64_t immunity_ms, int64_t at,
                       txmq_msg_t* const* msgs, size_t n) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+  msgpack_packer_init(&pk, sb, txmq__sbuf_write);
   int r = msgpack_pack_map(&pk, producer ? 6 : 5);
   r |= pack_key(&pk, "tx");
   r |= msgpack_pack_bin(&pk, TXMQ_TX_ID_LEN);
@@ -229,7 +230,7 @@ int txmq__half_topic(const txmq__half_t* h, uint32_t i, const char** s,
 
 int txmq__event_encode(msgpack_sbuffer* sb, const txmq__event_t* ev) {
   msgpack_packer pk;
-  msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+  msgpack_packer_init(&pk, sb, txmq__sbuf_write);
   uint32_t n = 6 + (ev->ver != NULL) + (ev->who != NULL);
   int r = msgpack_pack_map(&pk, n);
   r |= pack_key(&pk, "tx");
