@@ -675,11 +675,10 @@ static void set_field(lua_State* L, int keys, int k) {
   lua_rawset(L, -3);
 }
 
-static int set_str(lua_State* L, int keys, int k, const char* v) {
-  if (v == NULL) return 0;
+static void set_str(lua_State* L, int keys, int k, const char* v) {
+  if (v == NULL) return;
   lua_pushlstring(L, v, strlen(v));
   set_field(L, keys, k);
-  return 1;
 }
 
 static void set_int(lua_State* L, int keys, int k, int64_t v) {

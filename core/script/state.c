@@ -638,6 +638,11 @@ int txmq__lstate_new(const txmq__lstate_conf_t* conf, txmq__lstate_t** out,
   lua_settop(L, 0);
   if (rc != 0) goto fail;
   lua_gc(L, LUA_GCCOLLECT);
+  /* Every call leaves a message table and its strings behind; a cycle
+   * starts when the heap has grown to 4x what was live after the last one
+   * (Lua's default: 2x), which halves the marking work per call. The
+   * memory limit still holds: an allocation the allocator refuses makes
+   * Lua collect in full and try again before it fails. */
   lua_gc(L, LUA_GCINC, 400, 0, 0);
   *out = S;
   return 0;
