@@ -24,6 +24,7 @@
 
 #include <msgpack.h>
 
+#include "common/mpwrite.h"
 #include "txmq/error.h"
 #include "txmq/msg.h"
 #include "store/store_int.h"
@@ -371,67 +372,66 @@ void txmq__msg_set_queue_offset(txmq_msg_t* m, int64_t offset) {
 
 /* ---- encoding ---- */
 
-static int pack_key(msgpack_packer* pk, const char* k) {
-  size_t n = strlen(k);
-  return msgpack_pack_str(pk, n) || msgpack_pack_str_body(pk, k, n);
-}
-
-static int pack_str(msgpack_packer* pk, const char* k, const char* v) {
-  size_t n = strlen(v);
-  return pack_key(pk, k) || msgpack_pack_str(pk, n) ||
-         msgpack_pack_str_body(pk, v, n);
-}
-
 static int id_is_zero(const uint8_t* id) {
   for (int i = 0; i < TXMQ_MSG_ID_LEN; i++)
     if (id[i]) return 0;
   return 1;
 }
 
-int txmq__msg_pack(msgpack_packer* pk, const txmq_msg_t* m) {
+static int put_str(msgpack_sbuffer* sb, const char* k, const char* v) {
+  return txmq__mpw_cstr(sb, k) || txmq__mpw_cstr(sb, v);
+}
+
+int txmq__msg_write(msgpack_sbuffer* sb, const txmq_msg_t* m) {
   if (m == NULL || m->topic == NULL) return TXMQ_EINVAL;
   int has_id = !id_is_zero(m->id);
   size_t n = 1 + (size_t)has_id + (m->queue_id >= 0) + (m->queue_offset >= 0) +
              (m->tags != NULL) + (m->keys != NULL) + (m->nprops > 0) +
              (m->body_len > 0) + (m->born_ms != 0) + (m->store_ms != 0);
-  int e = msgpack_pack_map(pk, n);
+  int e = txmq__mpw_map(sb, (uint32_t)n);
   if (has_id)
-    e = e || pack_key(pk, "id") || msgpack_pack_bin(pk, TXMQ_MSG_ID_LEN) ||
-        msgpack_pack_bin_body(pk, m->id, TXMQ_MSG_ID_LEN);
-  e = e || pack_str(pk, "topic", m->topic);
+    e = e || txmq__mpw_cstr(sb, "id") ||
+        txmq__mpw_bin(sb, m->id, TXMQ_MSG_ID_LEN);
+  e = e || put_str(sb, "topic", m->topic);
   if (m->queue_id >= 0)
-    e = e || pack_key(pk, "qid") || msgpack_pack_int32(pk, m->queue_id);
+    e = e || txmq__mpw_cstr(sb, "qid") || txmq__mpw_int(sb, m->queue_id);
   if (m->queue_offset >= 0)
-    e = e || pack_key(pk, "qoff") || msgpack_pack_int64(pk, m->queue_offset);
-  if (m->tags != NULL) e = e || pack_str(pk, "tags", m->tags);
-  if (m->keys != NULL) e = e || pack_str(pk, "keys", m->keys);
+    e = e || txmq__mpw_cstr(sb, "qoff") || txmq__mpw_int(sb, m->queue_offset);
+  if (m->tags != NULL) e = e || put_str(sb, "tags", m->tags);
+  if (m->keys != NULL) e = e || put_str(sb, "keys", m->keys);
   if (m->nprops > 0) {
-    e = e || pack_key(pk, "props") || msgpack_pack_map(pk, m->nprops);
-    for (size_t i = 0; i < m->nprops && !e; i++) {
-      size_t kl = strlen(m->props[i].key), vl = strlen(m->props[i].value);
-      e = msgpack_pack_str(pk, kl) ||
-          msgpack_pack_str_body(pk, m->props[i].key, kl) ||
-          msgpack_pack_str(pk, vl) ||
-          msgpack_pack_str_body(pk, m->props[i].value, vl);
-    }
+    e = e || txmq__mpw_cstr(sb, "props") ||
+        txmq__mpw_map(sb, (uint32_t)m->nprops);
+    for (size_t i = 0; i < m->nprops && !e; i++)
+      e = put_str(sb, m->props[i].key, m->props[i].value);
   }
   if (m->body_len > 0)
-    e = e || pack_key(pk, "body") || msgpack_pack_bin(pk, m->body_len) ||
-        msgpack_pack_bin_body(pk, m->body, m->body_len);
+    e = e || txmq__mpw_cstr(sb, "body") ||
+        txmq__mpw_bin(sb, m->body, m->body_len);
   if (m->born_ms != 0)
-    e = e || pack_key(pk, "born") || msgpack_pack_int64(pk, m->born_ms);
+    e = e || txmq__mpw_cstr(sb, "born") || txmq__mpw_int(sb, m->born_ms);
   if (m->store_ms != 0)
-    e = e || pack_key(pk, "stored") || msgpack_pack_int64(pk, m->store_ms);
+    e = e || txmq__mpw_cstr(sb, "stored") || txmq__mpw_int(sb, m->store_ms);
   return e ? TXMQ_ENOMEM : 0;
+}
+
+int txmq__msg_pack(msgpack_packer* pk, const txmq_msg_t* m) {
+  /* Into a sbuffer: directly. Elsewhere: encoded, then handed over whole. */
+  if (pk->callback == txmq__sbuf_write) return txmq__msg_write(pk->data, m);
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  int rc = txmq__msg_write(&sb, m);
+  if (rc == 0 && pk->callback(pk->data, sb.data, sb.size) != 0)
+    rc = TXMQ_ENOMEM;
+  msgpack_sbuffer_destroy(&sb);
+  return rc;
 }
 
 int txmq_msg_encode(const txmq_msg_t* m, void** buf, size_t* len) {
   if (m == NULL || buf == NULL || len == NULL) return TXMQ_EINVAL;
   msgpack_sbuffer sb;
-  msgpack_packer pk;
   msgpack_sbuffer_init(&sb);
-  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-  int rc = txmq__msg_pack(&pk, m);
+  int rc = txmq__msg_write(&sb, m);
   if (rc != 0) {
     msgpack_sbuffer_destroy(&sb);
     return rc;

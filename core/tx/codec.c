@@ -23,42 +23,30 @@ const char* txmq__ev_name(txmq__ev_t ev) {
   return (unsigned)ev < TXMQ__EV_COUNT ? ev_names[ev] : "?";
 }
 
-static int pack_str(msgpack_packer* pk, const char* s, size_t len) {
-  if (msgpack_pack_str(pk, len) != 0) return -1;
-  return msgpack_pack_str_body(pk, s, len);
-}
-
-static int pack_key(msgpack_packer* pk, const char* k) {
-  return pack_str(pk, k, strlen(k));
-}
-
 int txmq__half_encode(msgpack_sbuffer* sb, const uint8_t* id,
                       const char* group, const char* producer,
                       int64_t immunity_ms, int64_t at,
                       txmq_msg_t* const* msgs, size_t n) {
-  msgpack_packer pk;
-  msgpack_packer_init(&pk, sb, txmq__sbuf_write);
-  int r = msgpack_pack_map(&pk, producer ? 6 : 5);
-  r |= pack_key(&pk, "tx");
-  r |= msgpack_pack_bin(&pk, TXMQ_TX_ID_LEN);
-  r |= msgpack_pack_bin_body(&pk, id, TXMQ_TX_ID_LEN);
-  r |= pack_key(&pk, "group");
-  r |= pack_key(&pk, group);
+  int r = txmq__mpw_map(sb, producer ? 6 : 5);
+  r |= txmq__mpw_cstr(sb, "tx");
+  r |= txmq__mpw_bin(sb, id, TXMQ_TX_ID_LEN);
+  r |= txmq__mpw_cstr(sb, "group");
+  r |= txmq__mpw_cstr(sb, group);
   if (producer) {
-    r |= pack_key(&pk, "producer");
-    r |= pack_key(&pk, producer);
+    r |= txmq__mpw_cstr(sb, "producer");
+    r |= txmq__mpw_cstr(sb, producer);
   }
-  r |= pack_key(&pk, "immunity_ms");
-  r |= msgpack_pack_int64(&pk, immunity_ms);
-  r |= pack_key(&pk, "at");
-  r |= msgpack_pack_int64(&pk, at);
+  r |= txmq__mpw_cstr(sb, "immunity_ms");
+  r |= txmq__mpw_int(sb, immunity_ms);
+  r |= txmq__mpw_cstr(sb, "at");
+  r |= txmq__mpw_int(sb, at);
   /* Messages are embedded as msgpack values, byte for byte what
    * txmq_msg_encode() gives, so the store's message codec reads them. */
-  r |= pack_key(&pk, "msgs");
-  r |= msgpack_pack_array(&pk, n);
+  r |= txmq__mpw_cstr(sb, "msgs");
+  r |= txmq__mpw_array(sb, (uint32_t)n);
   if (r != 0) return TXMQ_ENOMEM;
   for (size_t i = 0; i < n; i++) {
-    int rc = txmq__msg_pack(&pk, msgs[i]);
+    int rc = txmq__msg_write(sb, msgs[i]);
     if (rc != 0) return rc;
   }
   return 0;
@@ -229,32 +217,29 @@ int txmq__half_topic(const txmq__half_t* h, uint32_t i, const char** s,
 }
 
 int txmq__event_encode(msgpack_sbuffer* sb, const txmq__event_t* ev) {
-  msgpack_packer pk;
-  msgpack_packer_init(&pk, sb, txmq__sbuf_write);
   uint32_t n = 6 + (ev->ver != NULL) + (ev->who != NULL);
-  int r = msgpack_pack_map(&pk, n);
-  r |= pack_key(&pk, "tx");
-  r |= msgpack_pack_bin(&pk, TXMQ_TX_ID_LEN);
-  r |= msgpack_pack_bin_body(&pk, ev->id, TXMQ_TX_ID_LEN);
+  int r = txmq__mpw_map(sb, n);
+  r |= txmq__mpw_cstr(sb, "tx");
+  r |= txmq__mpw_bin(sb, ev->id, TXMQ_TX_ID_LEN);
   /* The event as a word, so that `txmq log dump` output reads by itself. */
-  r |= pack_key(&pk, "ev");
-  r |= pack_key(&pk, txmq__ev_name(ev->ev));
-  r |= pack_key(&pk, "src");
-  r |= msgpack_pack_uint32(&pk, (uint32_t)ev->src);
+  r |= txmq__mpw_cstr(sb, "ev");
+  r |= txmq__mpw_cstr(sb, txmq__ev_name(ev->ev));
+  r |= txmq__mpw_cstr(sb, "src");
+  r |= txmq__mpw_uint(sb, (uint32_t)ev->src);
   if (ev->ver) {
-    r |= pack_key(&pk, "ver");
-    r |= pack_str(&pk, ev->ver, ev->ver_len);
+    r |= txmq__mpw_cstr(sb, "ver");
+    r |= txmq__mpw_str(sb, ev->ver, ev->ver_len);
   }
   if (ev->who) {
-    r |= pack_key(&pk, "who");
-    r |= pack_str(&pk, ev->who, ev->who_len);
+    r |= txmq__mpw_cstr(sb, "who");
+    r |= txmq__mpw_str(sb, ev->who, ev->who_len);
   }
-  r |= pack_key(&pk, "count");
-  r |= msgpack_pack_uint32(&pk, ev->count);
-  r |= pack_key(&pk, "at");
-  r |= msgpack_pack_int64(&pk, ev->at);
-  r |= pack_key(&pk, "prev");
-  r |= msgpack_pack_uint64(&pk, ev->prev);
+  r |= txmq__mpw_cstr(sb, "count");
+  r |= txmq__mpw_uint(sb, ev->count);
+  r |= txmq__mpw_cstr(sb, "at");
+  r |= txmq__mpw_int(sb, ev->at);
+  r |= txmq__mpw_cstr(sb, "prev");
+  r |= txmq__mpw_uint(sb, ev->prev);
   return r != 0 ? TXMQ_ENOMEM : 0;
 }
 
