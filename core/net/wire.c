@@ -57,9 +57,39 @@ void net__wb_put(net_wbuf_t* w, const void* p, size_t n) {
   wb_write(w, p, n);
 }
 
+/* A buffer seen as a msgpack_sbuffer, to write into it with
+ * common/mpwrite.h (one room check per value) rather than through the
+ * packer's callback piece by piece. */
+static void wb_view(const net_wbuf_t* w, msgpack_sbuffer* v) {
+  v->size = w->len;
+  v->data = w->p;
+  v->alloc = w->cap;
+}
+
+static void wb_unview(net_wbuf_t* w, const msgpack_sbuffer* v, int r) {
+  w->p = v->data;
+  w->len = v->size;
+  w->cap = v->alloc;
+  if (r != 0) w->failed = 1;
+}
+
+/* The buffer behind pk if it is one of ours and can take more, else NULL
+ * (a failed buffer stays failed; another packer is written through). */
+static net_wbuf_t* wb_of(msgpack_packer* pk) {
+  return pk->callback == wb_write ? pk->data : NULL;
+}
+
 void net__pk_strn(msgpack_packer* pk, const char* s, size_t n) {
-  msgpack_pack_str(pk, n);
-  msgpack_pack_str_body(pk, s, n);
+  net_wbuf_t* w = wb_of(pk);
+  if (w == NULL) {
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+    return;
+  }
+  if (w->failed) return;
+  msgpack_sbuffer v;
+  wb_view(w, &v);
+  wb_unview(w, &v, txmq__mpw_str(&v, s, n));
 }
 
 void net__pk_str(msgpack_packer* pk, const char* s) {
@@ -71,16 +101,26 @@ void net__pk_str(msgpack_packer* pk, const char* s) {
 }
 
 void net__pk_bin(msgpack_packer* pk, const void* p, size_t n) {
-  msgpack_pack_bin(pk, n);
-  msgpack_pack_bin_body(pk, p, n);
+  net_wbuf_t* w = wb_of(pk);
+  if (w == NULL) {
+    msgpack_pack_bin(pk, n);
+    msgpack_pack_bin_body(pk, p, n);
+    return;
+  }
+  if (w->failed) return;
+  msgpack_sbuffer v;
+  wb_view(w, &v);
+  wb_unview(w, &v, txmq__mpw_bin(&v, p, n));
 }
 
 void net__resp_begin(net_wbuf_t* w, uint64_t re, uint32_t nfields) {
-  msgpack_pack_map(&w->pk, 2 + nfields);
-  net__pk_str(&w->pk, "re");
-  msgpack_pack_uint64(&w->pk, re);
-  net__pk_str(&w->pk, "ok");
-  msgpack_pack_true(&w->pk);
+  if (w->failed) return;
+  msgpack_sbuffer v;
+  wb_view(w, &v);
+  int r = txmq__mpw_map(&v, 2 + nfields) || txmq__mpw_cstr(&v, "re") ||
+          txmq__mpw_uint(&v, re) || txmq__mpw_cstr(&v, "ok") ||
+          txmq__mpw_head(&v, 0xc3, 0, 0); /* true */
+  wb_unview(w, &v, r);
 }
 
 void net__resp_error(net_wbuf_t* w, uint64_t re, int code, const char* msg) {
@@ -99,7 +139,14 @@ void net__resp_error(net_wbuf_t* w, uint64_t re, int code, const char* msg) {
 
 int net__pk_msg_extra(net_wbuf_t* w, const txmq_msg_t* m, const char* handle,
                       int64_t deliveries) {
-  if (handle == NULL) return txmq__msg_pack(&w->pk, m);
+  if (handle == NULL) {
+    if (w->failed) return TXMQ_ENOMEM;
+    msgpack_sbuffer v;
+    wb_view(w, &v);
+    int rc = txmq__msg_write(&v, m);
+    wb_unview(w, &v, rc == TXMQ_ENOMEM);
+    return rc;
+  }
   /* A packed map cannot grow, so pack the message aside and rewrite its
    * header with two more entries. */
   net_wbuf_t t;
