@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <msgpack.h>
 #include <uv.h>
@@ -246,7 +247,13 @@ int net__pk_msg_extra(net_wbuf_t* w, const txmq_msg_t* m, const char* handle,
  * absent and optional, or a negative TXMQ_E* code with a sentence naming
  * the field in err (NET_ERR_MAX bytes). */
 #define NET_ERR_MAX 512
-const msgpack_object* net__field(const msgpack_object* map, const char* key);
+const msgpack_object* net__field_n(const msgpack_object* map, const char* key,
+                                   size_t klen);
+/* Inline so that the length of a literal key is known when compiling. */
+static inline const msgpack_object* net__field(const msgpack_object* map,
+                                               const char* key) {
+  return net__field_n(map, key, strlen(key));
+}
 int net__errf(char* err, int code, const char* fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int net__get_str(const msgpack_object* map, const char* key, int required,

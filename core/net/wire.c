@@ -194,12 +194,14 @@ int net__errf(char* err, int code, const char* fmt, ...) {
   return code;
 }
 
-const msgpack_object* net__field(const msgpack_object* map, const char* key) {
+const msgpack_object* net__field_n(const msgpack_object* map, const char* key,
+                                   size_t klen) {
   if (map == NULL || map->type != MSGPACK_OBJECT_MAP) return NULL;
-  size_t klen = strlen(key);
   for (uint32_t i = 0; i < map->via.map.size; i++) {
     const msgpack_object* k = &map->via.map.ptr[i].key;
+    /* The first byte before memcmp: most keys differ there or in length. */
     if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
+        (klen == 0 || k->via.str.ptr[0] == key[0]) &&
         memcmp(k->via.str.ptr, key, klen) == 0) {
       /* Per PROTOCOL.md a nil value is the same as an absent field. */
       const msgpack_object* v = &map->via.map.ptr[i].val;
