@@ -97,7 +97,8 @@ static int msg_round(lua_State* L) {
   if (a->rc != 0) return 0;
   static const uint8_t tx[16] = {1, 2, 3, 4, 5, 6, 7, 8,
                                  9, 10, 11, 12, 13, 14, 15, 16};
-  txmq__codec_push_msg(L, a->m, tx, 3);
+  txmq__codec_push_keys(L); /* 2 */
+  txmq__codec_push_msg(L, 2, a->m, tx, 3);
   a->rc2 = txmq__codec_to_msg(L, -1, &a->back, a->err, sizeof a->err);
   return 0;
 }
