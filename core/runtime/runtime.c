@@ -33,10 +33,12 @@ struct txmq_runtime_s {
   char diag[DIAG_MAX];
 };
 
-/* One runtime-hosted transaction, from txmq_runtime_tx_send to its cb. */
-/* Short producer names and a one-message transaction's id are kept inline:
- * this is made once per request. */
+/* Producer names up to this long are kept inline in hosted_t. */
 #define PRODUCER_INLINE 64
+
+/* One runtime-hosted transaction, from txmq_runtime_tx_send to its cb. Made
+ * once per request: short producer names and a one-message transaction's
+ * message id are kept inline, and it comes from the runtime's pool. */
 typedef struct {
   txmq_runtime_t* rt;
   txmq_runtime_tx_cb cb;

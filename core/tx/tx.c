@@ -79,7 +79,6 @@ typedef struct {
   MAX2(MAX2(sizeof(decide_op_t), sizeof(event_op_t)),                       \
        MAX2(sizeof(waiter_t), sizeof(begin_op_t) + sizeof(txmq_msg_t*)))
 
-
 /* A callback to run from the loop, for requests answered without a write
  * (a repeat of a decision that is already durable). libuv never calls a
  * callback from inside the call that was given it, and neither do we. */
