@@ -1,6 +1,5 @@
 /*
- * mpwrite.c - the out-of-line parts of mpwrite.h: growing the buffer, and
- * the packer callback.
+ * mpwrite.c - the out-of-line part of mpwrite.h: growing the buffer.
  */
 #include <stdlib.h>
 
@@ -18,13 +17,4 @@ char* txmq__mpw_grow(msgpack_sbuffer* sb, size_t n) {
   sb->data = p;
   sb->alloc = cap;
   return p + sb->size;
-}
-
-int txmq__sbuf_write(void* data, const char* buf, size_t len) {
-  msgpack_sbuffer* sb = data;
-  char* p = txmq__mpw_room(sb, len);
-  if (p == NULL) return -1;
-  txmq__mp_copy(p, buf, len);
-  sb->size += len;
-  return 0;
 }

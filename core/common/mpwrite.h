@@ -11,8 +11,7 @@
  * test_mpwrite compares byte for byte.
  *
  * Each returns 0, or -1 when the buffer cannot grow (the buffer then holds
- * what was written before). txmq__sbuf_write is a packer callback with the
- * same growth rule, for code that keeps a msgpack_packer.
+ * what was written before).
  */
 #ifndef TXMQ_COMMON_MPWRITE_H
 #define TXMQ_COMMON_MPWRITE_H
@@ -128,21 +127,5 @@ static inline int txmq__mpw_int(msgpack_sbuffer* sb, int64_t v) {
   if (v >= INT32_MIN) return txmq__mpw_head(sb, 0xd2, 4, (uint64_t)v);
   return txmq__mpw_head(sb, 0xd3, 8, (uint64_t)v);
 }
-
-/* Copies n bytes: pieces of 1, 2, 3, 5 and 9 bytes (what a packer hands
- * its callback for heads and numbers) without a call. */
-static inline void txmq__mp_copy(char* d, const char* s, size_t n) {
-  switch (n) {
-    case 1: d[0] = s[0]; break;
-    case 2: memcpy(d, s, 2); break;
-    case 3: memcpy(d, s, 3); break;
-    case 5: memcpy(d, s, 5); break;
-    case 9: memcpy(d, s, 9); break;
-    default: memcpy(d, s, n); break;
-  }
-}
-
-/* A msgpack_packer write callback into a msgpack_sbuffer. */
-int txmq__sbuf_write(void* data, const char* buf, size_t len);
 
 #endif

@@ -106,7 +106,7 @@ int net__check_target(void* arg, txmq_tx_t* tx, const txmq_tx_check_t* chk) {
   net__pk_str(&w.pk, "msgs");
   msgpack_pack_array(&w.pk, chk->nmsgs);
   for (size_t i = 0; i < chk->nmsgs; i++) {
-    if (txmq__msg_pack(&w.pk, chk->msgs[i]) != 0) w.failed = 1;
+    if (net__pk_msg_extra(&w, chk->msgs[i], NULL, 0) != 0) w.failed = 1;
   }
   if (w.failed) {
     net__wb_free(&w);

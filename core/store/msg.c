@@ -48,9 +48,8 @@ struct txmq_msg_s {
   int32_t queue_id;
   uint8_t id[TXMQ_MSG_ID_LEN];
   size_t props_cap; /* entries props has room for */
-  size_t blk;       /* bytes of the block that starts at the message */
-  char* room;       /* its part not used yet */
-  size_t room_len;
+  char* room;       /* the part of the message's block not used yet: */
+  size_t room_len;  /* the block ends at room + room_len */
 };
 
 /* Where a message's room starts: aligned for the props array. */
@@ -72,7 +71,6 @@ static txmq_msg_t* msg_alloc(size_t room) {
   memset(m, 0, sizeof *m);
   m->queue_id = -1;
   m->queue_offset = -1;
-  m->blk = MSG_HEAD + room;
   m->room = (char*)m + MSG_HEAD;
   m->room_len = room;
   return m;
@@ -92,7 +90,8 @@ static void* take(txmq_msg_t* m, size_t n) {
 /* Frees a field unless it lives in the message's block. */
 static void drop(const txmq_msg_t* m, void* p) {
   uintptr_t b = (uintptr_t)m, q = (uintptr_t)p;
-  if (p != NULL && (q < b || q >= b + m->blk)) free(p);
+  uintptr_t end = (uintptr_t)m->room + m->room_len;
+  if (p != NULL && (q < b || q >= end)) free(p);
 }
 
 static char* dup_n(txmq_msg_t* m, const char* s, size_t n) {
@@ -413,18 +412,6 @@ int txmq__msg_write(msgpack_sbuffer* sb, const txmq_msg_t* m) {
   if (m->store_ms != 0)
     e = e || txmq__mpw_cstr(sb, "stored") || txmq__mpw_int(sb, m->store_ms);
   return e ? TXMQ_ENOMEM : 0;
-}
-
-int txmq__msg_pack(msgpack_packer* pk, const txmq_msg_t* m) {
-  /* Into a sbuffer: directly. Elsewhere: encoded, then handed over whole. */
-  if (pk->callback == txmq__sbuf_write) return txmq__msg_write(pk->data, m);
-  msgpack_sbuffer sb;
-  msgpack_sbuffer_init(&sb);
-  int rc = txmq__msg_write(&sb, m);
-  if (rc == 0 && pk->callback(pk->data, sb.data, sb.size) != 0)
-    rc = TXMQ_ENOMEM;
-  msgpack_sbuffer_destroy(&sb);
-  return rc;
 }
 
 int txmq_msg_encode(const txmq_msg_t* m, void** buf, size_t* len) {

@@ -445,19 +445,6 @@ int txmq_store_append(txmq_store_t* st, const txmq_log_rec_t* recs, size_t n,
 
 static int publish_hashed(txmq_store_t* st, uint64_t rec_pos,
                           uint32_t rec_len, uint32_t sub, const char* name,
-                          int32_t qid, uint32_t h, int64_t* offset);
-
-static int publish_int(txmq_store_t* st, uint64_t rec_pos, uint32_t rec_len,
-                       uint32_t sub, const txmq_msg_t* msg, int64_t* offset) {
-  const char* tags = txmq_msg_tags(msg);
-  return publish_hashed(st, rec_pos, rec_len, sub, txmq_msg_topic(msg),
-                        txmq_msg_queue_id(msg),
-                        tags ? txmq__tags_hash(tags, strlen(tags)) : 0,
-                        offset);
-}
-
-static int publish_hashed(txmq_store_t* st, uint64_t rec_pos,
-                          uint32_t rec_len, uint32_t sub, const char* name,
                           int32_t qid, uint32_t h, int64_t* offset) {
   if (name == NULL || qid < 0) return TXMQ_EINVAL;
   txmq__topic_t* t = txmq__store_topic(st, name);
@@ -485,6 +472,15 @@ static int publish_hashed(txmq_store_t* st, uint64_t rec_pos,
   if (!st->replaying && st->pub_cb != NULL)
     st->pub_cb(st->pub_arg, t->name, qid, t->queues[qid].count - 1);
   return 0;
+}
+
+static int publish_int(txmq_store_t* st, uint64_t rec_pos, uint32_t rec_len,
+                       uint32_t sub, const txmq_msg_t* msg, int64_t* offset) {
+  const char* tags = txmq_msg_tags(msg);
+  return publish_hashed(st, rec_pos, rec_len, sub, txmq_msg_topic(msg),
+                        txmq_msg_queue_id(msg),
+                        tags ? txmq__tags_hash(tags, strlen(tags)) : 0,
+                        offset);
 }
 
 /* What may publish now: 0, or why not (the same for both forms). */

@@ -62,10 +62,9 @@ int txmq__mp_unpack_zone(const void* buf, size_t len, unsigned max_depth,
 
 /* ---- message codec at the object level ---- */
 
-/* Packs m as the map txmq_msg_encode() produces. TXMQ_EINVAL without a
- * topic, TXMQ_ENOMEM if the packer's buffer failed. */
-int txmq__msg_pack(msgpack_packer* pk, const txmq_msg_t* m);
-/* The same map written straight into a msgpack_sbuffer (common/mpwrite.h). */
+/* Writes m as the map txmq_msg_encode() produces into sb
+ * (common/mpwrite.h). TXMQ_EINVAL without a topic, TXMQ_ENOMEM if sb could
+ * not grow. */
 int txmq__msg_write(msgpack_sbuffer* sb, const txmq_msg_t* m);
 /* Builds a new message from a map object, with every check of
  * txmq_msg_decode(). 0, TXMQ_EPROTO or TXMQ_ENOMEM. */

@@ -1693,7 +1693,6 @@ static void on_tick(uv_timer_t* tm) {
   }
 }
 
-/* The state letter of process pid (R, S, D, Z, ...), 0 if unknown. */
 /* The state letter in a /proc .../stat file (R, S, D, Z, ...), 0 if
  * unknown. */
 static char stat_state(const char* path) {

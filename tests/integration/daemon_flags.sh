@@ -125,8 +125,8 @@ while true do pcall(function() while true do end end) end
 EOF
 usage_err "config: pcall cannot swallow the time limit" "ran longer than 1000 ms" -c loop2.lua
 # 1 MiB strings: the cap (16 MiB) is reached in a few steps, well inside
-# the time limit even in the sanitizer build on a busy machine (64-byte
-# strings took about a second there, and the time limit was hit first).
+# the time limit even in the sanitizer build on a busy machine (with
+# 64-byte strings the time limit was hit first there, twice).
 conf hog.lua <<'EOF'
 local t = {}
 for i = 1, 1e9 do t[i] = string.rep("x", 1024 * 1024) .. i end

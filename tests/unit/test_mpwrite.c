@@ -1,7 +1,7 @@
 /*
  * test_mpwrite.c - common/mpwrite.h writes what msgpack-c's packer writes,
- * byte for byte, at every size and value boundary of every format; the
- * packer callback too; and a buffer that grows from nothing.
+ * byte for byte, at every size and value boundary of every format, into a
+ * buffer that grows from nothing.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -98,34 +98,10 @@ static void strings_bins_and_containers(void** state) {
   free(data);
 }
 
-/* The packer callback: what a msgpack_packer writes through it equals what
- * it writes through msgpack_sbuffer_write, pieces of every size. */
-static void packer_callback(void** state) {
-  (void)state;
-  pair_t p;
-  pair_init(&p);
-  msgpack_packer mine;
-  msgpack_packer_init(&mine, &p.got, txmq__sbuf_write);
-  char body[300];
-  memset(body, 'z', sizeof body);
-  for (int i = 0; i < 50; i++) {
-    msgpack_packer* both[2] = {&p.pk, &mine};
-    for (int k = 0; k < 2; k++) {
-      assert_int_equal(msgpack_pack_map(both[k], 3), 0);
-      assert_int_equal(msgpack_pack_int64(both[k], (int64_t)i * 1000003 - 7), 0);
-      assert_int_equal(msgpack_pack_double(both[k], i / 3.0), 0);
-      assert_int_equal(msgpack_pack_str_with_body(both[k], body, (size_t)i * 6), 0);
-      assert_int_equal(msgpack_pack_nil(both[k]), 0);
-    }
-  }
-  pair_check(&p);
-}
-
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(integers),
       cmocka_unit_test(strings_bins_and_containers),
-      cmocka_unit_test(packer_callback),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

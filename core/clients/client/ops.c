@@ -83,7 +83,7 @@ static int pack_msgs(txmq_client_t* c, frame_t* f,
   f->err |= msgpack_pack_array(&f->pk, n) != 0;
   for (size_t i = 0; i < n; i++) {
     if (!msgs[i]) return bad_arg(c, "message %zu is NULL", i);
-    int rc = txmq__msg_pack(&f->pk, msgs[i]);
+    int rc = txmq__msg_write(&f->sb, msgs[i]);
     if (rc == TXMQ_EINVAL) return bad_arg(c, "message %zu has no topic", i);
     if (rc != 0) return rc;
   }
@@ -335,7 +335,7 @@ int txmq_client_send(txmq_client_t* c, const txmq_msg_t* msg,
   frame_t f;
   begin(&f, "send", r, 1);
   txmq__fp_key(&f, "msg");
-  rc = txmq__msg_pack(&f.pk, msg);
+  rc = txmq__msg_write(&f.sb, msg);
   if (rc == TXMQ_EINVAL) rc = bad_arg(c, "the message has no topic");
   return txmq__req_submit(c, &f, r, rc, 0);
 }

@@ -158,6 +158,7 @@ int txmq_store_append(txmq_store_t* st, const txmq_log_rec_t* recs, size_t n,
  * already_applied). On success *offset (if not NULL) gets the queue offset. */
 int txmq_store_publish(txmq_store_t* st, uint64_t rec_pos, uint32_t rec_len,
                        uint32_t sub, const txmq_msg_t* msg, int64_t* offset);
+
 /* Reads the message at offset of (topic, qid) into a new message (caller
  * frees). TXMQ_ENOTFOUND for an unknown topic or queue, TXMQ_ERANGE outside
  * [begin, end), TXMQ_ECORRUPT if the log or index is damaged there. */
