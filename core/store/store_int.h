@@ -34,21 +34,22 @@ void txmq__msg_set_queue_offset(txmq_msg_t* m, int64_t offset);
  *
  * msgpack-c allocates a container's element array as soon as it reads the
  * container's header, before it knows whether the elements are there: five
- * hostile bytes (array32 of 2^32-1) ask for ~100 GB. txmq__mp_check walks
- * the bytes first without allocating and refuses a container that declares
- * more elements than bytes remain, nesting deeper than max_depth, more than
- * max_items objects in all, or an object that runs past the end. Only then
- * does txmq__mp_unpack hand the bytes to msgpack-c, so its allocations are
- * bounded by the input's size. Use it for everything read from a wire or a
- * file. */
+ * hostile bytes (array32 of 2^32-1) ask for ~100 GB. These functions refuse
+ * a container that declares more elements than bytes remain (before any
+ * room is taken for it), nesting deeper than max_depth, more than max_items
+ * objects in all, or an object that runs past the end, so allocations are
+ * bounded by the input's size. txmq__mp_check only walks; txmq__mp_unpack
+ * checks and builds msgpack-c's objects in the same walk (the same objects
+ * msgpack-c's unpacker would build: tests/mpref.h holds it to that). Use
+ * them for everything read from a wire or a file. */
 #define TXMQ__MP_MAX_DEPTH 24 /* below msgpack-c's own limit of 32 */
 
 /* Checks that buf starts with exactly one well-formed object within the
  * limits; *used (if not NULL) gets its size. 0 or TXMQ_EPROTO. */
 int txmq__mp_check(const void* buf, size_t len, unsigned max_depth,
                    size_t max_items, size_t* used);
-/* Checks, then unpacks exactly one object filling all of buf (trailing bytes
- * are TXMQ_EPROTO) into out, which the caller initialised with
+/* Unpacks exactly one object filling all of buf (trailing bytes are
+ * TXMQ_EPROTO) into out, which the caller initialised with
  * msgpack_unpacked_init() and destroys with msgpack_unpacked_destroy() in
  * every case. Strings and bins in out->data point into buf. */
 int txmq__mp_unpack(const void* buf, size_t len, unsigned max_depth,

@@ -34,6 +34,7 @@
 #include <sys/stat.h>
 
 #include "fuzz_util.h"
+#include "../mpref.h"
 #include "store/store_int.h"
 #include "txmq/consumer.h"
 #include "txmq/error.h"
@@ -350,8 +351,31 @@ static void hello(msgpack_sbuffer* sb, int role) {
   msgpack_sbuffer_destroy(&body);
 }
 
+/* The one-pass decoder the server reads frames with must agree with
+ * msgpack-c behind txmq__mp_check on every input: same verdict, same
+ * object. */
+static void check_decoder(const uint8_t* p, size_t n) {
+  msgpack_unpacked a, b;
+  msgpack_unpacked_init(&a);
+  msgpack_unpacked_init(&b);
+  int ra = txmq__mp_unpack(p, n, TXMQ__MP_MAX_DEPTH, 4096, &a);
+  int rb = mpref_unpack(p, n, TXMQ__MP_MAX_DEPTH, 4096, &b);
+  FZ_CHECK((ra == 0) == (rb == 0));
+  if (ra == 0) FZ_CHECK(mpref_same(&a.data, &b.data));
+  msgpack_unpacked_destroy(&a);
+  msgpack_unpacked_destroy(&b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
+  check_decoder(data + 1, size - 1);
+  for (size_t off = 1; size - off >= 4;) { /* and each frame in it */
+    size_t n = (size_t)data[off] << 24 | (size_t)data[off + 1] << 16 |
+               (size_t)data[off + 2] << 8 | data[off + 3];
+    if (n > size - off - 4) n = size - off - 4;
+    check_decoder(data + off + 4, n);
+    off += 4 + n;
+  }
   fx_t* fx = &g_fx;
   if (++fx->runs % REBUILD == 0) fx_rebuild(fx, fx->runs % (4 * REBUILD) == 0);
   int prelude = data[0] & 3;

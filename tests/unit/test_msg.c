@@ -18,6 +18,7 @@
 #include "txmq/msg.h"
 #include "store/store_int.h"
 #include "testutil.h"
+#include "../mpref.h"
 
 /* ---- helpers ---- */
 
@@ -875,6 +876,172 @@ static void mp_check_limits(void** state) {
   msgpack_unpacked_destroy(&u);
 }
 
+/* ---- the one-pass decoder against msgpack-c ---- */
+
+static uint32_t xs32(uint32_t* x) {
+  *x ^= *x << 13;
+  *x ^= *x >> 17;
+  *x ^= *x << 5;
+  return *x;
+}
+
+/* Packs a random object using every encoding msgpack-c writes. */
+static void pack_random(msgpack_packer* pk, uint32_t* x, int depth) {
+  static const char text[300] = "abcdefghijklmnopqrstuvwxyz";
+  uint32_t r = xs32(x);
+  int kind = (int)(r % (depth < 5 ? 16 : 12));
+  switch (kind) {
+    case 0: msgpack_pack_nil(pk); break;
+    case 1: (r & 16) ? msgpack_pack_true(pk) : msgpack_pack_false(pk); break;
+    case 2: {
+      uint64_t v = xs32(x);
+      v = v << (r % 33);
+      switch ((r >> 8) % 5) {
+        case 0: msgpack_pack_uint8(pk, (uint8_t)v); break;
+        case 1: msgpack_pack_uint16(pk, (uint16_t)v); break;
+        case 2: msgpack_pack_uint32(pk, (uint32_t)v); break;
+        case 3: msgpack_pack_uint64(pk, v); break;
+        default: msgpack_pack_fix_uint8(pk, (uint8_t)v); break;
+      }
+      break;
+    }
+    case 3: {
+      int64_t v = (int64_t)(int32_t)xs32(x) * (int64_t)(1 + r % 1000);
+      switch ((r >> 8) % 6) {
+        case 0: msgpack_pack_int8(pk, (int8_t)v); break;
+        case 1: msgpack_pack_int16(pk, (int16_t)v); break;
+        case 2: msgpack_pack_int32(pk, (int32_t)v); break;
+        case 3: msgpack_pack_int64(pk, v); break;
+        case 4: msgpack_pack_fix_int64(pk, v); break;
+        default: msgpack_pack_fix_int8(pk, (int8_t)v); break;
+      }
+      break;
+    }
+    case 4: msgpack_pack_float(pk, (float)(int32_t)xs32(x) / 7.0f); break;
+    case 5: msgpack_pack_double(pk, (double)(int32_t)xs32(x) / 3.0); break;
+    case 6:
+    case 7: {
+      static const size_t lens[] = {0, 1, 31, 32, 255, 256, 299};
+      size_t n = lens[(r >> 8) % 7];
+      msgpack_pack_str_with_body(pk, text, n);
+      break;
+    }
+    case 8: {
+      size_t n = (r >> 8) % 300;
+      msgpack_pack_bin_with_body(pk, text, n);
+      break;
+    }
+    case 9:
+    case 10: {
+      static const size_t lens[] = {0, 1, 2, 3, 4, 8, 16, 17, 255, 256};
+      size_t n = lens[(r >> 8) % 10];
+      msgpack_pack_ext_with_body(pk, text, n, (int8_t)(r >> 16));
+      break;
+    }
+    case 11: msgpack_pack_str_with_body(pk, "k", 1); break;
+    case 12:
+    case 13: {
+      uint32_t n = (r >> 8) % 5 == 0 ? 16 + (r >> 12) % 4 : (r >> 8) % 4;
+      msgpack_pack_array(pk, n);
+      for (uint32_t i = 0; i < n; i++) pack_random(pk, x, depth + 1);
+      break;
+    }
+    default: {
+      uint32_t n = (r >> 8) % 5 == 0 ? 16 + (r >> 12) % 3 : (r >> 8) % 4;
+      msgpack_pack_map(pk, n);
+      for (uint32_t i = 0; i < n; i++) {
+        pack_random(pk, x, depth + 1);
+        pack_random(pk, x, depth + 1);
+      }
+      break;
+    }
+  }
+}
+
+/* Decodes p both ways with the given limits and fails unless both refuse
+ * it or both give the same object; returns 1 if it was accepted. */
+static int decode_both(const uint8_t* p, size_t n, unsigned depth,
+                       size_t items, msgpack_zone* z) {
+  msgpack_unpacked a, b;
+  msgpack_unpacked_init(&a);
+  msgpack_unpacked_init(&b);
+  int ra = txmq__mp_unpack(p, n, depth, items, &a);
+  int rb = mpref_unpack(p, n, depth, items, &b);
+  msgpack_object oz;
+  int rz = txmq__mp_unpack_zone(p, n, depth, items, z, &oz);
+  if ((ra == 0) != (rb == 0) || (rz == 0) != (rb == 0))
+    fail_msg("%zu bytes, depth %u, items %zu: decoder %s, zone %s, "
+             "msgpack-c %s", n, depth, items, txmq_err_name(ra),
+             txmq_err_name(rz), txmq_err_name(rb));
+  if (ra != 0) assert_int_equal(ra, TXMQ_EPROTO);
+  if (ra == 0) {
+    assert_true(mpref_same(&a.data, &b.data));
+    assert_true(mpref_same(&oz, &b.data));
+  }
+  msgpack_zone_clear(z);
+  msgpack_unpacked_destroy(&a);
+  msgpack_unpacked_destroy(&b);
+  return ra == 0;
+}
+
+static void mp_decode_agrees_with_msgpack_c(void** state) {
+  (void)state;
+  msgpack_zone z;
+  assert_true(msgpack_zone_init(&z, 1024));
+  uint32_t x = 88172645u;
+  int accepted = 0, refused = 0;
+  uint8_t* m = malloc(1 << 20);
+  assert_non_null(m);
+  for (int t = 0; t < 300; t++) {
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    pack_random(&pk, &x, 0);
+    const uint8_t* p = (const uint8_t*)sb.data;
+    size_t n = sb.size;
+    assert_true(n <= (1 << 20));
+    /* As packed, within generous limits, must decode. */
+    assert_true(decode_both(p, n, TXMQ__MP_MAX_DEPTH, n + 1, &z));
+    /* Every limit and every truncation. */
+    for (unsigned d = 0; d <= 6; d++) decode_both(p, n, d, n + 1, &z);
+    for (size_t i = 0; i < 40; i++) decode_both(p, n, 24, i, &z);
+    for (size_t cut = 0; cut < n && cut < 400; cut++)
+      decode_both(p, cut, 24, n + 1, &z);
+    /* Random mutations: flips, and a byte appended now and then. */
+    for (int k = 0; k < 300; k++) {
+      memcpy(m, p, n);
+      size_t len = n;
+      int flips = 1 + (int)(xs32(&x) % 4);
+      for (int f = 0; f < flips; f++) {
+        uint32_t r = xs32(&x);
+        m[r % len] = (uint8_t)(r >> 8);
+      }
+      if (xs32(&x) % 8 == 0) m[len++] = (uint8_t)xs32(&x);
+      if (decode_both(m, len, 24, 65536, &z))
+        accepted++;
+      else
+        refused++;
+    }
+    msgpack_sbuffer_destroy(&sb);
+  }
+  /* A few the random trees do not make: nesting past the clamp of 24,
+   * 0xc1, declared counts beyond the input, the empty input. */
+  uint8_t deep[40];
+  memset(deep, 0x91, 30);
+  deep[30] = 0xc0;
+  for (size_t s = 0; s < 31; s++) decode_both(deep + s, 31 - s, 30, 100, &z);
+  const uint8_t odd[][6] = {{0xc1}, {0xdd, 0xff, 0xff, 0xff, 0xff},
+                            {0xdf, 0, 0, 0, 3, 1}, {0xc6, 0, 0, 0, 9},
+                            {0xc9, 0, 0, 0, 0, 1}, {0xd8, 1}};
+  for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++)
+    for (size_t n = 0; n <= 6; n++) decode_both(odd[i], n, 24, 100, &z);
+  assert_true(accepted > 1000);
+  assert_true(refused > 1000);
+  free(m);
+  msgpack_zone_destroy(&z);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(msg_defaults),
@@ -893,6 +1060,7 @@ int main(void) {
       cmocka_unit_test(peek_object_agrees_with_from_object),
       cmocka_unit_test(ids_strictly_increase_and_are_unique),
       cmocka_unit_test(mp_check_limits),
+      cmocka_unit_test(mp_decode_agrees_with_msgpack_c),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
