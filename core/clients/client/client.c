@@ -128,6 +128,7 @@ static void client_free_mem(txmq_client_t* c) {
   free(c->buckets);
   free(c->fbuf);
   free(c->obuf);
+  if (c->zone_ok) msgpack_zone_destroy(&c->zone);
   for (check_handler_t* h = c->handlers; h;) {
     check_handler_t* next = h->next;
     free(h->group);
@@ -172,6 +173,10 @@ int txmq_client_new(txmq_client_t** out, uv_loop_t* loop,
   if (rc == 0) {
     c->ncgroups = opts->n_consumer_groups;
     if (opts->secret && !(c->secret = strdup(opts->secret))) rc = TXMQ_ENOMEM;
+  }
+  if (rc == 0) {
+    c->zone_ok = msgpack_zone_init(&c->zone, 4096);
+    if (!c->zone_ok) rc = TXMQ_ENOMEM;
   }
   if (rc != 0) {
     client_free_mem(c);
@@ -719,15 +724,29 @@ static void handle_response(txmq_client_t* c, uint64_t re,
 static void handle_frame(txmq_client_t* c, const uint8_t* buf, size_t len) {
   msgpack_unpacked u;
   msgpack_unpacked_init(&u);
-  int rc = txmq__mp_unpack(buf, len, TXMQ__MP_MAX_DEPTH,
-                           TXMQ__CLIENT_MAX_ITEMS, &u);
+  msgpack_object obj;
+  int zoned = c->zone_ok && !c->zone_busy;
+  int rc;
+  if (zoned) {
+    c->zone_busy = 1;
+    rc = txmq__mp_unpack_zone(buf, len, TXMQ__MP_MAX_DEPTH,
+                              TXMQ__CLIENT_MAX_ITEMS, &c->zone, &obj);
+  } else {
+    rc = txmq__mp_unpack(buf, len, TXMQ__MP_MAX_DEPTH,
+                         TXMQ__CLIENT_MAX_ITEMS, &u);
+    obj = u.data;
+  }
   if (rc != 0) {
+    if (zoned) {
+      msgpack_zone_clear(&c->zone);
+      c->zone_busy = 0;
+    }
     msgpack_unpacked_destroy(&u);
     lose(c, TXMQ_EPROTO, "the server sent a frame that is not one valid "
          "msgpack value");
     return;
   }
-  const msgpack_object* o = &u.data;
+  const msgpack_object* o = &obj;
   const msgpack_object* re = txmq_client_map_get(o, "re");
   const msgpack_object* op = txmq_client_map_get(o, "op");
   if (o->type != MSGPACK_OBJECT_MAP) {
@@ -755,6 +774,10 @@ static void handle_frame(txmq_client_t* c, const uint8_t* buf, size_t len) {
   } else {
     txmq__client_reply_error(c, 0, TXMQ_EPROTO,
                              "frame with neither 'op' nor 're'");
+  }
+  if (zoned) {
+    msgpack_zone_clear(&c->zone);
+    c->zone_busy = 0;
   }
   msgpack_unpacked_destroy(&u);
 }

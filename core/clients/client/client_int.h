@@ -168,6 +168,13 @@ struct txmq_client_s {
 
   char diag[TXMQ__CLIENT_DIAG_MAX];
   char rbuf[64 * 1024];
+  /* Frames read are unpacked into this zone, cleared after each, so that
+   * reading a response allocates nothing once its first chunk is big
+   * enough; a frame handled further up the stack (a callback that makes
+   * the client read) has it busy, and the one below gets its own. */
+  msgpack_zone zone;
+  int zone_ok;
+  int zone_busy;
 };
 
 /* ---- client.c ---- */

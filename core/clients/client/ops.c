@@ -14,42 +14,46 @@
 #include <string.h>
 
 #include "clients/client/client_int.h"
+#include "common/mpwrite.h"
 #include "store/store_int.h"
 #include "txmq/error.h"
 
 /* ---- frames ---- */
 
+/* Most requests fit in this much, and a block this small comes from
+ * malloc's per-thread cache (msgpack-c's first growth is 8 KiB). */
+#define FRAME_FIRST_ROOM 512
+
 void txmq__frame_init(frame_t* f, size_t nkeys) {
-  static const char zero[4] = {0, 0, 0, 0};
   msgpack_sbuffer_init(&f->sb);
   msgpack_packer_init(&f->pk, &f->sb, msgpack_sbuffer_write);
-  f->err = msgpack_sbuffer_write(&f->sb, zero, 4) != 0;
-  f->err |= msgpack_pack_map(&f->pk, nkeys) != 0;
+  f->sb.data = malloc(FRAME_FIRST_ROOM);
+  f->sb.alloc = f->sb.data != NULL ? FRAME_FIRST_ROOM : 0;
+  f->err = txmq__mpw_raw(&f->sb, "\0\0\0\0", 4) != 0;
+  f->err |= nkeys > UINT32_MAX || txmq__mpw_map(&f->sb, (uint32_t)nkeys) != 0;
 }
 
 void txmq__frame_destroy(frame_t* f) { msgpack_sbuffer_destroy(&f->sb); }
 
-static void fp_raw_str(frame_t* f, const char* s, size_t n) {
-  f->err |= msgpack_pack_str(&f->pk, n) != 0;
-  f->err |= msgpack_pack_str_body(&f->pk, s, n) != 0;
+/* Keys and values are written straight into the buffer
+ * (common/mpwrite.h), the packer only for what is rare. */
+void txmq__fp_key(frame_t* f, const char* k) {
+  f->err |= txmq__mpw_cstr(&f->sb, k) != 0;
 }
-
-void txmq__fp_key(frame_t* f, const char* k) { fp_raw_str(f, k, strlen(k)); }
 
 void txmq__fp_str(frame_t* f, const char* k, const char* v) {
   txmq__fp_key(f, k);
-  fp_raw_str(f, v, strlen(v));
+  f->err |= txmq__mpw_cstr(&f->sb, v) != 0;
 }
 
 void txmq__fp_int(frame_t* f, const char* k, int64_t v) {
   txmq__fp_key(f, k);
-  f->err |= msgpack_pack_int64(&f->pk, v) != 0;
+  f->err |= txmq__mpw_int(&f->sb, v) != 0;
 }
 
 void txmq__fp_bin(frame_t* f, const char* k, const void* p, size_t n) {
   txmq__fp_key(f, k);
-  f->err |= msgpack_pack_bin(&f->pk, n) != 0;
-  f->err |= msgpack_pack_bin_body(&f->pk, p, n) != 0;
+  f->err |= txmq__mpw_bin(&f->sb, p, n) != 0;
 }
 
 /* Starts a request frame: op, id, then nfields more keys. */
@@ -466,7 +470,8 @@ int txmq_client_ack(txmq_client_t* c, const char* group,
   txmq__fp_str(&f, "group", group);
   txmq__fp_key(&f, "handles");
   f.err |= msgpack_pack_array(&f.pk, n) != 0;
-  for (size_t i = 0; i < n; i++) fp_raw_str(&f, handles[i], strlen(handles[i]));
+  for (size_t i = 0; i < n; i++)
+    f.err |= txmq__mpw_cstr(&f.sb, handles[i]) != 0;
   return txmq__req_submit(c, &f, r, 0, 0);
 }
 
