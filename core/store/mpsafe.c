@@ -110,195 +110,31 @@ int txmq__mp_check(const void* buf, size_t len, unsigned max_depth,
   return 0;
 }
 
+_Static_assert(sizeof(msgpack_object_kv) == 2 * sizeof(msgpack_object),
+               "a map's pairs are filled as an array of objects");
+
 /* ---- decoding: check and build in one pass ----
  *
  * The objects are the ones msgpack-c's unpacker builds (same types, strings
  * and bins pointing into buf, containers' elements in the zone), and the
  * inputs accepted are the ones txmq__mp_check accepts, checked as they are
  * read: a container's count against the bytes left before anything is
- * allocated for it, the nesting depth, the number of objects. One walk
- * instead of a check and then msgpack-c's generic state machine. */
+ * allocated for it, the nesting depth, the number of objects. One walk, as
+ * txmq__mp_check's, with a stack of the slots still to fill instead of
+ * recursion; a map's pairs are filled as key, value, key, ... (a
+ * msgpack_object_kv is two msgpack_objects). */
 
 typedef struct {
-  const uint8_t* p;
-  size_t len;
-  size_t off;
-  size_t items;
-  size_t max_items;
-  unsigned max_depth;
-  msgpack_zone* z;
-} mpdec_t;
+  msgpack_object* next; /* the slot the next object at this level fills */
+  uint64_t left;        /* objects still expected at this level */
+} mplevel_t;
 
-static int dec_obj(mpdec_t* d, unsigned depth, msgpack_object* o);
-
-/* Reads an n-byte big-endian length or value. */
-static int dec_be(mpdec_t* d, unsigned n, uint64_t* v) {
-  if (d->len - d->off < n) return TXMQ_EPROTO;
-  *v = be(d->p + d->off, n);
-  d->off += n;
-  return 0;
-}
-
-/* Takes n payload bytes, returning where they start. */
-static int dec_take(mpdec_t* d, uint64_t n, const char** ptr) {
-  if (n > d->len - d->off) return TXMQ_EPROTO;
-  *ptr = (const char*)d->p + d->off;
-  d->off += (size_t)n;
-  return 0;
-}
-
-static int dec_str(mpdec_t* d, msgpack_object_type type, uint64_t n,
-                   msgpack_object* o) {
-  const char* ptr;
-  if (dec_take(d, n, &ptr) != 0) return TXMQ_EPROTO;
-  o->type = type;
-  if (type == MSGPACK_OBJECT_STR) {
-    o->via.str.size = (uint32_t)n;
-    o->via.str.ptr = ptr;
-  } else {
-    o->via.bin.size = (uint32_t)n;
-    o->via.bin.ptr = ptr;
-  }
-  return 0;
-}
-
-static int dec_ext(mpdec_t* d, uint64_t n, msgpack_object* o) {
-  const char* ptr;
-  if (dec_take(d, 1 + n, &ptr) != 0) return TXMQ_EPROTO;
-  o->type = MSGPACK_OBJECT_EXT;
-  o->via.ext.type = (int8_t)ptr[0];
-  o->via.ext.size = (uint32_t)n;
-  o->via.ext.ptr = ptr + 1;
-  return 0;
-}
-
-static void dec_int(int64_t v, msgpack_object* o) {
-  if (v >= 0) {
-    o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-    o->via.u64 = (uint64_t)v;
-  } else {
-    o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
-    o->via.i64 = v;
-  }
-}
-
-/* n elements (pairs: n pairs). Every object takes at least one byte, so a
- * count above the bytes left is a lie: it is refused before the zone is
- * asked for room, which bounds the allocation by the input's size. */
-static int dec_container(mpdec_t* d, unsigned depth, uint64_t n, int pairs,
-                         msgpack_object* o) {
-  uint64_t objects = pairs ? n * 2 : n;
-  if (objects > d->len - d->off) return TXMQ_EPROTO;
-  if (n > 0 && depth + 1 > d->max_depth) return TXMQ_EPROTO;
-  size_t each = pairs ? sizeof(msgpack_object_kv) : sizeof(msgpack_object);
-  void* room = msgpack_zone_malloc(d->z, (size_t)n * each);
-  if (room == NULL) return TXMQ_ENOMEM;
-  if (pairs) {
-    msgpack_object_kv* kv = room;
-    o->type = MSGPACK_OBJECT_MAP;
-    o->via.map.size = (uint32_t)n;
-    o->via.map.ptr = kv;
-    for (uint64_t i = 0; i < n; i++) {
-      int rc = dec_obj(d, depth + 1, &kv[i].key);
-      if (rc == 0) rc = dec_obj(d, depth + 1, &kv[i].val);
-      if (rc != 0) return rc;
-    }
-  } else {
-    msgpack_object* a = room;
-    o->type = MSGPACK_OBJECT_ARRAY;
-    o->via.array.size = (uint32_t)n;
-    o->via.array.ptr = a;
-    for (uint64_t i = 0; i < n; i++) {
-      int rc = dec_obj(d, depth + 1, &a[i]);
-      if (rc != 0) return rc;
-    }
-  }
-  return 0;
-}
-
-static int dec_obj(mpdec_t* d, unsigned depth, msgpack_object* o) {
-  if (++d->items > d->max_items || d->off >= d->len) return TXMQ_EPROTO;
-  uint8_t b = d->p[d->off++];
-  uint64_t v;
-  if (b <= 0x7f) {
-    o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-    o->via.u64 = b;
-    return 0;
-  }
-  if (b >= 0xe0) {
-    o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
-    o->via.i64 = (int8_t)b;
-    return 0;
-  }
-  if (b <= 0x8f) return dec_container(d, depth, b & 0x0f, 1, o);
-  if (b <= 0x9f) return dec_container(d, depth, b & 0x0f, 0, o);
-  if (b <= 0xbf) return dec_str(d, MSGPACK_OBJECT_STR, b & 0x1f, o);
-  switch (b) {
-    case 0xc0:
-      o->type = MSGPACK_OBJECT_NIL;
-      return 0;
-    case 0xc2:
-    case 0xc3:
-      o->type = MSGPACK_OBJECT_BOOLEAN;
-      o->via.boolean = b == 0xc3;
-      return 0;
-    case 0xc4: case 0xc5: case 0xc6: /* bin 8/16/32 */
-      if (dec_be(d, 1u << (b - 0xc4), &v) != 0) return TXMQ_EPROTO;
-      return dec_str(d, MSGPACK_OBJECT_BIN, v, o);
-    case 0xc7: case 0xc8: case 0xc9: /* ext 8/16/32 */
-      if (dec_be(d, 1u << (b - 0xc7), &v) != 0) return TXMQ_EPROTO;
-      return dec_ext(d, v, o);
-    case 0xca: { /* float32 */
-      if (dec_be(d, 4, &v) != 0) return TXMQ_EPROTO;
-      uint32_t bits = (uint32_t)v;
-      float f;
-      memcpy(&f, &bits, sizeof f);
-      o->type = MSGPACK_OBJECT_FLOAT32;
-      o->via.f64 = f;
-      return 0;
-    }
-    case 0xcb: { /* float64 */
-      if (dec_be(d, 8, &v) != 0) return TXMQ_EPROTO;
-      double f;
-      memcpy(&f, &v, sizeof f);
-      o->type = MSGPACK_OBJECT_FLOAT64;
-      o->via.f64 = f;
-      return 0;
-    }
-    case 0xcc: case 0xcd: case 0xce: case 0xcf: /* uint 8/16/32/64 */
-      if (dec_be(d, 1u << (b - 0xcc), &v) != 0) return TXMQ_EPROTO;
-      o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-      o->via.u64 = v;
-      return 0;
-    case 0xd0: /* int 8/16/32/64: sign-extended */
-      if (dec_be(d, 1, &v) != 0) return TXMQ_EPROTO;
-      dec_int((int8_t)(uint8_t)v, o);
-      return 0;
-    case 0xd1:
-      if (dec_be(d, 2, &v) != 0) return TXMQ_EPROTO;
-      dec_int((int16_t)(uint16_t)v, o);
-      return 0;
-    case 0xd2:
-      if (dec_be(d, 4, &v) != 0) return TXMQ_EPROTO;
-      dec_int((int32_t)(uint32_t)v, o);
-      return 0;
-    case 0xd3:
-      if (dec_be(d, 8, &v) != 0) return TXMQ_EPROTO;
-      dec_int((int64_t)v, o);
-      return 0;
-    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: /* fixext */
-      return dec_ext(d, 1u << (b - 0xd4), o);
-    case 0xd9: case 0xda: case 0xdb: /* str 8/16/32 */
-      if (dec_be(d, 1u << (b - 0xd9), &v) != 0) return TXMQ_EPROTO;
-      return dec_str(d, MSGPACK_OBJECT_STR, v, o);
-    case 0xdc: case 0xdd: /* array 16/32 */
-      if (dec_be(d, b == 0xdc ? 2 : 4, &v) != 0) return TXMQ_EPROTO;
-      return dec_container(d, depth, v, 0, o);
-    case 0xde: case 0xdf: /* map 16/32 */
-      if (dec_be(d, b == 0xde ? 2 : 4, &v) != 0) return TXMQ_EPROTO;
-      return dec_container(d, depth, v, 1, o);
-    default: /* 0xc1, never used */
-      return TXMQ_EPROTO;
+static int64_t sext(uint64_t v, unsigned bytes) {
+  switch (bytes) {
+    case 1: return (int8_t)(uint8_t)v;
+    case 2: return (int16_t)(uint16_t)v;
+    case 4: return (int32_t)(uint32_t)v;
+    default: return (int64_t)v;
   }
 }
 
@@ -306,16 +142,152 @@ static int dec_obj(mpdec_t* d, unsigned depth, msgpack_object* o) {
 static int decode_whole(const void* buf, size_t len, unsigned max_depth,
                         size_t max_items, msgpack_zone* z,
                         msgpack_object* out) {
-  if (buf == NULL) return TXMQ_EPROTO;
-  mpdec_t d = {.p = buf,
-               .len = len,
-               .max_items = max_items,
-               .max_depth = max_depth > TXMQ__MP_MAX_DEPTH ? TXMQ__MP_MAX_DEPTH
-                                                           : max_depth,
-               .z = z};
-  int rc = dec_obj(&d, 0, out);
-  if (rc != 0) return rc;
-  return d.off == len ? 0 : TXMQ_EPROTO;
+  const uint8_t* p = buf;
+  if (p == NULL) return TXMQ_EPROTO;
+  if (max_depth > TXMQ__MP_MAX_DEPTH) max_depth = TXMQ__MP_MAX_DEPTH;
+  mplevel_t st[TXMQ__MP_MAX_DEPTH + 2];
+  unsigned top = 0;
+  size_t off = 0, items = 0;
+  st[0].next = out;
+  st[0].left = 1;
+  for (;;) {
+    while (top > 0 && st[top].left == 0) top--;
+    if (st[top].left == 0) break;
+    st[top].left--;
+    msgpack_object* o = st[top].next++;
+    if (++items > max_items || off >= len) return TXMQ_EPROTO;
+    uint8_t b = p[off++];
+    if (b <= 0x7f) {
+      o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+      o->via.u64 = b;
+      continue;
+    }
+    if (b >= 0xe0) {
+      o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+      o->via.i64 = (int8_t)b;
+      continue;
+    }
+    uint64_t n = 0;     /* a length, a count or a number */
+    unsigned nb = 0;    /* big-endian bytes that hold it */
+    int kind;           /* what the header starts */
+    enum { K_STR, K_BIN, K_EXT, K_FIXEXT, K_ARRAY, K_MAP, K_UINT, K_INT,
+           K_F32, K_F64 };
+    if (b <= 0x8f) {
+      kind = K_MAP;
+      n = b & 0x0f;
+    } else if (b <= 0x9f) {
+      kind = K_ARRAY;
+      n = b & 0x0f;
+    } else if (b <= 0xbf) {
+      kind = K_STR;
+      n = b & 0x1f;
+    } else {
+      switch (b) {
+        case 0xc0:
+          o->type = MSGPACK_OBJECT_NIL;
+          continue;
+        case 0xc2:
+        case 0xc3:
+          o->type = MSGPACK_OBJECT_BOOLEAN;
+          o->via.boolean = b == 0xc3;
+          continue;
+        case 0xc4: case 0xc5: case 0xc6: kind = K_BIN; nb = 1u << (b - 0xc4); break;
+        case 0xc7: case 0xc8: case 0xc9: kind = K_EXT; nb = 1u << (b - 0xc7); break;
+        case 0xca: kind = K_F32; nb = 4; break;
+        case 0xcb: kind = K_F64; nb = 8; break;
+        case 0xcc: case 0xcd: case 0xce: case 0xcf: kind = K_UINT; nb = 1u << (b - 0xcc); break;
+        case 0xd0: case 0xd1: case 0xd2: case 0xd3: kind = K_INT; nb = 1u << (b - 0xd0); break;
+        case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+          kind = K_FIXEXT;
+          n = 1u << (b - 0xd4);
+          break;
+        case 0xd9: case 0xda: case 0xdb: kind = K_STR; nb = 1u << (b - 0xd9); break;
+        case 0xdc: kind = K_ARRAY; nb = 2; break;
+        case 0xdd: kind = K_ARRAY; nb = 4; break;
+        case 0xde: kind = K_MAP; nb = 2; break;
+        case 0xdf: kind = K_MAP; nb = 4; break;
+        default: return TXMQ_EPROTO; /* 0xc1, never used */
+      }
+      if (nb > 0) {
+        if (len - off < nb) return TXMQ_EPROTO;
+        n = be(p + off, nb);
+        off += nb;
+      }
+    }
+    size_t rest = len - off;
+    switch (kind) {
+      case K_UINT:
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = n;
+        break;
+      case K_INT: {
+        int64_t v = sext(n, nb);
+        o->type = v >= 0 ? MSGPACK_OBJECT_POSITIVE_INTEGER
+                         : MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        o->via.i64 = v; /* the same bits as u64 for v >= 0 */
+        break;
+      }
+      case K_F32: {
+        uint32_t bits = (uint32_t)n;
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        o->type = MSGPACK_OBJECT_FLOAT32;
+        o->via.f64 = f;
+        break;
+      }
+      case K_F64: {
+        double f;
+        memcpy(&f, &n, sizeof f);
+        o->type = MSGPACK_OBJECT_FLOAT64;
+        o->via.f64 = f;
+        break;
+      }
+      case K_STR:
+      case K_BIN:
+        if (n > rest) return TXMQ_EPROTO;
+        o->type = kind == K_STR ? MSGPACK_OBJECT_STR : MSGPACK_OBJECT_BIN;
+        o->via.str.size = (uint32_t)n; /* str and bin: the same layout */
+        o->via.str.ptr = (const char*)p + off;
+        off += (size_t)n;
+        break;
+      case K_EXT:
+      case K_FIXEXT:
+        if (n >= rest) return TXMQ_EPROTO; /* the type byte, then n */
+        o->type = MSGPACK_OBJECT_EXT;
+        o->via.ext.type = (int8_t)p[off];
+        o->via.ext.size = (uint32_t)n;
+        o->via.ext.ptr = (const char*)p + off + 1;
+        off += 1 + (size_t)n;
+        break;
+      default: { /* K_ARRAY, K_MAP */
+        /* Every object takes at least one byte, so a count above the
+         * bytes left is a lie: refused before the zone is asked for room,
+         * which bounds the allocation by the input's size. */
+        uint64_t objects = kind == K_MAP ? n * 2 : n;
+        if (objects > rest) return TXMQ_EPROTO;
+        if (n > 0 && top + 1 > max_depth) return TXMQ_EPROTO;
+        msgpack_object* slots =
+            msgpack_zone_malloc(z, (size_t)objects * sizeof(msgpack_object));
+        if (slots == NULL) return TXMQ_ENOMEM;
+        if (kind == K_MAP) {
+          o->type = MSGPACK_OBJECT_MAP;
+          o->via.map.size = (uint32_t)n;
+          o->via.map.ptr = (msgpack_object_kv*)(void*)slots;
+        } else {
+          o->type = MSGPACK_OBJECT_ARRAY;
+          o->via.array.size = (uint32_t)n;
+          o->via.array.ptr = slots;
+        }
+        if (n > 0) {
+          top++;
+          st[top].next = slots;
+          st[top].left = objects;
+        }
+        break;
+      }
+    }
+  }
+  return off == len ? 0 : TXMQ_EPROTO;
 }
 
 int txmq__mp_unpack_zone(const void* buf, size_t len, unsigned max_depth,
