@@ -77,6 +77,7 @@
 #include "txmq/log.h"
 #include "txmq/net.h"
 #include "txmq/runtime.h"
+#include "txmq/store.h"
 
 #ifndef TXMQ_VERSION
 #define TXMQ_VERSION "unknown"
@@ -1198,6 +1199,13 @@ int main(int argc, char** argv) {
     goto fail;
   }
   d->opened = 1;
+  /* What the open found and worked around (a checkpoint or snapshot that
+   * could not be used, a torn log tail cut): the data is whole, but an
+   * operator should know why this start was slower or what was repaired. */
+  const char* odiag = txmq_store_diag(txmq_runtime_store(d->rt));
+  if (odiag[0] != '\0')
+    logf_(&d->log, LV_WARN, "data directory opened with warnings", "reason=%s",
+          q(odiag, qb, sizeof qb));
   rc = txmq_consumers_start(d->cs);
   if (rc != 0) {
     logf_(&d->log, LV_ERROR, "cannot start the consumer engine", "err=%s",

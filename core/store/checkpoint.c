@@ -24,6 +24,27 @@
  * the data directory. The order matters: the checkpoint promises that the
  * index entries below its counts are on disk, so they must be before it.
  *
+ * SNAPSHOT (<data>/snapshot.0 and <data>/snapshot.1, little-endian)
+ *   0..7    "TXMQSNP1"
+ *   8..11   crc32c of bytes 12..end
+ *   12..15  version (1)
+ *   16..23  length of the payload
+ *   24..31  applied: the checkpoint this snapshot belongs to
+ *   32..39  seq: one more than the last snapshot seen or written
+ *   40..    the payload of the part that registered it (store_int.h; the
+ *           transaction engine's format is described in core/tx/tx.c)
+ * When a part registers a snapshot, step (2) also asks it for its state as
+ * of the same applied position, and step (3) writes it, before the
+ * checkpoint, the same way: temporary file (snapshot.tmp), fdatasync,
+ * rename, fsync of the directory. There are two slots and each checkpoint
+ * writes the one that the checkpoint on disk does not use, so a crash
+ * between the snapshot's rename and the checkpoint's leaves the old
+ * checkpoint with its own snapshot still in the other slot: no instant
+ * leaves a checkpoint without the snapshot that matches it. At open the
+ * slot whose applied equals the checkpoint's is used (the higher seq when
+ * both do); a snapshot that fails to write does not fail the checkpoint
+ * (the next open replays from the replay floor instead).
+ *
  * This unit does not decide when checkpoints run (store.c's timer and
  * close) and does not apply what it loads beyond filling the store.
  */
@@ -60,9 +81,17 @@ struct txmq__ckpt_s {
   uint64_t applied;
   uint64_t replay_from;
   uint64_t mutations;
+  /* The part's snapshot, when one was captured (snap_buf not NULL). */
+  void* snap_buf;
+  size_t snap_len;
+  uint8_t snap_hdr[TXMQ__SNAP_HEADER];
+  int snap_slot;
+  uint64_t snap_seq;
   /* Set by the worker. */
   int status;
+  int snap_status;
   char why[512];
+  char snap_why[512];
 };
 
 /* ---- encoding ---- */
@@ -277,6 +306,137 @@ int txmq__ckpt_load(txmq_store_t* st, uint64_t* applied,
   return rc;
 }
 
+/* ---- the part's snapshot at open ---- */
+
+typedef struct {
+  int ok;          /* magic, version and size check out */
+  int present;     /* the file exists */
+  uint64_t len, applied, seq;
+  char why[160];
+} snap_head_t;
+
+static int read_full(int fd, void* buf, size_t len, off_t at) {
+  size_t got = 0;
+  while (got < len) {
+    ssize_t r = pread(fd, (uint8_t*)buf + got, len - got, at + (off_t)got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    got += (size_t)r;
+  }
+  return 0;
+}
+
+/* Reads and checks a slot's header; the file is left open in *fd when it
+ * is ok. */
+static void snap_head(const char* path, snap_head_t* h, int* fd) {
+  memset(h, 0, sizeof *h);
+  *fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (*fd < 0) {
+    h->present = errno != ENOENT;
+    snprintf(h->why, sizeof h->why, "%s", errno == ENOENT ? "missing"
+                                                          : strerror(errno));
+    return;
+  }
+  h->present = 1;
+  struct stat sb;
+  uint8_t b[TXMQ__SNAP_HEADER];
+  if (fstat(*fd, &sb) != 0) {
+    snprintf(h->why, sizeof h->why, "cannot stat: %s", strerror(errno));
+  } else if (sb.st_size < TXMQ__SNAP_HEADER ||
+             read_full(*fd, b, sizeof b, 0) != 0) {
+    snprintf(h->why, sizeof h->why, "shorter than its header");
+  } else if (memcmp(b, TXMQ__SNAP_MAGIC, 8) != 0) {
+    snprintf(h->why, sizeof h->why, "bad magic");
+  } else if (txmq__ld_le32(b + 12) != TXMQ__SNAP_VERSION) {
+    snprintf(h->why, sizeof h->why, "version %" PRIu32 ", not %d",
+             txmq__ld_le32(b + 12), TXMQ__SNAP_VERSION);
+  } else if ((h->len = txmq__ld_le64(b + 16)) >
+                 (uint64_t)INT64_MAX - TXMQ__SNAP_HEADER ||
+             h->len + TXMQ__SNAP_HEADER != (uint64_t)sb.st_size) {
+    snprintf(h->why, sizeof h->why,
+             "length %" PRIu64 " does not match the file size", h->len);
+  } else {
+    h->applied = txmq__ld_le64(b + 24);
+    h->seq = txmq__ld_le64(b + 32);
+    h->ok = 1;
+    return;
+  }
+  close(*fd);
+  *fd = -1;
+}
+
+/* Reads the whole slot, checks its crc and hands the payload to the part. */
+static int snap_take(txmq_store_t* st, int fd, const snap_head_t* h,
+                     uint64_t applied, char* why, size_t why_len) {
+  if (h->len + TXMQ__SNAP_HEADER > SIZE_MAX) {
+    snprintf(why, why_len, "too large for this machine");
+    return TXMQ_ENOMEM;
+  }
+  size_t n = (size_t)(h->len + TXMQ__SNAP_HEADER);
+  uint8_t* buf = malloc(n);
+  if (buf == NULL) {
+    snprintf(why, why_len, "out of memory for %zu bytes", n);
+    return TXMQ_ENOMEM;
+  }
+  int rc = TXMQ_ECORRUPT;
+  if (read_full(fd, buf, n, 0) != 0) {
+    snprintf(why, why_len, "short read");
+  } else if (txmq_crc32c(0, buf + 12, n - 12) != txmq__ld_le32(buf + 8)) {
+    snprintf(why, why_len, "crc mismatch");
+  } else if (txmq__ld_le64(buf + 24) != applied) {
+    /* Read again with the crc: the header read earlier may have raced a
+     * writer that is not us (two openers are refused by the log's lock). */
+    snprintf(why, why_len, "changed while read");
+  } else {
+    char w[256] = "";
+    rc = st->snap_ops->load(st->snap_arg, applied, buf + TXMQ__SNAP_HEADER,
+                            (size_t)h->len, w, sizeof w);
+    if (rc != 0)
+      snprintf(why, why_len, "refused: %s", w[0] ? w : txmq_strerror(rc));
+  }
+  free(buf);
+  return rc;
+}
+
+int txmq__snap_load(txmq_store_t* st, uint64_t applied, char* why,
+                    size_t why_len) {
+  snap_head_t h[2];
+  int fd[2];
+  st->snap_slot = -1;
+  for (int k = 0; k < 2; k++) {
+    snap_head(st->snap_path[k], &h[k], &fd[k]);
+    if (h[k].ok && h[k].seq > st->snap_seq) st->snap_seq = h[k].seq;
+    if (h[k].ok && h[k].applied != applied) {
+      snprintf(h[k].why, sizeof h[k].why,
+               "belongs to the checkpoint at %" PRIu64 ", not %" PRIu64,
+               h[k].applied, applied);
+      h[k].ok = 0;
+    }
+  }
+  /* The newer first when both match (two checkpoints at one position). */
+  int order[2] = {0, 1};
+  if (h[0].ok && h[1].ok && h[1].seq > h[0].seq) {
+    order[0] = 1;
+    order[1] = 0;
+  }
+  int rc = TXMQ_ENOTFOUND;
+  for (int j = 0; j < 2; j++) {
+    int k = order[j];
+    if (!h[k].ok) continue;
+    rc = snap_take(st, fd[k], &h[k], applied, h[k].why, sizeof h[k].why);
+    if (rc == 0) {
+      st->snap_slot = k;
+      break;
+    }
+  }
+  for (int k = 0; k < 2; k++)
+    if (fd[k] >= 0) close(fd[k]);
+  if (rc == 0) return 0;
+  if (h[0].present || h[1].present) rc = TXMQ_ECORRUPT;
+  snprintf(why, why_len, "snapshot.0 %s, snapshot.1 %s", h[0].why, h[1].why);
+  return rc;
+}
+
 /* ---- writing ---- */
 
 static int add_range(txmq__ckpt_t* c, void* addr, size_t len) {
@@ -314,6 +474,7 @@ static int capture_queue(txmq__ckpt_t* c, txmq__queue_t* q, size_t page) {
 
 static void ckpt_free(txmq__ckpt_t* c) {
   free(c->file);
+  free(c->snap_buf);
   free(c->ranges);
   txmq__strv_free(&c->files);
   txmq__strv_free(&c->dirs);
@@ -341,6 +502,58 @@ static int sync_path(const char* path, int dir) {
   return err;
 }
 
+static int write_all(int fd, const void* buf, size_t len) {
+  const uint8_t* p = buf;
+  size_t off = 0;
+  while (off < len) {
+    ssize_t w = write(fd, p + off, len - off);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return w < 0 ? errno : EIO;
+    off += (size_t)w;
+  }
+  return 0;
+}
+
+/* Writes a then b to tmp, fdatasyncs it, renames it over path and fsyncs
+ * dir. 0, or the errno of the step that failed, named by *what and *which
+ * (the temporary file is then removed). */
+static int replace_file(const char* tmp, const char* path, const char* dir,
+                        const void* a, size_t alen, const void* b,
+                        size_t blen, const char** what, const char** which) {
+  *which = tmp;
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    *what = "cannot create";
+    return errno;
+  }
+  int err = write_all(fd, a, alen);
+  if (err == 0 && blen > 0) err = write_all(fd, b, blen);
+  if (err != 0) *what = "cannot write";
+  if (err == 0 && fdatasync(fd) != 0) {
+    err = errno;
+    *what = "fdatasync of";
+  }
+  if (close(fd) != 0 && err == 0) {
+    err = errno;
+    *what = "close of";
+  }
+  if (err == 0 && rename(tmp, path) != 0) {
+    err = errno;
+    *what = "rename to";
+    *which = path;
+  }
+  if (err == 0) {
+    err = sync_path(dir, 1);
+    if (err != 0) {
+      *what = "fsync of";
+      *which = dir;
+    }
+    return err;
+  }
+  unlink(tmp);
+  return err;
+}
+
 /* Runs on the threadpool. Touches only what was captured into c. */
 static void ckpt_work(uv_work_t* req) {
   txmq__ckpt_t* c = req->data;
@@ -359,37 +572,34 @@ static void ckpt_work(uv_work_t* req) {
   }
   if (c->status != 0) return;
 
+  /* The snapshot first: it goes to the slot the checkpoint on disk does
+   * not use, so until the checkpoint below is renamed into place it is
+   * not looked at, and after that it is the one that matches. */
+  if (c->snap_buf != NULL) {
+    uint32_t crc = txmq_crc32c(0, c->snap_hdr + 12, TXMQ__SNAP_HEADER - 12);
+    txmq__st_le32(c->snap_hdr + 8, txmq_crc32c(crc, c->snap_buf, c->snap_len));
+    const char *what = NULL, *which = NULL;
+    int err = replace_file(st->snap_tmp, st->snap_path[c->snap_slot], st->dir,
+                           c->snap_hdr, sizeof c->snap_hdr, c->snap_buf,
+                           c->snap_len, &what, &which);
+    if (err != 0) {
+      c->snap_status = txmq_err_from_errno(err);
+      if (c->snap_status == 0 || c->snap_status == TXMQ_ENOTFOUND)
+        c->snap_status = TXMQ_EIO;
+      snprintf(c->snap_why, sizeof c->snap_why, "snapshot: %s %s: %s", what,
+               which, strerror(err));
+    }
+  }
+
   /* Write-to-temp, fdatasync, rename, fsync the directory: a crash at any
    * point leaves either the old checkpoint or the new one, never a torn
    * mix; without the directory fsync the rename itself could be lost and
    * the old checkpoint would come back after the index entries it counts
    * were trimmed. */
-  int fd = open(st->ckpt_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    why_errno(c, "cannot create", st->ckpt_tmp, errno);
-    return;
-  }
-  size_t off = 0;
-  while (off < c->file_len) {
-    ssize_t w = write(fd, c->file + off, c->file_len - off);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      why_errno(c, "cannot write", st->ckpt_tmp, w < 0 ? errno : EIO);
-      break;
-    }
-    off += (size_t)w;
-  }
-  if (c->status == 0 && fdatasync(fd) != 0)
-    why_errno(c, "fdatasync of", st->ckpt_tmp, errno);
-  if (close(fd) != 0 && c->status == 0)
-    why_errno(c, "close of", st->ckpt_tmp, errno);
-  if (c->status == 0 && rename(st->ckpt_tmp, st->ckpt_path) != 0)
-    why_errno(c, "rename to", st->ckpt_path, errno);
-  if (c->status == 0) {
-    int err = sync_path(st->dir, 1);
-    if (err) why_errno(c, "fsync of", st->dir, err);
-  }
-  if (c->status != 0) unlink(st->ckpt_tmp);
+  const char *what = NULL, *which = NULL;
+  int err = replace_file(st->ckpt_tmp, st->ckpt_path, st->dir, c->file,
+                         c->file_len, NULL, 0, &what, &which);
+  if (err != 0) why_errno(c, what, which, err);
 }
 
 static void strv_move(txmq__strv_t* to, txmq__strv_t* from) {
@@ -406,6 +616,8 @@ static void strv_move(txmq__strv_t* to, txmq__strv_t* from) {
 static void ckpt_finish(txmq__ckpt_t* c) {
   txmq_store_t* st = c->st;
   st->ckpt = NULL;
+  if (c->snap_buf != NULL && c->snap_seq > st->snap_seq)
+    st->snap_seq = c->snap_seq;
   if (c->status == 0) {
     for (size_t i = 0; i < st->ntopics; i++) {
       txmq__topic_t* t = st->topics[i];
@@ -416,6 +628,15 @@ static void ckpt_finish(txmq__ckpt_t* c) {
       }
     }
     st->durable_floor = c->replay_from;
+    if (c->snap_buf != NULL && c->snap_status == 0) {
+      st->snap_slot = c->snap_slot;
+      st->snap_seq = c->snap_seq;
+    } else {
+      /* The checkpoint on disk has no snapshot now (the one in the other
+       * slot belongs to an older checkpoint). */
+      st->snap_slot = -1;
+      if (c->snap_why[0]) txmq__store_diag_set(st, "%s", c->snap_why);
+    }
     st->ckpt_applied = c->applied;
     st->ckpt_mutations = c->mutations;
     st->ckpt_ever = 1;
@@ -435,6 +656,34 @@ static void ckpt_after(uv_work_t* req, int status) {
   txmq__ckpt_t* c = req->data;
   if (status != 0 && c->status == 0) c->status = TXMQ_ECLOSED; /* cancelled */
   ckpt_finish(c);
+}
+
+/* Asks the registered part for its state as of c->applied (on the loop,
+ * in the same turn as the store's own capture, so both describe the same
+ * instant). Without it the checkpoint still goes on. */
+static void snap_capture(txmq__ckpt_t* c) {
+  txmq_store_t* st = c->st;
+  void* buf = NULL;
+  size_t len = 0;
+  int rc = st->snap_ops->capture(st->snap_arg, c->applied, &buf, &len);
+  if (rc != 0) {
+    free(buf);
+    snprintf(c->snap_why, sizeof c->snap_why,
+             "snapshot: not captured (%s): the next open replays from the "
+             "replay floor", txmq_strerror(rc));
+    return;
+  }
+  c->snap_buf = buf;
+  c->snap_len = len;
+  c->snap_slot = st->snap_slot == 0 ? 1 : 0;
+  c->snap_seq = st->snap_seq + 1;
+  uint8_t* h = c->snap_hdr;
+  memcpy(h, TXMQ__SNAP_MAGIC, 8);
+  txmq__st_le32(h + 12, TXMQ__SNAP_VERSION);
+  txmq__st_le64(h + 16, (uint64_t)len);
+  txmq__st_le64(h + 24, c->applied);
+  txmq__st_le64(h + 32, c->snap_seq);
+  /* The crc is computed by the worker: the payload can be large. */
 }
 
 static void ckpt_flushed(txmq_log_t* log, int status, uint64_t first_pos,
@@ -463,6 +712,7 @@ static void ckpt_flushed(txmq_log_t* log, int status, uint64_t first_pos,
   uint64_t floor = st->floor_cb ? st->floor_cb(st, st->floor_arg) : UINT64_MAX;
   c->replay_from = floor < c->applied ? floor : c->applied;
   c->mutations = st->mutations;
+  if (rc == 0 && st->snap_ops != NULL) snap_capture(c);
   void* map = NULL;
   size_t len = 0;
   if (rc == 0) rc = txmq__ckpt_encode(st, c->applied, c->replay_from, &map, &len);

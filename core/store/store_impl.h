@@ -27,6 +27,10 @@
 #define TXMQ__CKPT_MAGIC "TXMQCKP1"
 #define TXMQ__CKPT_HEADER 16 /* magic 8, crc 4, length 4 */
 #define TXMQ__CKPT_VERSION 1
+#define TXMQ__SNAP_MAGIC "TXMQSNP1"
+#define TXMQ__SNAP_HEADER 40 /* magic 8, crc 4, version 4, length 8,
+                                applied 8, seq 8 */
+#define TXMQ__SNAP_VERSION 1
 
 /* A string-keyed hash map (open addressing, no deletion: topics and offset
  * entries are never removed). Keys are not copied: they must live as long as
@@ -109,6 +113,8 @@ struct txmq_store_s {
   char* index_dir;
   char* ckpt_path;
   char* ckpt_tmp;
+  char* snap_path[2]; /* the two snapshot slots (checkpoint.c) */
+  char* snap_tmp;
   txmq_log_t* log;
   int state;
 
@@ -128,6 +134,9 @@ struct txmq_store_s {
     txmq__rec_decode_cb fn;
     void* arg;
   } decoders[256];
+  /* A part's snapshot written with each checkpoint (store_int.h). */
+  const txmq__store_snap_ops_t* snap_ops;
+  void* snap_arg;
   /* Told of every message made visible outside replay (store_int.h). */
   txmq__store_publish_cb pub_cb;
   void* pub_arg;
@@ -168,6 +177,9 @@ struct txmq_store_s {
   uint64_t ckpt_applied;       /* applied of the last durable checkpoint */
   uint64_t ckpt_mutations;     /* mutations of the last durable checkpoint */
   int ckpt_ever;               /* a checkpoint is on disk */
+  int snap_slot;               /* slot of the snapshot that belongs to the
+                                  checkpoint on disk, or -1 */
+  uint64_t snap_seq;           /* seq of the newest snapshot seen or written */
   txmq__strv_t sync_files;     /* index files created since the last one */
   txmq__strv_t sync_dirs;      /* directories that gained entries */
 
@@ -231,6 +243,13 @@ int txmq__ckpt_start(txmq_store_t* st, txmq_store_done_cb cb, void* arg);
 /* Encodes the current state as the checkpoint's msgpack map. */
 int txmq__ckpt_encode(txmq_store_t* st, uint64_t applied, uint64_t replay_from,
                       void** buf, size_t* len);
+
+/* Loads the snapshot that belongs to the checkpoint at applied into the
+ * registered part: 0 (taken), TXMQ_ENOTFOUND (no slot holds one of this
+ * checkpoint; why says what was found) or another code with why saying what
+ * was wrong with it. Sets snap_slot and snap_seq either way. */
+int txmq__snap_load(txmq_store_t* st, uint64_t applied, char* why,
+                    size_t why_len);
 
 /* store.c: called by checkpoint.c when a checkpoint has finished (on the
  * loop): ckpt_done before the checkpoint's callback (retention, index

@@ -139,6 +139,41 @@ int txmq__store_offset_groups(const txmq_store_t* st,
                               int (*fn)(void* arg, const char* group),
                               void* arg);
 
+/* ---- a part's snapshot beside each checkpoint ----
+ *
+ * The store's checkpoint lets the next open skip the log below "applied",
+ * but a part that rebuilds its state from its own records (the transaction
+ * engine) would still need the replay from its replay floor. Such a part
+ * registers a snapshot: at every checkpoint, right where the store captures
+ * its own state, capture() returns the part's state as of the same applied
+ * position as a payload of the part's own format (every record before
+ * applied reflected, none after). The store writes it with the checkpoint
+ * (checkpoint.c says how) and, at the next open, hands it back to load()
+ * when it belongs to the checkpoint found; the replay then starts at
+ * applied. When there is no such snapshot, or load() refuses it, the open
+ * says why in its diagnostic and replays from the checkpoint's replay floor
+ * as before, so a snapshot only ever saves time. The store never looks
+ * inside the payload.
+ *
+ * capture runs on the loop thread and should be quick (it stalls the
+ * loop); 0 and a malloc'ed *buf of *len bytes that the store frees, or a
+ * TXMQ_E* code: that checkpoint is then written without a snapshot.
+ * load runs inside txmq_store_open before the replay: 0 when it took the
+ * payload; any other code leaves the part as it was before the call, with
+ * why (a NUL-terminated string of at most why_len bytes) saying what was
+ * wrong. One part per store; ops NULL removes it, and the part must remove
+ * itself before it goes away. */
+typedef struct {
+  int (*capture)(void* arg, uint64_t applied, void** buf, size_t* len);
+  int (*load)(void* arg, uint64_t applied, const void* buf, size_t len,
+              char* why, size_t why_len);
+} txmq__store_snap_ops_t;
+void txmq__store_set_snapshot(txmq_store_t* st,
+                              const txmq__store_snap_ops_t* ops, void* arg);
+/* Every log record before this position has been applied (its append's
+ * callback has run). */
+uint64_t txmq__store_applied(const txmq_store_t* st);
+
 /* Entries per new index file (default TXMQ_STORE_INDEX_FILE_ENTRIES). Files
  * already on disk keep their size: a file's entry count is read from its
  * length. Only for tests that want to see a queue grow to several files

@@ -107,6 +107,7 @@ txmq__istr_t* txmq__intern(txmq__itab_t* t, const char* s, size_t len) {
   e->undeliv_head = TXMQ__NIL;
   e->group_refs = 0;
   e->len = (uint32_t)len;
+  e->snap_idx = 0;
   memcpy(e->s, s, len);
   e->s[len] = '\0';
   uint32_t i = itab_pos(t, s, len, h, &found);

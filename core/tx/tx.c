@@ -79,6 +79,22 @@ typedef struct {
   MAX2(MAX2(sizeof(decide_op_t), sizeof(event_op_t)),                       \
        MAX2(sizeof(waiter_t), sizeof(begin_op_t) + sizeof(txmq_msg_t*)))
 
+/* What an entry was just before one of its event records, kept while the
+ * record is not applied yet (see "snapshot" below): a snapshot describes
+ * the engine as of the store's applied position, and the engine changes an
+ * entry as soon as it appends the record. */
+enum { DUE_AT, DUE_NOW, DUE_NONE };
+typedef struct {
+  uint64_t pos;      /* the record */
+  uint64_t half_pos; /* names the entry: pool indexes are reused */
+  uint64_t last_pos;
+  uint64_t due;      /* with DUE_AT: the heap's (monotonic) due time */
+  uint32_t idx;
+  uint16_t count;
+  uint8_t state;
+  uint8_t due_kind;
+} undo_t;
+
 /* A callback to run from the loop, for requests answered without a write
  * (a repeat of a decision that is already durable). libuv never calls a
  * callback from inside the call that was given it, and neither do we. */
@@ -119,6 +135,14 @@ struct txmq_tx_s {
   msgpack_zone zone;  /* reused for every half record we decode */
   int64_t replay_skew; /* monotonic minus wall clock, read once at replay */
   int replay_skew_set;
+
+  /* Undo records of the event records not yet applied, in log order (a
+   * FIFO: applied only grows). undo_lost: one could not be kept (out of
+   * memory), so no snapshot is taken until applied passes undo_lost_pos. */
+  undo_t* uq;
+  uint32_t uq_cap, uq_head, uq_n;
+  int undo_lost;
+  uint64_t undo_lost_pos;
 
   uv_timer_t timer;
   uv_idle_t idle;
@@ -196,6 +220,11 @@ static int64_t sat_sub(int64_t a, int64_t b) {
 
 /* Pending-per-topic counts: every topic of the entry's set, +1 or -1. */
 static void topics_adjust(txmq_tx_t* tx, txmq__txe_t* e, int delta) {
+  /* A set of one topic is that topic's own interned string. */
+  if (memchr(e->topics->s, '\n', e->topics->len) == NULL) {
+    e->topics->pending += (uint64_t)(int64_t)delta;
+    return;
+  }
   const char* s = e->topics->s;
   const char* end = s + e->topics->len;
   while (s < end) {
@@ -451,12 +480,77 @@ static void on_plain_done(txmq_log_t* log, int status, uint64_t pos,
   maybe_finish_close(tx);
 }
 
+/* ---- undo records ---- */
+
+/* How the entry is scheduled now, as a snapshot records it: a check that
+ * is out or found no target was due when it was offered, which is what a
+ * replay would say (the records do not know of the offer). */
+static uint8_t due_of(const txmq_tx_t* tx, const txmq__txe_t* e,
+                      uint64_t* due) {
+  if (e->state != TXMQ_TX_PENDING) return DUE_NONE;
+  if ((e->flags & (TXE_IN_FLIGHT | TXE_UNDELIV)) || e->heap_idx == TXMQ__NIL)
+    return DUE_NOW;
+  *due = tx->heap.a[e->heap_idx].due;
+  return DUE_AT;
+}
+
+static void undo_take(const txmq_tx_t* tx, uint32_t i, undo_t* u) {
+  const txmq__txe_t* e = E((txmq_tx_t*)tx, i);
+  u->pos = 0;
+  u->half_pos = e->half_pos;
+  u->last_pos = e->last_pos;
+  u->due = 0;
+  u->idx = i;
+  u->count = e->count;
+  u->state = e->state;
+  u->due_kind = due_of(tx, e, &u->due);
+}
+
+/* Drops the undo records of applied records. */
+static void undo_prune(txmq_tx_t* tx, uint64_t applied) {
+  while (tx->uq_n > 0 && tx->uq[tx->uq_head].pos < applied) {
+    tx->uq_head = (tx->uq_head + 1) % tx->uq_cap;
+    tx->uq_n--;
+  }
+  if (tx->uq_n == 0) {
+    tx->uq_head = 0;
+    if (tx->uq_cap > 4096) { /* a burst is over: give its memory back */
+      free(tx->uq);
+      tx->uq = NULL;
+      tx->uq_cap = 0;
+    }
+  }
+}
+
+static void undo_push(txmq_tx_t* tx, const undo_t* u) {
+  undo_prune(tx, txmq__store_applied(tx->st));
+  if (tx->uq_n == tx->uq_cap) {
+    uint32_t nc = tx->uq_cap ? tx->uq_cap * 2 : 64;
+    undo_t* q = nc > tx->uq_cap ? malloc((size_t)nc * sizeof *q) : NULL;
+    if (q == NULL) {
+      tx->undo_lost = 1;
+      tx->undo_lost_pos = u->pos;
+      return;
+    }
+    for (uint32_t k = 0; k < tx->uq_n; k++)
+      q[k] = tx->uq[(tx->uq_head + k) % tx->uq_cap];
+    free(tx->uq);
+    tx->uq = q;
+    tx->uq_cap = nc;
+    tx->uq_head = 0;
+  }
+  tx->uq[(tx->uq_head + tx->uq_n) % tx->uq_cap] = *u;
+  tx->uq_n++;
+}
+
 /* Appends an event of entry i chained to its previous record, with the
  * entry's current count; on success the entry's chain head moves to it. cb
- * NULL: nobody waits for it. */
+ * NULL: nobody waits for it. pre: the entry as it was before the caller
+ * changed it for this record (NULL: it is unchanged so far). */
 static int append_event(txmq_tx_t* tx, uint32_t i, txmq__ev_t ev,
                         txmq_tx_source_t src, const char* ver,
-                        const char* who, txmq_log_append_cb cb, void* arg) {
+                        const char* who, const undo_t* pre,
+                        txmq_log_append_cb cb, void* arg) {
   txmq__txe_t* e = E(tx, i);
   txmq__event_t rec = {
       .ev = ev,
@@ -479,6 +573,11 @@ static int append_event(txmq_tx_t* tx, uint32_t i, txmq__ev_t ev,
                          cb ? arg : tx);
   if (rc != 0) return rc;
   tx->inflight++;
+  undo_t u;
+  if (pre != NULL) u = *pre;
+  else undo_take(tx, i, &u);
+  u.pos = pos;
+  undo_push(tx, &u);
   e->last_pos = pos;
   return 0;
 }
@@ -603,7 +702,7 @@ static int decide(txmq_tx_t* tx, uint32_t i, txmq_tx_decision_t d,
   op->state = d == TXMQ_TX_COMMIT ? TXMQ_TX_COMMITTED : TXMQ_TX_ROLLED_BACK;
   int rc = append_event(tx, i,
                         d == TXMQ_TX_COMMIT ? TXMQ__EV_COMMIT : TXMQ__EV_ROLLBACK,
-                        src, ver, who, on_decided, op);
+                        src, ver, who, NULL, on_decided, op);
   if (rc != 0) {
     txmq__pool_put(&tx->op_pool, op);
     txmq__pool_put(&tx->op_pool, w);
@@ -629,6 +728,8 @@ static int decide(txmq_tx_t* tx, uint32_t i, txmq_tx_decision_t d,
 
 static void park(txmq_tx_t* tx, uint32_t i) {
   txmq__txe_t* e = E(tx, i);
+  undo_t pre;
+  undo_take(tx, i, &pre);
   txmq__heap_del(&tx->heap, &tx->txs, i);
   undeliv_remove(tx, i);
   e->flags &= (uint8_t)~TXE_IN_FLIGHT;
@@ -637,7 +738,7 @@ static void park(txmq_tx_t* tx, uint32_t i) {
   /* Best effort: if the log refuses, the park is redone after a restart
    * from the counted checks that were recorded. */
   (void)append_event(tx, i, TXMQ__EV_PARK, TXMQ_TX_SRC_MAX_CHECKS, NULL, NULL,
-                     NULL, NULL);
+                     &pre, NULL, NULL);
 }
 
 /* A check completed and counts: answered UNKNOWN (ev "unknown") or timed
@@ -647,9 +748,11 @@ static int counted_check(txmq_tx_t* tx, uint32_t i, txmq__ev_t ev,
                          txmq_tx_source_t src, const char* ver,
                          const char* who, int force) {
   txmq__txe_t* e = E(tx, i);
+  undo_t pre;
+  undo_take(tx, i, &pre);
   uint16_t prev = e->count;
   if (e->count < UINT16_MAX) e->count++;
-  int rc = append_event(tx, i, ev, src, ver, who, NULL, NULL);
+  int rc = append_event(tx, i, ev, src, ver, who, &pre, NULL, NULL);
   if (rc != 0 && !force) {
     e->count = prev;
     return rc;
@@ -981,6 +1084,427 @@ static uint64_t replay_floor(txmq_store_t* st, void* arg) {
   return tx->age_head != TXMQ__NIL ? E(tx, tx->age_head)->half_pos : UINT64_MAX;
 }
 
+/* ---- snapshot ----
+ *
+ * At each checkpoint the store asks for the engine's state as of its
+ * applied position (txmq__tx_snapshot, on the loop) and writes it beside
+ * the checkpoint; the next open hands it back (snap_load) and replays only
+ * the log after applied. Without a usable snapshot the open replays from
+ * the replay floor as before, so everything here may fail safely.
+ *
+ * "As of applied" is what a replay of every record before applied would
+ * rebuild, and nothing of a record after it: an entry whose half record is
+ * not applied yet is left out (the replay of the tail brings it), and an
+ * entry with event records not applied yet is written as its undo record
+ * says it was before the first of them (the tail replays them, or they
+ * were lost with a crash, and then the entry is as a replay would leave
+ * it). A check that is out or found no target is written as due at once,
+ * as a replay would make it. The table of decided transactions is written
+ * whole, oldest first, so that a repeated COMMIT or ROLLBACK after the
+ * restart is still answered from it.
+ *
+ * PAYLOAD (little-endian; the store's envelope around it is described in
+ * core/store/checkpoint.c)
+ *   0..3    version (1)
+ *   4..7    number of strings S
+ *   8..11   number of entries N
+ *   12..15  number of decided transactions D
+ *   16..23  bytes of the strings that follow
+ *   24..    S strings: length (4), bytes (no NUL); groups, producers and
+ *           topic sets (sorted topics joined with '\n'), referred to by
+ *           their number
+ *   then    N entries of 80 bytes, in half record order:
+ *             0  id (16)
+ *            16  half record position (8)
+ *            24  newest record of the chain (8)
+ *            32  born, wall ms (8, signed)
+ *            40  next check due, wall ms (8, signed; 0 when parked)
+ *            48  half record length (4)
+ *            52  tags hash of a one-message transaction (4)
+ *            56  group (4, string number)
+ *            60  producer (4, string number; 0xffffffff: none)
+ *            64  topic set (4, string number)
+ *            68  queue id of a one-message transaction (2, signed; -1)
+ *            70  counted checks (2)
+ *            72  state (1: 0 pending, 3 parked)
+ *            73  messages (1)
+ *            74  zero (6)
+ *   then    D decided transactions of 24 bytes, oldest first: id (16),
+ *           state (top 2 bits: 1 committed, 2 rolled back) and the
+ *           position of its last record (low 62 bits) (8)
+ * Everything is range-checked at load: positions against applied and the
+ * log's begin, half records in increasing order, names, labels and topic
+ * sets as the engine would accept them, strings and sizes against the
+ * payload's length. */
+
+#define SNAP_VERSION 1
+#define SNAP_HEAD 24
+#define SNAP_ENTRY 80
+#define SNAP_DEC 24
+#define SNAP_NONE UINT32_MAX
+#define DEC_POS_BITS ((UINT64_C(1) << 62) - 1)
+
+static void put32(uint8_t* p, uint32_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+  p[2] = (uint8_t)(v >> 16);
+  p[3] = (uint8_t)(v >> 24);
+}
+static void put64(uint8_t* p, uint64_t v) {
+  put32(p, (uint32_t)v);
+  put32(p + 4, (uint32_t)(v >> 32));
+}
+static uint32_t get32(const uint8_t* p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+         (uint32_t)p[3] << 24;
+}
+static uint64_t get64(const uint8_t* p) {
+  return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+static int undo_cmp(const void* a, const void* b) {
+  const undo_t* x = a;
+  const undo_t* y = b;
+  if (x->idx != y->idx) return x->idx < y->idx ? -1 : 1;
+  return x->pos < y->pos ? -1 : x->pos > y->pos;
+}
+
+/* The earliest undo record of entry i (sorted by entry, then position). */
+static const undo_t* undo_find(const undo_t* u, uint32_t n, uint32_t i,
+                               uint64_t half_pos) {
+  uint32_t lo = 0, hi = n;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (u[mid].idx < i) lo = mid + 1;
+    else hi = mid;
+  }
+  for (; lo < n && u[lo].idx == i; lo++)
+    if (u[lo].half_pos == half_pos) return &u[lo];
+  return NULL;
+}
+
+int txmq__tx_snapshot(txmq_tx_t* tx, uint64_t applied, void** buf,
+                      size_t* len) {
+  undo_prune(tx, applied);
+  if (tx->undo_lost) {
+    if (tx->undo_lost_pos >= applied) return TXMQ_ENOMEM;
+    tx->undo_lost = 0;
+  }
+  /* Dues are kept on the monotonic clock once started, on the wall clock
+   * before (as a replay leaves them). */
+  int64_t wall = wall_now(tx);
+  int64_t mono = tx->started ? (int64_t)mono_now(tx) : 0;
+  undo_t* undo = NULL;
+  uint32_t nundo = tx->uq_n;
+  if (nundo > 0) {
+    undo = malloc((size_t)nundo * sizeof *undo);
+    if (undo == NULL) return TXMQ_ENOMEM;
+    for (uint32_t k = 0; k < nundo; k++)
+      undo[k] = tx->uq[(tx->uq_head + k) % tx->uq_cap];
+    qsort(undo, nundo, sizeof *undo, undo_cmp);
+  }
+  /* Strings: every interned one, numbered in table order. */
+  uint32_t nstr = 0;
+  size_t str_bytes = 0;
+  for (uint32_t k = 0; k < tx->strs.cap; k++) {
+    txmq__istr_t* s = tx->strs.slots[k];
+    if (s == NULL) continue;
+    s->snap_idx = nstr++;
+    str_bytes += 4 + (size_t)s->len;
+  }
+  size_t cap = SNAP_HEAD + str_bytes + (size_t)tx->txs.used * SNAP_ENTRY +
+               (size_t)tx->dec.n * SNAP_DEC;
+  uint8_t* out = malloc(cap);
+  if (out == NULL) {
+    free(undo);
+    return TXMQ_ENOMEM;
+  }
+  uint8_t* p = out + SNAP_HEAD;
+  for (uint32_t k = 0; k < tx->strs.cap; k++) {
+    txmq__istr_t* s = tx->strs.slots[k];
+    if (s == NULL) continue;
+    put32(p, s->len);
+    memcpy(p + 4, s->s, s->len);
+    p += 4 + s->len;
+  }
+  uint32_t n = 0;
+  int rc = 0;
+  for (uint32_t i = tx->age_head; i != TXMQ__NIL && rc == 0;
+       i = E(tx, i)->age_next) {
+    const txmq__txe_t* e = E(tx, i);
+    /* Its half record is not applied: the tail's replay brings it. */
+    if ((e->flags & (TXE_HALF_PENDING | TXE_HALF_FAILED)) ||
+        e->half_pos >= applied)
+      continue;
+    const undo_t* u = nundo ? undo_find(undo, nundo, i, e->half_pos) : NULL;
+    uint64_t last_pos = e->last_pos, due = 0;
+    uint16_t count = e->count;
+    uint8_t state = e->state, kind;
+    if (u != NULL) {
+      last_pos = u->last_pos;
+      count = u->count;
+      state = u->state;
+      kind = u->due_kind;
+      due = u->due;
+    } else if (e->flags & TXE_DECIDING) {
+      /* A decision not yet applied always has its undo record. */
+      rc = TXMQ_ECORRUPT;
+      break;
+    } else {
+      kind = due_of(tx, e, &due);
+    }
+    int64_t due_wall = 0;
+    if (kind == DUE_NOW) due_wall = wall;
+    else if (kind == DUE_AT && !tx->started) due_wall = (int64_t)due;
+    else if (kind == DUE_AT)
+      due_wall = sat_add(wall, due > (uint64_t)INT64_MAX
+                                   ? INT64_MAX
+                                   : sat_sub((int64_t)due, mono));
+    memcpy(p, e->id, TXMQ_TX_ID_LEN);
+    put64(p + 16, e->half_pos);
+    put64(p + 24, last_pos);
+    put64(p + 32, (uint64_t)e->born_wall);
+    put64(p + 40, (uint64_t)due_wall);
+    put32(p + 48, e->half_len);
+    put32(p + 52, e->pub_tags_hash);
+    put32(p + 56, e->group->snap_idx);
+    put32(p + 60, e->producer ? e->producer->snap_idx : SNAP_NONE);
+    put32(p + 64, e->topics->snap_idx);
+    p[68] = (uint8_t)(uint16_t)e->pub_qid;
+    p[69] = (uint8_t)((uint16_t)e->pub_qid >> 8);
+    p[70] = (uint8_t)count;
+    p[71] = (uint8_t)(count >> 8);
+    p[72] = state;
+    p[73] = e->nmsgs;
+    memset(p + 74, 0, 6);
+    p += SNAP_ENTRY;
+    n++;
+  }
+  free(undo);
+  if (rc != 0) {
+    free(out);
+    return rc;
+  }
+  const txmq__dtab_t* d = &tx->dec;
+  for (uint32_t k = 0; k < d->n; k++) {
+    const txmq__dent_t* de = &d->ring[(d->head + k) % d->cap];
+    memcpy(p, de->id, TXMQ_TX_ID_LEN);
+    put64(p + 16, de->word);
+    p += SNAP_DEC;
+  }
+  put32(out, SNAP_VERSION);
+  put32(out + 4, nstr);
+  put32(out + 8, n);
+  put32(out + 12, d->n);
+  put64(out + 16, str_bytes);
+  *buf = out;
+  *len = (size_t)(p - out);
+  return 0;
+}
+
+static int snap_capture(void* arg, uint64_t applied, void** buf, size_t* len) {
+  return txmq__tx_snapshot(arg, applied, buf, len);
+}
+
+/* Back to the state of a new engine (a snapshot refused half way). */
+static void tables_reset(txmq_tx_t* tx) {
+  txmq__itab_free(&tx->strs);
+  txmq__txtab_free(&tx->txs);
+  txmq__heap_free(&tx->heap);
+  txmq__dtab_free(&tx->dec);
+  tx->age_head = tx->age_tail = TXMQ__NIL;
+  tx->ngroups = 0;
+  tx->m.pending = tx->m.parked = 0;
+  tx->replay_skew_set = 0;
+}
+
+enum { S_GROUP = 1, S_PRODUCER = 2, S_TOPICS = 4 };
+
+/* What a snapshot string may stand for, checked as the engine checks what
+ * it is given. */
+static unsigned str_uses(const txmq__istr_t* s) {
+  unsigned u = 0;
+  if (strlen(s->s) != s->len || s->len == 0) return 0;
+  if (s->len <= TXMQ__MAX_LABEL) u |= S_PRODUCER;
+  if (s->len <= TXMQ_NAME_MAX && txmq_name_valid(s->s)) u |= S_GROUP;
+  /* Distinct valid names, sorted, joined with '\n' (topic_set). */
+  const char* p = s->s;
+  const char* end = p + s->len;
+  char prev[TXMQ_NAME_MAX + 1] = "", cur[TXMQ_NAME_MAX + 1];
+  unsigned k = 0;
+  for (;;) {
+    const char* nl = memchr(p, '\n', (size_t)(end - p));
+    size_t l = nl ? (size_t)(nl - p) : (size_t)(end - p);
+    if (l == 0 || l > TXMQ_NAME_MAX || ++k > TXMQ_TX_MAX_MSGS) return u;
+    memcpy(cur, p, l);
+    cur[l] = '\0';
+    if (!txmq_name_valid(cur) || (k > 1 && strcmp(prev, cur) >= 0)) return u;
+    memcpy(prev, cur, l + 1);
+    if (nl == NULL) break;
+    p = nl + 1;
+  }
+  return u | S_TOPICS;
+}
+
+#define SNAP_BAD(msg)                                   \
+  do {                                                  \
+    snprintf(why, why_len, "%s", msg);                  \
+    rc = TXMQ_ECORRUPT;                                 \
+    goto done;                                          \
+  } while (0)
+
+static int snap_load(void* arg, uint64_t applied, const void* buf, size_t len,
+                     char* why, size_t why_len) {
+  txmq_tx_t* tx = arg;
+  const uint8_t* b = buf;
+  txmq__istr_t** strs = NULL;
+  unsigned* uses = NULL;
+  uint32_t nstr = 0;
+  int rc = 0;
+  if (tx->txs.used != 0 || tx->dec.n != 0 || tx->strs.n != 0 || tx->started) {
+    snprintf(why, why_len, "the engine is not empty");
+    return TXMQ_EBUSY;
+  }
+  if (len < SNAP_HEAD) SNAP_BAD("shorter than its header");
+  if (get32(b) != SNAP_VERSION) SNAP_BAD("unknown payload version");
+  nstr = get32(b + 4);
+  uint64_t n = get32(b + 8), nd = get32(b + 12), sbytes = get64(b + 16);
+  /* Every count against the bytes there are, before anything is sized
+   * from it. */
+  if (sbytes > len - SNAP_HEAD || nstr > sbytes / 4)
+    SNAP_BAD("string section larger than the payload");
+  if ((len - SNAP_HEAD - sbytes) != n * SNAP_ENTRY + nd * SNAP_DEC)
+    SNAP_BAD("sizes do not add up to the payload's length");
+  strs = calloc(nstr ? nstr : 1, sizeof *strs);
+  uses = calloc(nstr ? nstr : 1, sizeof *uses);
+  if (strs == NULL || uses == NULL) {
+    snprintf(why, why_len, "out of memory");
+    rc = TXMQ_ENOMEM;
+    goto done;
+  }
+  const uint8_t* p = b + SNAP_HEAD;
+  const uint8_t* send = p + sbytes;
+  for (uint32_t k = 0; k < nstr; k++) {
+    if ((size_t)(send - p) < 4) SNAP_BAD("string runs past its section");
+    uint32_t l = get32(p);
+    if (l > (size_t)(send - p) - 4) SNAP_BAD("string runs past its section");
+    if (l > TXMQ_TX_MAX_MSGS * (TXMQ_NAME_MAX + 1)) SNAP_BAD("string too long");
+    strs[k] = txmq__intern(&tx->strs, (const char*)p + 4, l);
+    if (strs[k] == NULL) {
+      snprintf(why, why_len, "out of memory");
+      rc = TXMQ_ENOMEM;
+      goto done;
+    }
+    uses[k] = str_uses(strs[k]);
+    p += 4 + l;
+  }
+  if (p != send) SNAP_BAD("string section has bytes to spare");
+
+  uint64_t lb = txmq_log_begin(txmq_store_log(tx->st));
+  if (!tx->replay_skew_set) {
+    tx->replay_skew = sat_sub((int64_t)mono_now(tx), wall_now(tx));
+    tx->replay_skew_set = 1;
+  }
+  uint64_t prev_half = 0;
+  for (uint64_t k = 0; k < n; k++, p += SNAP_ENTRY) {
+    uint64_t half_pos = get64(p + 16), last_pos = get64(p + 24);
+    uint32_t half_len = get32(p + 48);
+    uint32_t g = get32(p + 56), pr = get32(p + 60), t = get32(p + 64);
+    int16_t qid = (int16_t)(uint16_t)(p[68] | p[69] << 8);
+    uint16_t count = (uint16_t)(p[70] | p[71] << 8);
+    uint8_t state = p[72], nmsgs = p[73];
+    static const uint8_t zero[6];
+    if (half_pos < lb || half_pos >= applied || last_pos < half_pos ||
+        last_pos >= applied || (k > 0 && half_pos <= prev_half))
+      SNAP_BAD("entry with a position out of range or order");
+    prev_half = half_pos;
+    if (half_len == 0 || half_len > TXMQ_LOG_MAX_RECORD)
+      SNAP_BAD("entry with a bad half record length");
+    if (g >= nstr || !(uses[g] & S_GROUP) ||
+        (pr != SNAP_NONE && (pr >= nstr || !(uses[pr] & S_PRODUCER))) ||
+        t >= nstr || !(uses[t] & S_TOPICS))
+      SNAP_BAD("entry with a bad group, producer or topic set");
+    if (nmsgs == 0 || nmsgs > TXMQ_TX_MAX_MSGS ||
+        (qid != -1 && (nmsgs != 1 || qid < 0 || qid >= TXMQ_STORE_MAX_QUEUES)))
+      SNAP_BAD("entry with a bad message count or queue");
+    if ((state != TXMQ_TX_PENDING && state != TXMQ_TX_PARKED) ||
+        memcmp(p + 74, zero, sizeof zero) != 0)
+      SNAP_BAD("entry with a bad state");
+    if (txmq__txtab_find(&tx->txs, p) != TXMQ__NIL)
+      SNAP_BAD("the same transaction twice");
+    uint32_t i = txmq__txtab_add(&tx->txs, p);
+    if (i == TXMQ__NIL) {
+      snprintf(why, why_len, "out of memory");
+      rc = TXMQ_ENOMEM;
+      goto done;
+    }
+    txmq__txe_t* e = E(tx, i);
+    /* The strings are interned already: references only, except for the
+     * topics of a set of several (attach_strings). */
+    e->group = strs[g];
+    e->group->refs++;
+    if (e->group->group_refs++ == 0) tx->ngroups++;
+    e->producer = pr != SNAP_NONE ? strs[pr] : NULL;
+    if (e->producer) e->producer->refs++;
+    e->topics = strs[t];
+    e->topics->refs++;
+    e->half_pos = half_pos;
+    e->last_pos = last_pos;
+    e->born_wall = (int64_t)get64(p + 32);
+    e->half_mono = sat_add(tx->replay_skew, e->born_wall);
+    e->half_len = half_len;
+    e->pub_tags_hash = get32(p + 52);
+    e->pub_qid = qid;
+    e->count = count;
+    e->nmsgs = nmsgs;
+    e->state = state;
+    age_append(tx, i);
+    if (memchr(e->topics->s, '\n', e->topics->len) != NULL) {
+      const char* s = e->topics->s;
+      const char* end = s + e->topics->len;
+      while (s < end) {
+        const char* nl = memchr(s, '\n', (size_t)(end - s));
+        size_t l = nl ? (size_t)(nl - s) : (size_t)(end - s);
+        txmq__istr_t* one = txmq__intern(&tx->strs, s, l);
+        if (one == NULL) {
+          snprintf(why, why_len, "out of memory");
+          rc = TXMQ_ENOMEM;
+          goto done;
+        }
+        s += l + 1;
+      }
+    }
+    gauge(tx, e, +1);
+    if (state == TXMQ_TX_PENDING) {
+      int64_t due = (int64_t)get64(p + 40);
+      if (txmq__heap_set(&tx->heap, &tx->txs, i, due > 0 ? (uint64_t)due : 0) != 0) {
+        snprintf(why, why_len, "out of memory");
+        rc = TXMQ_ENOMEM;
+        goto done;
+      }
+    }
+  }
+  for (uint64_t k = 0; k < nd; k++, p += SNAP_DEC) {
+    uint64_t word = get64(p + 16);
+    txmq_tx_state_t st = (txmq_tx_state_t)(word >> 62);
+    if ((st != TXMQ_TX_COMMITTED && st != TXMQ_TX_ROLLED_BACK) ||
+        (word & DEC_POS_BITS) >= applied)
+      SNAP_BAD("decided transaction with a bad state or position");
+    txmq__dtab_add(&tx->dec, p, st, word & DEC_POS_BITS);
+  }
+
+done:
+  /* The references the string table itself took. */
+  for (uint32_t k = 0; strs != NULL && k < nstr && strs[k] != NULL; k++)
+    txmq__istr_unref(&tx->strs, strs[k]);
+  free(strs);
+  free(uses);
+  if (rc != 0) tables_reset(tx);
+  return rc;
+}
+
+static const txmq__store_snap_ops_t snap_ops = {snap_capture, snap_load};
+
 /* ---- lifecycle ---- */
 
 int txmq_tx_new(txmq_tx_t** out, uv_loop_t* loop, txmq_store_t* st) {
@@ -1015,6 +1539,7 @@ int txmq_tx_new(txmq_tx_t** out, uv_loop_t* loop, txmq_store_t* st) {
   }
   txmq_store_set_record_handler(st, on_record, tx);
   txmq_store_set_replay_floor_cb(st, replay_floor, tx);
+  txmq__store_set_snapshot(st, &snap_ops, tx);
   *out = tx;
   return 0;
 }
@@ -1141,6 +1666,8 @@ void txmq_tx_free(txmq_tx_t* tx) {
   txmq__store_set_decoder(tx->st, TXMQ_REC_TX_HALF, NULL, NULL);
   txmq_store_set_record_handler(tx->st, NULL, NULL);
   txmq_store_set_replay_floor_cb(tx->st, NULL, NULL);
+  txmq__store_set_snapshot(tx->st, NULL, NULL);
+  free(tx->uq);
   while (tx->dq_head) {
     defer_t* d = tx->dq_head;
     tx->dq_head = d->next;
@@ -1354,7 +1881,8 @@ static void on_event_op(txmq_log_t* log, int status, uint64_t pos, void* arg) {
  * has already set the fresh one that the record carries). */
 static int event_op(txmq_tx_t* tx, uint32_t i, int kind, txmq__ev_t ev,
                     txmq_tx_source_t src, const char* ver, const char* who,
-                    uint16_t prev_count, txmq_tx_end_cb cb, void* arg) {
+                    uint16_t prev_count, const undo_t* pre, txmq_tx_end_cb cb,
+                    void* arg) {
   event_op_t* op = txmq__pool_get(&tx->op_pool);
   if (op == NULL) return TXMQ_ENOMEM;
   op->tx = tx;
@@ -1363,7 +1891,7 @@ static int event_op(txmq_tx_t* tx, uint32_t i, int kind, txmq__ev_t ev,
   op->prev_count = prev_count;
   op->cb = cb;
   op->arg = arg;
-  int rc = append_event(tx, i, ev, src, ver, who, on_event_op, op);
+  int rc = append_event(tx, i, ev, src, ver, who, pre, on_event_op, op);
   if (rc != 0) txmq__pool_put(&tx->op_pool, op);
   return rc;
 }
@@ -1407,7 +1935,7 @@ int txmq_tx_end(txmq_tx_t* tx, const uint8_t* tx_id,
   if (e->state == TXMQ_TX_PARKED) return TXMQ_EPARKED;
   if (decision == TXMQ_TX_UNKNOWN)
     return event_op(tx, i, EVOP_UNKNOWN, TXMQ__EV_UNKNOWN, source, version, who,
-                    E(tx, i)->count, cb, arg);
+                    E(tx, i)->count, NULL, cb, arg);
   return decide(tx, i, decision, source, version, who, cb, arg);
 }
 
@@ -1475,10 +2003,12 @@ int txmq_tx_resume(txmq_tx_t* tx, const uint8_t* tx_id, const char* who,
                                                              : TXMQ_ENOTFOUND;
   txmq__txe_t* e = E(tx, i);
   if (e->state != TXMQ_TX_PARKED || (e->flags & TXE_DECIDING)) return TXMQ_EINVAL;
+  undo_t pre;
+  undo_take(tx, i, &pre);
   uint16_t prev = e->count;
   e->count = 0; /* the record carries the fresh budget */
   int rc = event_op(tx, i, EVOP_RESUME, TXMQ__EV_RESUME, TXMQ_TX_SRC_OPERATOR,
-                    NULL, who, prev, cb, arg);
+                    NULL, who, prev, &pre, cb, arg);
   if (rc != 0) {
     e->count = prev;
     return rc;

@@ -42,6 +42,7 @@ typedef struct txmq__istr_s {
   uint32_t undeliv_head;  /* as a group: first entry waiting for a target */
   uint32_t group_refs;    /* as a group: live entries of the group */
   uint32_t len;
+  uint32_t snap_idx;      /* its number in the snapshot being captured */
   char s[];
 } txmq__istr_t;
 
@@ -249,6 +250,15 @@ typedef struct {
 int txmq__event_encode(msgpack_sbuffer* sb, const txmq__event_t* ev);
 /* Decodes into ev; strings point into `up`'s buffer, which is data. */
 int txmq__event_decode(const void* data, size_t len, txmq__event_t* ev);
+
+/* ---- snapshot ---- */
+
+/* The engine's state as of log position applied, in the snapshot format
+ * described in tx.c (the store writes it beside its checkpoint): the
+ * store's capture callback, exposed for the benchmark that measures how
+ * long it holds the loop. 0 and a malloc'ed buffer, or a TXMQ_E* code. */
+int txmq__tx_snapshot(txmq_tx_t* tx, uint64_t applied, void** buf,
+                      size_t* len);
 
 /* ---- figures ---- */
 
