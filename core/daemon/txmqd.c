@@ -16,7 +16,7 @@
  *   listen, data, scripts                  strings, as the flags
  *   sync ("always"|"interval"|"never"), sync_interval_ms, segment_size,
  *   retain_bytes, retain_seconds, default_queues, checkpoint_interval_ms,
- *   max_topics                             the store and its log
+ *   snapshot_interval_ms, max_topics       the store and its log
  *   tx_timeout_ms, check_interval_ms, check_backoff_pct,
  *   check_interval_max_ms, max_checks, check_timeout_ms, check_retry_ms,
  *   max_producer_groups                    transactions and checks
@@ -197,6 +197,7 @@ enum {
   I_RETAIN_SECONDS,
   I_DEFAULT_QUEUES,
   I_CHECKPOINT_INTERVAL_MS,
+  I_SNAPSHOT_INTERVAL_MS,
   I_MAX_TOPICS,
   I_TX_TIMEOUT_MS,
   I_CHECK_INTERVAL_MS,
@@ -266,6 +267,7 @@ static const struct {
     {"retain_seconds", K_INT, I_RETAIN_SECONDS},
     {"default_queues", K_INT, I_DEFAULT_QUEUES},
     {"checkpoint_interval_ms", K_INT, I_CHECKPOINT_INTERVAL_MS},
+    {"snapshot_interval_ms", K_INT, I_SNAPSHOT_INTERVAL_MS},
     {"max_topics", K_INT, I_MAX_TOPICS},
     {"tx_timeout_ms", K_INT, I_TX_TIMEOUT_MS},
     {"check_interval_ms", K_INT, I_CHECK_INTERVAL_MS},
@@ -821,6 +823,7 @@ static int apply_config(daemon_t* d) {
       {I_RETAIN_SECONDS, 0, TXMQ_STORE_OPT_RETAIN_SECONDS},
       {I_DEFAULT_QUEUES, 0, TXMQ_STORE_OPT_DEFAULT_QUEUES},
       {I_CHECKPOINT_INTERVAL_MS, 0, TXMQ_STORE_OPT_CHECKPOINT_INTERVAL_MS},
+      {I_SNAPSHOT_INTERVAL_MS, 0, TXMQ_STORE_OPT_SNAPSHOT_INTERVAL_MS},
       {I_MAX_TOPICS, 0, TXMQ_STORE_OPT_MAX_TOPICS},
       {I_TX_TIMEOUT_MS, 1, TXMQ_TX_OPT_TIMEOUT_MS},
       {I_CHECK_INTERVAL_MS, 1, TXMQ_TX_OPT_CHECK_INTERVAL_MS},

@@ -27,6 +27,8 @@ return {
   retain_seconds = 0,         -- ... or older than this; 0 = off
   default_queues = 4,         -- queues of a topic created by its first message
   checkpoint_interval_ms = 5000,
+  snapshot_interval_ms = 60000, -- a checkpoint also saves the transaction
+                              -- engine's state this often (and at a stop)
   max_topics = 4096,          -- a send that would create one more topic
                               -- fails: ERANGE "topic limit reached ..."
 

@@ -398,22 +398,26 @@ static int snap_take(txmq_store_t* st, int fd, const snap_head_t* h,
   return rc;
 }
 
-int txmq__snap_load(txmq_store_t* st, uint64_t applied, char* why,
-                    size_t why_len) {
+int txmq__snap_load(txmq_store_t* st, uint64_t applied, uint64_t lb,
+                    uint64_t* at, char* why, size_t why_len) {
   snap_head_t h[2];
   int fd[2];
   st->snap_slot = -1;
   for (int k = 0; k < 2; k++) {
     snap_head(st->snap_path[k], &h[k], &fd[k]);
     if (h[k].ok && h[k].seq > st->snap_seq) st->snap_seq = h[k].seq;
-    if (h[k].ok && h[k].applied != applied) {
+    /* Ahead of the checkpoint: written by a checkpoint that did not
+     * complete. Behind the log's begin: the records after it are gone. */
+    if (h[k].ok && (h[k].applied > applied || h[k].applied < lb)) {
       snprintf(h[k].why, sizeof h[k].why,
-               "belongs to the checkpoint at %" PRIu64 ", not %" PRIu64,
-               h[k].applied, applied);
+               "taken at %" PRIu64 ", %s the checkpoint at %" PRIu64
+               " and the log's begin at %" PRIu64,
+               h[k].applied, h[k].applied > applied ? "after" : "before",
+               applied, lb);
       h[k].ok = 0;
     }
   }
-  /* The newer first when both match (two checkpoints at one position). */
+  /* The newer first (the other is the fallback). */
   int order[2] = {0, 1};
   if (h[0].ok && h[1].ok && h[1].seq > h[0].seq) {
     order[0] = 1;
@@ -423,9 +427,11 @@ int txmq__snap_load(txmq_store_t* st, uint64_t applied, char* why,
   for (int j = 0; j < 2; j++) {
     int k = order[j];
     if (!h[k].ok) continue;
-    rc = snap_take(st, fd[k], &h[k], applied, h[k].why, sizeof h[k].why);
+    rc = snap_take(st, fd[k], &h[k], h[k].applied, h[k].why,
+                   sizeof h[k].why);
     if (rc == 0) {
       st->snap_slot = k;
+      st->snap_applied = *at = h[k].applied;
       break;
     }
   }
@@ -630,12 +636,12 @@ static void ckpt_finish(txmq__ckpt_t* c) {
     st->durable_floor = c->replay_from;
     if (c->snap_buf != NULL && c->snap_status == 0) {
       st->snap_slot = c->snap_slot;
+      st->snap_applied = c->applied;
       st->snap_seq = c->snap_seq;
-    } else {
-      /* The checkpoint on disk has no snapshot now (the one in the other
-       * slot belongs to an older checkpoint). */
-      st->snap_slot = -1;
-      if (c->snap_why[0]) txmq__store_diag_set(st, "%s", c->snap_why);
+    } else if (c->snap_why[0]) {
+      /* Not captured or not written: the snapshot an open would use is
+       * still the one before (its slot was not touched), if any. */
+      txmq__store_diag_set(st, "%s", c->snap_why);
     }
     st->ckpt_applied = c->applied;
     st->ckpt_mutations = c->mutations;
@@ -658,6 +664,15 @@ static void ckpt_after(uv_work_t* req, int status) {
   ckpt_finish(c);
 }
 
+/* Whether this checkpoint also takes the part's snapshot: when there is
+ * none an open could use, at close, and when the interval has passed. */
+static int snap_due(const txmq_store_t* st) {
+  if (st->snap_slot < 0 || st->snap_interval_ms == 0 ||
+      st->state == TXMQ__ST_CLOSING)
+    return 1;
+  return uv_hrtime() / 1000000u - st->snap_last_ms >= st->snap_interval_ms;
+}
+
 /* Asks the registered part for its state as of c->applied (on the loop,
  * in the same turn as the store's own capture, so both describe the same
  * instant). Without it the checkpoint still goes on. */
@@ -675,6 +690,7 @@ static void snap_capture(txmq__ckpt_t* c) {
   }
   c->snap_buf = buf;
   c->snap_len = len;
+  st->snap_last_ms = uv_hrtime() / 1000000u;
   c->snap_slot = st->snap_slot == 0 ? 1 : 0;
   c->snap_seq = st->snap_seq + 1;
   uint8_t* h = c->snap_hdr;
@@ -712,7 +728,7 @@ static void ckpt_flushed(txmq_log_t* log, int status, uint64_t first_pos,
   uint64_t floor = st->floor_cb ? st->floor_cb(st, st->floor_arg) : UINT64_MAX;
   c->replay_from = floor < c->applied ? floor : c->applied;
   c->mutations = st->mutations;
-  if (rc == 0 && st->snap_ops != NULL) snap_capture(c);
+  if (rc == 0 && st->snap_ops != NULL && snap_due(st)) snap_capture(c);
   void* map = NULL;
   size_t len = 0;
   if (rc == 0) rc = txmq__ckpt_encode(st, c->applied, c->replay_from, &map, &len);

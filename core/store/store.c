@@ -29,6 +29,10 @@
 
 #define DEFAULT_QUEUES 4
 #define DEFAULT_CKPT_INTERVAL_MS 5000
+/* The engine's snapshot holds the loop while it is captured (tens of ms
+ * with a million pending transactions), so not at every checkpoint: a
+ * crash replays at most this much of the log beyond it. */
+#define DEFAULT_SNAP_INTERVAL_MS 60000
 #define DEFAULT_MAX_TOPICS 4096
 
 /* What an append's completion has to do. */
@@ -116,6 +120,7 @@ int txmq_store_new(txmq_store_t** out, uv_loop_t* loop, const char* data_dir) {
   }
   st->default_queues = DEFAULT_QUEUES;
   st->ckpt_interval_ms = DEFAULT_CKPT_INTERVAL_MS;
+  st->snap_interval_ms = DEFAULT_SNAP_INTERVAL_MS;
   st->max_topics = DEFAULT_MAX_TOPICS;
   st->file_entries = TXMQ_STORE_INDEX_FILE_ENTRIES;
   txmq__idgen_init(&st->idgen);
@@ -154,6 +159,10 @@ int txmq_store_set(txmq_store_t* st, txmq_store_opt_t opt, int64_t value) {
     case TXMQ_STORE_OPT_MAX_TOPICS:
       if (value < 1) return TXMQ_EINVAL;
       st->max_topics = (size_t)value;
+      return 0;
+    case TXMQ_STORE_OPT_SNAPSHOT_INTERVAL_MS:
+      if (value < 0) return TXMQ_EINVAL;
+      st->snap_interval_ms = (uint64_t)value;
       return 0;
   }
   return TXMQ_EINVAL;
@@ -726,8 +735,8 @@ int txmq_store_checkpoint(txmq_store_t* st, txmq_store_done_cb cb, void* arg) {
 
 /* The log's retention asks before deleting each old segment. A segment is
  * kept while the next open may need to replay it: from the checkpoint on
- * disk, from the replay floor of other parts, or because it is not applied
- * yet. */
+ * disk, from the replay floor of other parts, from the snapshot an open
+ * would use, or because it is not applied yet. */
 static int keep_segment(void* arg, uint64_t base, uint64_t end) {
   (void)base;
   txmq_store_t* st = arg;
@@ -736,6 +745,7 @@ static int keep_segment(void* arg, uint64_t base, uint64_t end) {
     uint64_t f = st->floor_cb(st, st->floor_arg);
     if (f < need) need = f;
   }
+  if (st->snap_slot >= 0 && st->snap_applied < need) need = st->snap_applied;
   if (st->applied < need) need = st->applied;
   return end > need;
 }
@@ -995,14 +1005,16 @@ int txmq_store_open(txmq_store_t* st) {
     applied = replay_from = lb;
   }
   uint64_t from = replay_from < applied ? replay_from : applied;
-  /* With the registered part's snapshot of this checkpoint loaded, nothing
-   * below applied needs replaying; without it, the part rebuilds its state
-   * from the replay floor as it always could (only slower). */
+  /* With the registered part's snapshot loaded (of this checkpoint or an
+   * earlier one), nothing below its position needs replaying; without it,
+   * the part rebuilds its state from the replay floor as it always could
+   * (only slower). */
   if (!rebuild && st->snap_ops != NULL) {
     char why[600];
-    int src = txmq__snap_load(st, applied, why, sizeof why);
+    uint64_t at = applied;
+    int src = txmq__snap_load(st, applied, lb, &at, why, sizeof why);
     if (src == 0) {
-      from = applied;
+      from = at;
     } else {
       txmq__store_diag_add(st, "%s (%s): replaying the log from the replay "
                            "floor at %" PRIu64 " instead of the checkpoint "

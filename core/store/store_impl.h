@@ -177,8 +177,11 @@ struct txmq_store_s {
   uint64_t ckpt_applied;       /* applied of the last durable checkpoint */
   uint64_t ckpt_mutations;     /* mutations of the last durable checkpoint */
   int ckpt_ever;               /* a checkpoint is on disk */
-  int snap_slot;               /* slot of the snapshot that belongs to the
-                                  checkpoint on disk, or -1 */
+  int snap_slot;               /* slot of the newest snapshot an open can
+                                  use with the checkpoint on disk, or -1 */
+  uint64_t snap_applied;       /* its position: the replay starts there */
+  uint64_t snap_interval_ms;   /* TXMQ_STORE_OPT_SNAPSHOT_INTERVAL_MS */
+  uint64_t snap_last_ms;       /* uv_hrtime of the last capture, in ms */
   uint64_t snap_seq;           /* seq of the newest snapshot seen or written */
   txmq__strv_t sync_files;     /* index files created since the last one */
   txmq__strv_t sync_dirs;      /* directories that gained entries */
@@ -244,12 +247,14 @@ int txmq__ckpt_start(txmq_store_t* st, txmq_store_done_cb cb, void* arg);
 int txmq__ckpt_encode(txmq_store_t* st, uint64_t applied, uint64_t replay_from,
                       void** buf, size_t* len);
 
-/* Loads the snapshot that belongs to the checkpoint at applied into the
- * registered part: 0 (taken), TXMQ_ENOTFOUND (no slot holds one of this
- * checkpoint; why says what was found) or another code with why saying what
- * was wrong with it. Sets snap_slot and snap_seq either way. */
-int txmq__snap_load(txmq_store_t* st, uint64_t applied, char* why,
-                    size_t why_len);
+/* Loads the newest snapshot an open can use with the checkpoint at applied
+ * into the registered part: one taken at that checkpoint or an earlier one
+ * (at or after the log's begin lb). 0 (taken; *at gets its position, where
+ * the replay starts), TXMQ_ENOTFOUND (no slot holds one; why says what was
+ * found) or another code with why saying what was wrong with it. Sets
+ * snap_slot, snap_applied and snap_seq either way. */
+int txmq__snap_load(txmq_store_t* st, uint64_t applied, uint64_t lb,
+                    uint64_t* at, char* why, size_t why_len);
 
 /* store.c: called by checkpoint.c when a checkpoint has finished (on the
  * loop): ckpt_done before the checkpoint's callback (retention, index

@@ -84,7 +84,11 @@ typedef enum {
   /* Store options. */
   TXMQ_STORE_OPT_DEFAULT_QUEUES,         /* queues of a new topic, default 4 */
   TXMQ_STORE_OPT_CHECKPOINT_INTERVAL_MS, /* default 5000; 0 = only at close */
-  TXMQ_STORE_OPT_MAX_TOPICS              /* default 4096 */
+  TXMQ_STORE_OPT_MAX_TOPICS,             /* default 4096 */
+  /* How often a checkpoint also saves the transaction engine's snapshot
+   * (the first checkpoint and the one at close always do): default 60000;
+   * 0 = every checkpoint. */
+  TXMQ_STORE_OPT_SNAPSHOT_INTERVAL_MS
 } txmq_store_opt_t;
 
 /* Called for each log record of type >= TXMQ_REC_FIRST_FOREIGN during replay
