@@ -191,17 +191,32 @@ static int decode_whole(const void* buf, size_t len, unsigned max_depth,
           o->type = MSGPACK_OBJECT_BOOLEAN;
           o->via.boolean = b == 0xc3;
           continue;
-        case 0xc4: case 0xc5: case 0xc6: kind = K_BIN; nb = 1u << (b - 0xc4); break;
-        case 0xc7: case 0xc8: case 0xc9: kind = K_EXT; nb = 1u << (b - 0xc7); break;
+        case 0xc4: case 0xc5: case 0xc6: /* bin 8/16/32 */
+          kind = K_BIN;
+          nb = 1u << (b - 0xc4);
+          break;
+        case 0xc7: case 0xc8: case 0xc9: /* ext 8/16/32 */
+          kind = K_EXT;
+          nb = 1u << (b - 0xc7);
+          break;
         case 0xca: kind = K_F32; nb = 4; break;
         case 0xcb: kind = K_F64; nb = 8; break;
-        case 0xcc: case 0xcd: case 0xce: case 0xcf: kind = K_UINT; nb = 1u << (b - 0xcc); break;
-        case 0xd0: case 0xd1: case 0xd2: case 0xd3: kind = K_INT; nb = 1u << (b - 0xd0); break;
+        case 0xcc: case 0xcd: case 0xce: case 0xcf: /* uint 8/16/32/64 */
+          kind = K_UINT;
+          nb = 1u << (b - 0xcc);
+          break;
+        case 0xd0: case 0xd1: case 0xd2: case 0xd3: /* int 8/16/32/64 */
+          kind = K_INT;
+          nb = 1u << (b - 0xd0);
+          break;
         case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
           kind = K_FIXEXT;
           n = 1u << (b - 0xd4);
           break;
-        case 0xd9: case 0xda: case 0xdb: kind = K_STR; nb = 1u << (b - 0xd9); break;
+        case 0xd9: case 0xda: case 0xdb: /* str 8/16/32 */
+          kind = K_STR;
+          nb = 1u << (b - 0xd9);
+          break;
         case 0xdc: kind = K_ARRAY; nb = 2; break;
         case 0xdd: kind = K_ARRAY; nb = 4; break;
         case 0xde: kind = K_MAP; nb = 2; break;
