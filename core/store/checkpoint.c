@@ -10,6 +10,9 @@
  *             "v"           1
  *             "applied"     every log record before it is in the indexes
  *             "replay_from" replay at open starts here (<= applied)
+ *             "snapshot"    (optional) the position of the part's snapshot
+ *                           an open may use with this checkpoint (<=
+ *                           applied); absent: the one taken at applied
  *             "topics"      [[name, nqueues, [[begin, count], ...]], ...]
  *             "offsets"     [[group, topic, qid, offset], ...]
  *
@@ -33,17 +36,20 @@
  *   32..39  seq: one more than the last snapshot seen or written
  *   40..    the payload of the part that registered it (store_int.h; the
  *           transaction engine's format is described in core/tx/tx.c)
- * When a part registers a snapshot, step (2) also asks it for its state as
- * of the same applied position, and step (3) writes it, before the
+ * When a part registers a snapshot, step (2) of the first checkpoint, of
+ * one every snapshot interval and of the one at close also asks it for its
+ * state as of the same applied position (the capture holds the loop, so
+ * not every checkpoint does), and step (3) writes it, before the
  * checkpoint, the same way: temporary file (snapshot.tmp), fdatasync,
- * rename, fsync of the directory. There are two slots and each checkpoint
- * writes the one that the checkpoint on disk does not use, so a crash
- * between the snapshot's rename and the checkpoint's leaves the old
- * checkpoint with its own snapshot still in the other slot: no instant
- * leaves a checkpoint without the snapshot that matches it. At open the
- * slot whose applied equals the checkpoint's is used (the higher seq when
- * both do); a snapshot that fails to write does not fail the checkpoint
- * (the next open replays from the replay floor instead).
+ * rename, fsync of the directory. Every checkpoint names the snapshot an
+ * open may use with it ("snapshot": the one it wrote, else the one in use).
+ * There are two slots and a snapshot goes to the one the snapshot in use
+ * does not occupy, so a crash between the snapshot's rename and the
+ * checkpoint's leaves the old checkpoint with the snapshot it names still
+ * in the other slot. At open only the slot taken at the named position is
+ * used (the higher seq when both are); the replay starts there. A snapshot
+ * that fails to write does not fail the checkpoint (the next open replays
+ * from the replay floor instead).
  *
  * This unit does not decide when checkpoints run (store.c's timer and
  * close) and does not apply what it loads beyond filling the store.
@@ -102,15 +108,17 @@ static int pk_str(msgpack_packer* pk, const char* s) {
 }
 
 int txmq__ckpt_encode(txmq_store_t* st, uint64_t applied, uint64_t replay_from,
-                      void** buf, size_t* len) {
+                      uint64_t snap_at, void** buf, size_t* len) {
   msgpack_sbuffer sb;
   msgpack_packer pk;
   msgpack_sbuffer_init(&sb);
   msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-  int e = msgpack_pack_map(&pk, 5);
+  int e = msgpack_pack_map(&pk, snap_at == UINT64_MAX ? 5 : 6);
   e = e || pk_str(&pk, "v") || msgpack_pack_uint32(&pk, TXMQ__CKPT_VERSION);
   e = e || pk_str(&pk, "applied") || msgpack_pack_uint64(&pk, applied);
   e = e || pk_str(&pk, "replay_from") || msgpack_pack_uint64(&pk, replay_from);
+  if (snap_at != UINT64_MAX)
+    e = e || pk_str(&pk, "snapshot") || msgpack_pack_uint64(&pk, snap_at);
   e = e || pk_str(&pk, "topics") || msgpack_pack_array(&pk, st->ntopics);
   for (size_t i = 0; i < st->ntopics && !e; i++) {
     const txmq__topic_t* t = st->topics[i];
@@ -172,9 +180,9 @@ static int key_is(const msgpack_object* k, const char* s) {
 /* Fills the store from the map; on failure *why says what was wrong. */
 static int load_map(txmq_store_t* st, const msgpack_object* root,
                     uint64_t* applied, uint64_t* replay_from,
-                    const char** why) {
+                    uint64_t* snap_at, const char** why) {
   const msgpack_object *v = NULL, *ap = NULL, *rf = NULL, *topics = NULL,
-                       *offsets = NULL;
+                       *offsets = NULL, *sn = NULL;
   *why = "not a map";
   if (root->type != MSGPACK_OBJECT_MAP) return -1;
   for (uint32_t i = 0; i < root->via.map.size; i++) {
@@ -185,6 +193,7 @@ static int load_map(txmq_store_t* st, const msgpack_object* root,
                                   : key_is(k, "replay_from") ? &rf
                                   : key_is(k, "topics")      ? &topics
                                   : key_is(k, "offsets")     ? &offsets
+                                  : key_is(k, "snapshot")    ? &sn
                                                              : NULL;
     if (slot == NULL) continue;
     *why = "duplicate key";
@@ -197,6 +206,10 @@ static int load_map(txmq_store_t* st, const msgpack_object* root,
   *why = "missing or bad applied/replay_from";
   if (ap == NULL || rf == NULL || obj_u64(ap, applied) != 0 ||
       obj_u64(rf, replay_from) != 0 || *replay_from > *applied)
+    return -1;
+  *why = "bad snapshot position";
+  *snap_at = *applied;
+  if (sn != NULL && (obj_u64(sn, snap_at) != 0 || *snap_at > *applied))
     return -1;
   *why = "missing or bad topics";
   if (topics == NULL || topics->type != MSGPACK_OBJECT_ARRAY) return -1;
@@ -249,7 +262,7 @@ static int load_map(txmq_store_t* st, const msgpack_object* root,
 }
 
 int txmq__ckpt_load(txmq_store_t* st, uint64_t* applied,
-                    uint64_t* replay_from) {
+                    uint64_t* replay_from, uint64_t* snap_at) {
   int fd = open(st->ckpt_path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return TXMQ_ENOTFOUND;
@@ -290,7 +303,8 @@ int txmq__ckpt_load(txmq_store_t* st, uint64_t* applied,
       int r = txmq__mp_unpack(buf + TXMQ__CKPT_HEADER, n - TXMQ__CKPT_HEADER,
                               6, SIZE_MAX, &u);
       if (r != 0) why = "not valid msgpack";
-      else if (load_map(st, &u.data, applied, replay_from, &why) == 0)
+      else if (load_map(st, &u.data, applied, replay_from, snap_at, &why) ==
+               0)
         why = NULL;
       msgpack_unpacked_destroy(&u);
     }
@@ -398,22 +412,25 @@ static int snap_take(txmq_store_t* st, int fd, const snap_head_t* h,
   return rc;
 }
 
-int txmq__snap_load(txmq_store_t* st, uint64_t applied, uint64_t lb,
-                    uint64_t* at, char* why, size_t why_len) {
+int txmq__snap_load(txmq_store_t* st, uint64_t snap_at, uint64_t lb,
+                    char* why, size_t why_len) {
   snap_head_t h[2];
   int fd[2];
   st->snap_slot = -1;
   for (int k = 0; k < 2; k++) {
     snap_head(st->snap_path[k], &h[k], &fd[k]);
     if (h[k].ok && h[k].seq > st->snap_seq) st->snap_seq = h[k].seq;
-    /* Ahead of the checkpoint: written by a checkpoint that did not
-     * complete. Behind the log's begin: the records after it are gone. */
-    if (h[k].ok && (h[k].applied > applied || h[k].applied < lb)) {
+    /* Only the one the checkpoint names: another was taken at a checkpoint
+     * that did not complete, or was replaced since. */
+    if (h[k].ok && h[k].applied != snap_at) {
       snprintf(h[k].why, sizeof h[k].why,
-               "taken at %" PRIu64 ", %s the checkpoint at %" PRIu64
-               " and the log's begin at %" PRIu64,
-               h[k].applied, h[k].applied > applied ? "after" : "before",
-               applied, lb);
+               "taken at %" PRIu64 ", not at %" PRIu64
+               " as the checkpoint says", h[k].applied, snap_at);
+      h[k].ok = 0;
+    } else if (h[k].ok && snap_at < lb) {
+      snprintf(h[k].why, sizeof h[k].why,
+               "taken at %" PRIu64 ", before the log's begin at %" PRIu64,
+               snap_at, lb);
       h[k].ok = 0;
     }
   }
@@ -431,7 +448,7 @@ int txmq__snap_load(txmq_store_t* st, uint64_t applied, uint64_t lb,
                    sizeof h[k].why);
     if (rc == 0) {
       st->snap_slot = k;
-      st->snap_applied = *at = h[k].applied;
+      st->snap_applied = snap_at;
       break;
     }
   }
@@ -731,7 +748,15 @@ static void ckpt_flushed(txmq_log_t* log, int status, uint64_t first_pos,
   if (rc == 0 && st->snap_ops != NULL && snap_due(st)) snap_capture(c);
   void* map = NULL;
   size_t len = 0;
-  if (rc == 0) rc = txmq__ckpt_encode(st, c->applied, c->replay_from, &map, &len);
+  /* The snapshot this checkpoint names: the one just captured (if its
+   * write fails, the open finds none of that position and replays from
+   * the floor), else the one in use. */
+  uint64_t snap_at = c->snap_buf != NULL   ? c->applied
+                     : st->snap_slot >= 0 ? st->snap_applied
+                                          : UINT64_MAX;
+  if (rc == 0)
+    rc = txmq__ckpt_encode(st, c->applied, c->replay_from, snap_at, &map,
+                           &len);
   if (rc == 0 && len > UINT32_MAX) rc = TXMQ_ETOOBIG;
   if (rc == 0 && (c->file = malloc(TXMQ__CKPT_HEADER + len)) == NULL)
     rc = TXMQ_ENOMEM;

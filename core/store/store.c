@@ -953,9 +953,9 @@ int txmq_store_open(txmq_store_t* st) {
   }
 
   uint64_t lb = txmq_log_begin(st->log), le = txmq_log_end(st->log);
-  uint64_t applied = lb, replay_from = lb;
+  uint64_t applied = lb, replay_from = lb, snap_at = lb;
   int rebuild = 0, have_file = 1;
-  rc = txmq__ckpt_load(st, &applied, &replay_from);
+  rc = txmq__ckpt_load(st, &applied, &replay_from, &snap_at);
   if (rc == TXMQ_ENOTFOUND) {
     rebuild = 1;
     have_file = 0;
@@ -1011,10 +1011,9 @@ int txmq_store_open(txmq_store_t* st) {
    * (only slower). */
   if (!rebuild && st->snap_ops != NULL) {
     char why[600];
-    uint64_t at = applied;
-    int src = txmq__snap_load(st, applied, lb, &at, why, sizeof why);
+    int src = txmq__snap_load(st, snap_at, lb, why, sizeof why);
     if (src == 0) {
-      from = at;
+      from = snap_at;
     } else {
       txmq__store_diag_add(st, "%s (%s): replaying the log from the replay "
                            "floor at %" PRIu64 " instead of the checkpoint "

@@ -240,21 +240,22 @@ int txmq__index_remove_all(txmq_store_t* st);
  * applied and replay_from. 0, TXMQ_ENOTFOUND (no file), TXMQ_ECORRUPT (bad
  * magic, crc, length or content; nothing is taken from it, diag says why)
  * or TXMQ_EIO/ENOMEM. */
-int txmq__ckpt_load(txmq_store_t* st, uint64_t* applied, uint64_t* replay_from);
+int txmq__ckpt_load(txmq_store_t* st, uint64_t* applied, uint64_t* replay_from,
+                    uint64_t* snap_at);
 /* Starts a checkpoint (flush the log, capture, write on the threadpool). */
 int txmq__ckpt_start(txmq_store_t* st, txmq_store_done_cb cb, void* arg);
 /* Encodes the current state as the checkpoint's msgpack map. */
 int txmq__ckpt_encode(txmq_store_t* st, uint64_t applied, uint64_t replay_from,
-                      void** buf, size_t* len);
+                      uint64_t snap_at, void** buf, size_t* len);
 
-/* Loads the newest snapshot an open can use with the checkpoint at applied
- * into the registered part: one taken at that checkpoint or an earlier one
- * (at or after the log's begin lb). 0 (taken; *at gets its position, where
- * the replay starts), TXMQ_ENOTFOUND (no slot holds one; why says what was
- * found) or another code with why saying what was wrong with it. Sets
- * snap_slot, snap_applied and snap_seq either way. */
-int txmq__snap_load(txmq_store_t* st, uint64_t applied, uint64_t lb,
-                    uint64_t* at, char* why, size_t why_len);
+/* Loads the snapshot the checkpoint names (taken at snap_at: at the
+ * checkpoint or an earlier one, and not before the log's begin lb) into the
+ * registered part: 0 (taken; the replay starts at snap_at), TXMQ_ENOTFOUND
+ * (no slot holds it; why says what was found) or another code with why
+ * saying what was wrong with it. Sets snap_slot, snap_applied and snap_seq
+ * either way. */
+int txmq__snap_load(txmq_store_t* st, uint64_t snap_at, uint64_t lb,
+                    char* why, size_t why_len);
 
 /* store.c: called by checkpoint.c when a checkpoint has finished (on the
  * loop): ckpt_done before the checkpoint's callback (retention, index

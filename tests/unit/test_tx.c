@@ -2103,7 +2103,7 @@ static void snapshot_bad_falls_back(void** state) {
     const char* why;
   } cases[] = {{"crc mismatch"},
                {"does not match the file size"},
-               {"after the checkpoint"},
+               {"as the checkpoint says"},
                {"version"},
                {"bad magic"},
                {"no snapshot"},
