@@ -144,13 +144,15 @@ int txmq__store_offset_groups(const txmq_store_t* st,
  * The store's checkpoint lets the next open skip the log below "applied",
  * but a part that rebuilds its state from its own records (the transaction
  * engine) would still need the replay from its replay floor. Such a part
- * registers a snapshot: at every checkpoint, right where the store captures
- * its own state, capture() returns the part's state as of the same applied
- * position as a payload of the part's own format (every record before
- * applied reflected, none after). The store writes it with the checkpoint
- * (checkpoint.c says how) and, at the next open, hands it back to load()
- * when it belongs to the checkpoint found; the replay then starts at
- * applied. When there is no such snapshot, or load() refuses it, the open
+ * registers a snapshot: at a checkpoint (the first, one every
+ * TXMQ_STORE_OPT_SNAPSHOT_INTERVAL_MS and the one at close), right where
+ * the store captures its own state, capture() returns the part's state as
+ * of the same applied position as a payload of the part's own format
+ * (every record before applied reflected, none after). The store writes it
+ * with the checkpoint (checkpoint.c says how) and, at the next open, hands
+ * the one the checkpoint names back to load() with the position it was
+ * taken at; the replay then starts there. When there is no such snapshot,
+ * or load() refuses it, the open
  * says why in its diagnostic and replays from the checkpoint's replay floor
  * as before, so a snapshot only ever saves time. The store never looks
  * inside the payload.

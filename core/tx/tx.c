@@ -140,7 +140,7 @@ struct txmq_tx_s {
    * FIFO: applied only grows). undo_lost: one could not be kept (out of
    * memory), so no snapshot is taken until applied passes undo_lost_pos. */
   undo_t* uq;
-  uint32_t uq_cap, uq_head, uq_n;
+  uint32_t uq_cap, uq_head, uq_n; /* uq_cap: 0 or a power of two */
   int undo_lost;
   uint64_t undo_lost_pos;
 
@@ -306,6 +306,29 @@ static void topics_unref(txmq_tx_t* tx, txmq__istr_t* set) {
   txmq__istr_unref(&tx->strs, set);
 }
 
+/* Takes one reference on each topic of a set of several (a set of one is
+ * that topic's own string): 0, or TXMQ_ENOMEM with none taken. */
+static int topics_ref(txmq_tx_t* tx, const char* topics, size_t tlen) {
+  if (memchr(topics, '\n', tlen) == NULL) return 0;
+  const char* end = topics + tlen;
+  for (const char* s = topics; s < end;) {
+    const char* nl = memchr(s, '\n', (size_t)(end - s));
+    size_t len = nl ? (size_t)(nl - s) : (size_t)(end - s);
+    if (txmq__intern(&tx->strs, s, len) == NULL) {
+      /* Undo the ones taken so far. */
+      for (const char* u = topics; u < s;) {
+        const char* unl = memchr(u, '\n', (size_t)(end - u));
+        size_t ul = (size_t)(unl - u);
+        txmq__istr_unref(&tx->strs, txmq__istr_find(&tx->strs, u, ul));
+        u += ul + 1;
+      }
+      return TXMQ_ENOMEM;
+    }
+    s += len + 1;
+  }
+  return 0;
+}
+
 /* Interns the entry's group, producer and topic set. A set of several
  * topics also holds one reference on each topic, so that counting pending
  * transactions per topic later never allocates. */
@@ -316,27 +339,10 @@ static int attach_strings(txmq_tx_t* tx, txmq__txe_t* e, const char* group,
   e->producer = prod ? txmq__intern(&tx->strs, prod, plen) : NULL;
   e->topics = txmq__intern(&tx->strs, topics, tlen);
   int ok = e->group && (prod == NULL || e->producer) && e->topics;
-  if (ok && memchr(topics, '\n', tlen) != NULL) {
-    const char* s = topics;
-    const char* end = s + tlen;
-    const char* first = s;
-    while (ok && s < end) {
-      const char* nl = memchr(s, '\n', (size_t)(end - s));
-      size_t len = nl ? (size_t)(nl - s) : (size_t)(end - s);
-      if (txmq__intern(&tx->strs, s, len) == NULL) {
-        /* Undo the ones taken so far, then the set itself. */
-        for (const char* u = first; u < s;) {
-          const char* unl = memchr(u, '\n', (size_t)(end - u));
-          size_t ul = (size_t)(unl - u);
-          txmq__istr_unref(&tx->strs, txmq__istr_find(&tx->strs, u, ul));
-          u += ul + 1;
-        }
-        txmq__istr_unref(&tx->strs, e->topics);
-        e->topics = NULL;
-        ok = 0;
-      }
-      s += len + 1;
-    }
+  if (ok && topics_ref(tx, topics, tlen) != 0) {
+    txmq__istr_unref(&tx->strs, e->topics);
+    e->topics = NULL;
+    ok = 0;
   }
   if (!ok) {
     txmq__istr_unref(&tx->strs, e->group);
@@ -509,7 +515,7 @@ static void undo_take(const txmq_tx_t* tx, uint32_t i, undo_t* u) {
 /* Drops the undo records of applied records. */
 static void undo_prune(txmq_tx_t* tx, uint64_t applied) {
   while (tx->uq_n > 0 && tx->uq[tx->uq_head].pos < applied) {
-    tx->uq_head = (tx->uq_head + 1) % tx->uq_cap;
+    tx->uq_head = (tx->uq_head + 1) & (tx->uq_cap - 1);
     tx->uq_n--;
   }
   if (tx->uq_n == 0) {
@@ -533,13 +539,13 @@ static void undo_push(txmq_tx_t* tx, const undo_t* u) {
       return;
     }
     for (uint32_t k = 0; k < tx->uq_n; k++)
-      q[k] = tx->uq[(tx->uq_head + k) % tx->uq_cap];
+      q[k] = tx->uq[(tx->uq_head + k) & (tx->uq_cap - 1)];
     free(tx->uq);
     tx->uq = q;
     tx->uq_cap = nc;
     tx->uq_head = 0;
   }
-  tx->uq[(tx->uq_head + tx->uq_n) % tx->uq_cap] = *u;
+  tx->uq[(tx->uq_head + tx->uq_n) & (tx->uq_cap - 1)] = *u;
   tx->uq_n++;
 }
 
@@ -1200,7 +1206,7 @@ int txmq__tx_snapshot(txmq_tx_t* tx, uint64_t applied, void** buf,
     undo = malloc((size_t)nundo * sizeof *undo);
     if (undo == NULL) return TXMQ_ENOMEM;
     for (uint32_t k = 0; k < nundo; k++)
-      undo[k] = tx->uq[(tx->uq_head + k) % tx->uq_cap];
+      undo[k] = tx->uq[(tx->uq_head + k) & (tx->uq_cap - 1)];
     qsort(undo, nundo, sizeof *undo, undo_cmp);
   }
   /* Strings: every interned one, numbered in table order. */
@@ -1459,20 +1465,10 @@ static int snap_load(void* arg, uint64_t applied, const void* buf, size_t len,
     e->nmsgs = nmsgs;
     e->state = state;
     age_append(tx, i);
-    if (memchr(e->topics->s, '\n', e->topics->len) != NULL) {
-      const char* s = e->topics->s;
-      const char* end = s + e->topics->len;
-      while (s < end) {
-        const char* nl = memchr(s, '\n', (size_t)(end - s));
-        size_t l = nl ? (size_t)(nl - s) : (size_t)(end - s);
-        txmq__istr_t* one = txmq__intern(&tx->strs, s, l);
-        if (one == NULL) {
-          snprintf(why, why_len, "out of memory");
-          rc = TXMQ_ENOMEM;
-          goto done;
-        }
-        s += l + 1;
-      }
+    if (topics_ref(tx, e->topics->s, e->topics->len) != 0) {
+      snprintf(why, why_len, "out of memory");
+      rc = TXMQ_ENOMEM;
+      goto done;
     }
     gauge(tx, e, +1);
     if (state == TXMQ_TX_PENDING) {
