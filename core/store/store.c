@@ -465,6 +465,16 @@ int txmq_store_append(txmq_store_t* st, const txmq_log_rec_t* recs, size_t n,
 
 /* ---- publish and read ---- */
 
+static int topic_grow(txmq_store_t* st, txmq__topic_t* t, int nqueues) {
+  txmq__queue_t* q = realloc(t->queues, (size_t)nqueues * sizeof *q);
+  if (q == NULL) return TXMQ_ENOMEM;
+  memset(q + t->nqueues, 0, (size_t)(nqueues - t->nqueues) * sizeof *q);
+  t->queues = q;
+  t->nqueues = nqueues;
+  st->mutations++;
+  return 0;
+}
+
 static int publish_hashed(txmq_store_t* st, uint64_t rec_pos,
                           uint32_t rec_len, uint32_t sub, const char* name,
                           int32_t qid, uint32_t h, int64_t* offset) {
@@ -477,8 +487,17 @@ static int publish_hashed(txmq_store_t* st, uint64_t rec_pos,
     int nq = qid + 1 > st->default_queues ? qid + 1 : st->default_queues;
     int rc = txmq__store_topic_add(st, name, nq, &t);
     if (rc != 0) return rc;
+    t->from_msgs = 1;
     txmq__store_diag_add(st, "topic %s recreated with %d queues from its "
                          "messages", name, nq);
+  } else if (t != NULL && t->from_msgs && st->replaying &&
+             qid >= t->nqueues && qid < TXMQ_STORE_MAX_QUEUES) {
+    /* A later message of such a topic names a queue beyond the first
+     * one's guess: the topic had it, and the message is kept. */
+    int rc = topic_grow(st, t, qid + 1);
+    if (rc != 0) return rc;
+    txmq__store_diag_add(st, "topic %s grown to %d queues from its messages",
+                         name, t->nqueues);
   }
   if (t == NULL || qid >= t->nqueues) return TXMQ_ENOTFOUND;
   int rc = txmq__index_append(st, t, qid, rec_pos, rec_len, h, sub);
@@ -825,10 +844,12 @@ static int replay_msg(txmq_store_t* st, const txmq_log_entry_t* e) {
   }
   /* A message for a queue its topic does not have (only a damaged or
    * foreign log can hold one) is skipped; a topic that is missing
-   * altogether is recreated by publish_int. */
+   * altogether is recreated by publish_int, and grows there to the queues
+   * its later messages name. */
   const txmq__topic_t* t = txmq__store_topic(st, txmq_msg_topic(m));
   int qid = txmq_msg_queue_id(m);
-  if (qid < 0 || qid >= TXMQ_STORE_MAX_QUEUES || (t && qid >= t->nqueues)) {
+  if (qid < 0 || qid >= TXMQ_STORE_MAX_QUEUES ||
+      (t && qid >= t->nqueues && !t->from_msgs)) {
     txmq__store_diag_add(st, "skipped the message record at %" PRIu64
                          ": no queue %s/%d", e->pos, txmq_msg_topic(m), qid);
     txmq_msg_free(m);

@@ -84,6 +84,9 @@ typedef struct {
   int nqueues;
   uint32_t rr; /* round-robin cursor */
   int dir_made;
+  /* Recreated from its messages during a replay (its TXMQ_REC_TOPIC record
+   * was gone): it grows to every queue they name. */
+  int from_msgs;
   txmq__queue_t* queues;
 } txmq__topic_t;
 
