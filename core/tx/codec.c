@@ -268,7 +268,7 @@ int txmq__event_decode(const void* data, size_t len, txmq__event_t* ev) {
       }
     } else if (key_is(k, "src")) {
       rc = get_uint(v, &u);
-      if (rc == 0 && (u < TXMQ_TX_SRC_PRODUCER || u > TXMQ_TX_SRC_TIMEOUT))
+      if (rc == 0 && (u < TXMQ_TX_SRC_PRODUCER || u > TXMQ_TX_SRC_UNREADABLE))
         rc = TXMQ_ECORRUPT;
       ev->src = (txmq_tx_source_t)u;
       have |= 8;

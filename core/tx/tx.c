@@ -19,6 +19,8 @@
  * a check), "check" (a check that counted without an answer: it timed out),
  * "park" (the budget ran out), "resume" (an operator gave a fresh budget).
  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -794,11 +796,17 @@ static int dispatch(txmq_tx_t* tx, uint32_t i, uint64_t now) {
     txmq__half_done(&h);
   }
   if (rc != 0) {
-    /* The half record cannot be read now; try again later rather than
-     * offering a check without its messages. */
+    /* The half record cannot be read back: no check is offered without its
+     * messages. The attempt counts as a check, recorded with the error, so
+     * that a record that stays unreadable (a broken or foreign writer) ends
+     * parked where an operator sees it, not retried forever; one that
+     * reads again later is checked as usual. */
     for (uint32_t k = 0; k < n; k++) txmq_msg_free(msgs[k]);
-    txmq__heap_set(&tx->heap, &tx->txs, i, now + (uint64_t)tx->retry_ms);
+    char why[96];
+    snprintf(why, sizeof why, "half record at %" PRIu64 ": %s", e->half_pos,
+             txmq_err_name(rc));
     tx->m.checks_undeliverable++;
+    counted_check(tx, i, TXMQ__EV_CHECK, TXMQ_TX_SRC_UNREADABLE, NULL, why, 1);
     return 0;
   }
 
@@ -2267,6 +2275,7 @@ const char* txmq_tx_source_name(txmq_tx_source_t s) {
     case TXMQ_TX_SRC_OPERATOR: return "operator";
     case TXMQ_TX_SRC_MAX_CHECKS: return "max_checks";
     case TXMQ_TX_SRC_TIMEOUT: return "timeout";
+    case TXMQ_TX_SRC_UNREADABLE: return "unreadable";
   }
   return "none";
 }

@@ -1210,6 +1210,7 @@ static void names_and_ids(void** state) {
   assert_string_equal(txmq_tx_state_name(TXMQ_TX_ROLLED_BACK), "rolled_back");
   assert_string_equal(txmq_tx_source_name(TXMQ_TX_SRC_MAX_CHECKS), "max_checks");
   assert_string_equal(txmq_tx_source_name(TXMQ_TX_SRC_TIMEOUT), "timeout");
+  assert_string_equal(txmq_tx_source_name(TXMQ_TX_SRC_UNREADABLE), "unreadable");
 }
 
 static void bad_arguments(void** state) {
@@ -1454,6 +1455,91 @@ static void undecodable_message_never_published(void** state) {
   char* img = env_crash_image(env, "tx-undecodable-img");
   env_reopen(env, img);
   free(img);
+  assert_int_equal(visible(env, "orders"), 0);
+  env_free(env);
+}
+
+typedef struct {
+  size_t n, unreadable;
+  char who[64];
+  char last[16];
+} unreadable_hist_t;
+
+static void unreadable_hist_fn(void* arg, const txmq_tx_event_t* ev) {
+  unreadable_hist_t* h = arg;
+  h->n++;
+  snprintf(h->last, sizeof h->last, "%s", ev->event);
+  if (strcmp(txmq_tx_source_name(ev->source), "unreadable") == 0) {
+    h->unreadable++;
+    snprintf(h->who, sizeof h->who, "%s", ev->who ? ev->who : "");
+  }
+}
+
+/* A half record whose message cannot be decoded (a foreign or broken
+ * writer, with a valid checksum) cannot be offered as a check. Each attempt
+ * counts, recorded as source "unreadable" with the error, so that it ends
+ * parked, where an operator sees it, instead of being retried forever. */
+static void unreadable_half_parks(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-unreadable");
+  env_open_dir(env);
+  txmq_msg_t* good = mk_msg("orders", "fine");
+  assert_int_equal(txmq_store_prepare(env->st, good), 0); /* the topic */
+  txmq_msg_free(good);
+  uint8_t id[TXMQ_TX_ID_LEN] = {0x7f, 1};
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_map(&pk, 5);
+  pk_key(&pk, "tx");
+  pk_id(&pk, id);
+  pk_key(&pk, "group");
+  pk_key(&pk, "g");
+  pk_key(&pk, "immunity_ms");
+  msgpack_pack_int64(&pk, 0);
+  pk_key(&pk, "at");
+  msgpack_pack_int64(&pk, env->wall);
+  pk_key(&pk, "msgs");
+  msgpack_pack_array(&pk, 1);
+  msgpack_pack_map(&pk, 4);
+  pk_key(&pk, "topic");
+  pk_key(&pk, "orders");
+  pk_key(&pk, "qid");
+  msgpack_pack_int32(&pk, 0);
+  pk_key(&pk, "body");
+  msgpack_pack_bin_with_body(&pk, "bad", 3);
+  pk_key(&pk, "born");
+  pk_key(&pk, "yesterday");
+  append_raw(env, TXMQ_REC_TX_HALF, sb.data, sb.size);
+  msgpack_sbuffer_destroy(&sb);
+  env_sync(env);
+  char* img = env_crash_image(env, "tx-unreadable-img");
+  env_reopen(env, img);
+  free(img);
+  list_res_t l = list_all(env, "g");
+  assert_int_equal(l.n, 1);
+  assert_int_equal(l.last.state, TXMQ_TX_PENDING);
+
+  advance(env, 6000);
+  for (int k = 0; k < 40 && list_all(env, "g").last.state == TXMQ_TX_PENDING; k++) {
+    assert_int_equal(txmq_tx_tick(env->tx), 0); /* nothing to offer */
+    env_sync(env);
+    advance(env, 30000);
+  }
+  env_sync(env);
+  l = list_all(env, "g");
+  assert_int_equal(l.last.state, TXMQ_TX_PARKED);
+  assert_int_equal(l.last.check_count, 15);
+  assert_int_equal(env->tg[0].n, 0);
+  assert_int_equal(metrics(env).parks, 1);
+  /* Its history says why: 15 counted attempts, then the park. */
+  unreadable_hist_t h = {0};
+  assert_int_equal(txmq_tx_show(env->tx, id, NULL, unreadable_hist_fn, &h), 0);
+  assert_int_equal(h.n, 17);
+  assert_int_equal(h.unreadable, 15);
+  assert_non_null(strstr(h.who, "half record"));
+  assert_string_equal(h.last, "park");
   assert_int_equal(visible(env, "orders"), 0);
   env_free(env);
 }
@@ -2269,6 +2355,7 @@ int main(void) {
       cmocka_unit_test(bad_arguments),
       cmocka_unit_test(hostile_records_at_replay),
       cmocka_unit_test(undecodable_message_never_published),
+      cmocka_unit_test(unreadable_half_parks),
       cmocka_unit_test(park_redone_after_lost_park_record),
       cmocka_unit_test(lowered_max_checks_parks),
       cmocka_unit_test(failed_resume_keeps_count),

@@ -126,7 +126,11 @@ typedef enum {
   TXMQ_TX_SRC_SCRIPT = 3,     /* the runtime's script (execute or check) */
   TXMQ_TX_SRC_OPERATOR = 4,   /* resume and other admin actions */
   TXMQ_TX_SRC_MAX_CHECKS = 5, /* parked after the maximum */
-  TXMQ_TX_SRC_TIMEOUT = 6     /* a check that got no answer in time */
+  TXMQ_TX_SRC_TIMEOUT = 6,    /* a check that got no answer in time */
+  TXMQ_TX_SRC_UNREADABLE = 7  /* a check that could not be offered: the
+                                 half record could not be read back (who
+                                 names the error); counted, so that it
+                                 ends parked */
 } txmq_tx_source_t;
 
 typedef enum {
