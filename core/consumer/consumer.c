@@ -102,6 +102,7 @@ struct dlv_s {
   uint32_t deliveries;
   uint16_t qid;
   uint8_t state;
+  uint8_t detached; /* D_DLQ whose queue moved on: freed when its put ends */
 };
 
 typedef struct {
@@ -720,7 +721,9 @@ static void on_dlq_put(txmq_store_t* st, int status, const txmq_msg_t* msg,
   dlv_t* d = arg;
   txmq_consumers_t* cs = d->g->cs;
   cs->dlq_pending--;
-  if (status == 0) {
+  if (d->detached) {
+    free(d); /* its queue was moved past it (queue_move) */
+  } else if (status == 0) {
     dlv_done(cs, d); /* in the DLQ: consumed for the group */
   } else if (cs->state == CS_STARTED) {
     dlq_retry(cs, d, now_ms(cs));
@@ -1154,6 +1157,48 @@ size_t txmq_consumers_tick(txmq_consumers_t* cs) {
   return expired;
 }
 
+/* Moves queue qid of a group that is reading to offset: the deliveries
+ * outstanding on it are forgotten (their handles no longer match, an
+ * expired one is not delivered again); one whose DLQ copy is being
+ * written is detached and freed when the put ends (the copy lands). */
+static void queue_move(txmq_consumers_t* cs, gstate_t* g, int qid,
+                       int64_t offset) {
+  cqueue_t* q = &g->queues[qid];
+  /* The ready FIFO holds deliveries of every queue of g: keep the others. */
+  dlv_t* keep = NULL;
+  dlv_t** tail = &keep;
+  g->ready_tail = NULL;
+  for (dlv_t* r = g->ready_head; r != NULL;) {
+    dlv_t* next = r->rnext;
+    if (r->qid != qid) {
+      r->rnext = NULL;
+      *tail = r;
+      tail = &r->rnext;
+      g->ready_tail = r;
+    }
+    r = next;
+  }
+  g->ready_head = keep;
+  size_t dropped = 0;
+  for (dlv_t* d = q->head; d != NULL;) {
+    dlv_t* next = d->qnext;
+    if (d->state == D_INFLIGHT) dtab_remove(cs, d);
+    heap_remove(cs, d);
+    d->qprev = d->qnext = NULL;
+    if (d->state == D_DLQ) d->detached = 1;
+    else free(d);
+    dropped++;
+    d = next;
+  }
+  q->head = q->tail = NULL;
+  q->outstanding = 0;
+  g->outstanding -= dropped;
+  q->next = offset;
+  update_committed(g, qid);
+  schedule_wake(g); /* its waiters may have messages, or room, now */
+  arm(cs);
+}
+
 int txmq_consumers_offset_set(txmq_consumers_t* cs, const char* group,
                               const char* topic, int qid, int64_t offset) {
   if (cs == NULL) return TXMQ_EINVAL;
@@ -1168,6 +1213,11 @@ int txmq_consumers_offset_set(txmq_consumers_t* cs, const char* group,
   if (qid < 0 || qid >= nq) return TXMQ_ENOTFOUND;
   int rc = admit_group(cs, group);
   if (rc != 0) return rc;
+  gstate_t* g = gstate_find(cs, group, topic);
+  if (g != NULL && qid < g->nqueues) {
+    queue_move(cs, g, qid, offset);
+    return 0;
+  }
   return txmq_store_offset_set(cs->st, group, topic, qid, offset);
 }
 

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -702,6 +703,81 @@ static void consumer_group_limit(void** state) {
   assert_non_null(strstr(txmq_consumers_diag(fx->cs), "= 1)"));
 }
 
+/* offset_set on a group that is reading: the queue moves at once, the
+ * deliveries outstanding on it are forgotten (their handles go stale, an
+ * expired one is not delivered again), other queues are untouched, and a
+ * delivery whose DLQ copy is being written lets the copy land. */
+static void offset_set_moves_a_reading_group(void** state) {
+  fx_t* fx = *state;
+  topic(fx, "t", 2);
+  char body[16];
+  for (int i = 0; i < 6; i++) {
+    snprintf(body, sizeof body, "m%d", i);
+    put(fx, "t", 0, NULL, body);
+  }
+  put(fx, "t", 1, NULL, "other");
+  size_t n;
+  txmq_delivery_t* d = rcv(fx, "g", "t", NULL, 2, &n);
+  assert_int_equal(n, 2);
+  char stale[TXMQ_CONSUMER_HANDLE_MAX];
+  strcpy(stale, strcmp(body_of(&d[0]), "m0") == 0 ? d[0].handle : d[1].handle);
+  txmq_consumers_free_deliveries(d, n);
+  /* One of queue 0 in flight, one more expired and waiting to go again. */
+  d = rcv(fx, "g", "t", NULL, 1, &n);
+  assert_int_equal(n, 1);
+  txmq_consumers_free_deliveries(d, n);
+  fx->now += 1000;
+  assert_true(txmq_consumers_tick(fx->cs) >= 1);
+
+  assert_int_equal(txmq_consumers_offset_set(fx->cs, "g", "t", 0, 4), 0);
+  progress(fx, "g", "t", 0, 4, 4, 0);
+  assert_int_equal(txmq_consumers_ack(fx->cs, "g", stale), TXMQ_ENOTFOUND);
+  d = rcv(fx, "g", "t", NULL, 10, &n);
+  /* m4, m5 and queue 1's message (expired, so delivered again). */
+  assert_int_equal(n, 3);
+  int seen4 = 0, seen5 = 0, other = 0;
+  for (size_t i = 0; i < n; i++) {
+    seen4 += strcmp(body_of(&d[i]), "m4") == 0;
+    seen5 += strcmp(body_of(&d[i]), "m5") == 0;
+    other += strcmp(body_of(&d[i]), "other") == 0;
+  }
+  assert_true(seen4 == 1 && seen5 == 1 && other == 1);
+  ack_all(fx, "g", d, n);
+  txmq_consumers_free_deliveries(d, n);
+  progress(fx, "g", "t", 0, 6, 6, 0);
+
+  /* Back to the start: everything of queue 0 again, once each. */
+  assert_int_equal(txmq_consumers_offset_set(fx->cs, "g", "t", 0, 0), 0);
+  d = rcv(fx, "g", "t", NULL, 10, &n);
+  assert_int_equal(n, 6);
+  for (size_t i = 0; i < n; i++) assert_int_equal(d[i].deliveries, 1);
+  txmq_consumers_free_deliveries(d, n);
+
+  /* A delivery on its way to the DLQ when the offset moves. */
+  assert_int_equal(txmq_consumers_set(fx->cs, TXMQ_CONSUMERS_OPT_MAX_DELIVERIES, 1), 0);
+  fx->now += 1000;
+  assert_true(txmq_consumers_tick(fx->cs) >= 1); /* the six start their DLQ puts */
+  assert_int_equal(txmq_consumers_offset_set(fx->cs, "g", "t", 0, 5), 0);
+  progress(fx, "g", "t", 0, 5, 5, 0);
+  /* The puts land (up to 10 s: the valgrind run is slow). */
+  int64_t copies = 0;
+  for (int i = 0; i < 10000 && copies < 6; i++) {
+    uv_run(&fx->loop, UV_RUN_NOWAIT);
+    usleep(1000);
+    copies = 0;
+    for (int qid = 0; qid < txmq_store_topic_queues(fx->st, "DLQ.g"); qid++) {
+      int64_t b, e;
+      if (txmq_store_queue_range(fx->st, "DLQ.g", qid, &b, &e) == 0) copies += e - b;
+    }
+  }
+  assert_int_equal(copies, 6);
+  progress(fx, "g", "t", 0, 5, 5, 0);
+  d = rcv(fx, "g", "t", NULL, 10, &n);
+  assert_int_equal(n, 1);
+  assert_string_equal(body_of(&d[0]), "m5");
+  txmq_consumers_free_deliveries(d, n);
+}
+
 static void inflight_cap_bounds_a_consumer_that_never_acks(void** state) {
   fx_t* fx = *state;
   assert_int_equal(txmq_consumers_set(fx->cs, TXMQ_CONSUMERS_OPT_MAX_INFLIGHT, 5), 0);
@@ -1047,6 +1123,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(tag_filters, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(start_positions, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(committed_offset_survives_restart, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(offset_set_moves_a_reading_group, fx_setup,
+                                      fx_teardown),
       cmocka_unit_test_setup_teardown(inflight_cap_bounds_a_consumer_that_never_acks, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(consumer_group_limit, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(wake_on_put_and_publish, fx_setup, fx_teardown),

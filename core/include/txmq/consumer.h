@@ -121,11 +121,13 @@ int txmq_consumers_ack(txmq_consumers_t* cs, const char* group,
  * runs on its own timer unless MANUAL_CLOCK. Returns how many expired. */
 size_t txmq_consumers_tick(txmq_consumers_t* cs);
 
-/* Sets the committed offset of group on a queue, in the store (see
- * txmq_store_offset_set): the start of a group that does not read the topic
- * now; while it does, the engine's own progress wins at its next move. A
- * group the engine does not know counts against MAX_GROUPS (TXMQ_ERANGE
- * past it). TXMQ_ENOTFOUND for a queue that does not exist. */
+/* Moves group's committed offset on a queue (saved as with
+ * txmq_store_offset_set). For a group reading the topic it takes effect at
+ * once: the next receive starts at offset, and the deliveries outstanding
+ * on that queue are forgotten (their handles no longer match; one already
+ * on its way to the DLQ still lands there). A group the engine does not
+ * know counts against MAX_GROUPS (TXMQ_ERANGE past it). TXMQ_ENOTFOUND for
+ * a queue that does not exist. */
 int txmq_consumers_offset_set(txmq_consumers_t* cs, const char* group,
                               const char* topic, int qid, int64_t offset);
 
