@@ -623,6 +623,56 @@ static size_t group_slot(group_count_t* g, size_t* n, const char* name) {
   return (*n)++;
 }
 
+/* A consumer group's progress on a topic, over the queues it has offsets
+ * for: what is retained past its committed offsets, and what it holds
+ * received but not acknowledged. */
+typedef struct {
+  const char* group;
+  const char* topic;
+  uint32_t queues;
+  int64_t lag;
+  uint64_t inflight;
+} progress_t;
+
+#define STATUS_MAX_PROGRESS 1024
+
+/* Fills p (STATUS_MAX_PROGRESS entries, the first (group, topic) pairs met)
+ * from the store's offsets; returns how many. */
+static size_t consumer_progress(txmq_server_t* srv, progress_t* p) {
+  size_t n = 0;
+  size_t no = txmq_store_offset_count(srv->st);
+  for (size_t i = 0; i < no; i++) {
+    const char *group, *topic;
+    int qid;
+    int64_t committed;
+    if (txmq_store_offset_at(srv->st, i, &group, &topic, &qid, &committed) != 0)
+      break;
+    size_t k = 0;
+    while (k < n && (strcmp(p[k].group, group) != 0 || strcmp(p[k].topic, topic) != 0))
+      k++;
+    if (k == n) {
+      if (n == STATUS_MAX_PROGRESS) continue;
+      p[n] = (progress_t){group, topic, 0, 0, 0};
+      n++;
+    }
+    p[k].queues++;
+    int64_t b, e, c2, next;
+    size_t inflight = 0;
+    /* A group reading now: the engine's view (the same committed offset,
+     * and what it holds). */
+    if (srv->cs != NULL &&
+        txmq_consumers_progress(srv->cs, group, topic, qid, &c2, &next,
+                                &inflight) == 0)
+      committed = c2;
+    if (txmq_store_queue_range(srv->st, topic, qid, &b, &e) == 0) {
+      int64_t from = committed > b ? committed : b;
+      if (e > from) p[k].lag += e - from;
+    }
+    p[k].inflight += inflight;
+  }
+  return n;
+}
+
 static int op_status(net_conn_t* c, uint64_t id, const msgpack_object* m,
                      char* err) {
   (void)m;
@@ -641,12 +691,18 @@ static int op_status(net_conn_t* c, uint64_t id, const msgpack_object* m,
       if (k != SIZE_MAX) groups[k].consumers++;
     }
   }
+  progress_t* prog = calloc(STATUS_MAX_PROGRESS, sizeof *prog);
+  if (prog == NULL) {
+    free(groups);
+    return no_memory(err);
+  }
+  size_t nprog = consumer_progress(srv, prog);
   txmq_tx_metrics_t tm;
   txmq_tx_metrics(srv->tx, &tm);
 
   net_wbuf_t w;
   net__wb_init(&w);
-  net__resp_begin(&w, id, 12);
+  net__resp_begin(&w, id, 13);
   net__pk_str(&w.pk, "version");
   net__pk_str(&w.pk, srv->name);
   net__pk_str(&w.pk, "protocol");
@@ -692,6 +748,23 @@ static int op_status(net_conn_t* c, uint64_t id, const msgpack_object* m,
     net__pk_str(&w.pk, txmq_script_version(srv->scripts, groups[i].name));
   }
   free(groups);
+
+  net__pk_str(&w.pk, "consumer_progress");
+  msgpack_pack_array(&w.pk, nprog);
+  for (size_t i = 0; i < nprog; i++) {
+    msgpack_pack_map(&w.pk, 5);
+    net__pk_str(&w.pk, "group");
+    net__pk_str(&w.pk, prog[i].group);
+    net__pk_str(&w.pk, "topic");
+    net__pk_str(&w.pk, prog[i].topic);
+    net__pk_str(&w.pk, "queues");
+    msgpack_pack_uint32(&w.pk, prog[i].queues);
+    net__pk_str(&w.pk, "lag");
+    msgpack_pack_int64(&w.pk, prog[i].lag);
+    net__pk_str(&w.pk, "inflight");
+    msgpack_pack_uint64(&w.pk, prog[i].inflight);
+  }
+  free(prog);
 
   net__pk_str(&w.pk, "tx");
   msgpack_pack_map(&w.pk, 11);

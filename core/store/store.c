@@ -734,6 +734,21 @@ int txmq_store_offset_get(const txmq_store_t* st, const char* group,
   return 0;
 }
 
+size_t txmq_store_offset_count(const txmq_store_t* st) {
+  return st != NULL ? st->noffsets : 0;
+}
+
+int txmq_store_offset_at(const txmq_store_t* st, size_t i, const char** group,
+                         const char** topic, int* qid, int64_t* offset) {
+  if (st == NULL || i >= st->noffsets) return TXMQ_ENOTFOUND;
+  const txmq__offset_t* o = st->offsets[i];
+  if (group != NULL) *group = o->group;
+  if (topic != NULL) *topic = o->topic;
+  if (qid != NULL) *qid = o->qid;
+  if (offset != NULL) *offset = o->offset;
+  return 0;
+}
+
 int txmq__store_offset_groups(const txmq_store_t* st,
                               int (*fn)(void* arg, const char* group),
                               void* arg) {

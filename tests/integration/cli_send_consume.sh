@@ -99,6 +99,16 @@ run "$txmq" "${S[@]}" consume orders --group g5 --from latest --timeout 0.5
 expect "consume --from latest" 0
 check "--from latest skips what is there" test ! -s "$out"
 
+run "$txmq" "${S[@]}" consume orders --group g6 -n 2
+expect "consume two of the six" 0
+run "$txmq" "${S[@]}" status --json
+expect "status --json after consuming" 0
+same "status: each consumer group's progress (lag: retained past its offsets)" \
+  "$(jl "$out" 'local p = {}
+for _, e in ipairs(lines[1].consumer_progress) do p[e.group] = e end
+print(p.g1.topic, p.g1.lag, p.g6.lag, p.g6.inflight, p.g6.queues >= 1)')" \
+  "orders	0	4	0	true"
+
 echo "# a waiting consumer, --timeout"
 start=$(date +%s%N)
 run "$txmq" "${S[@]}" consume orders --group g5 --timeout 1

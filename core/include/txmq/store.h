@@ -185,6 +185,12 @@ int txmq_store_offset_set(txmq_store_t* st, const char* group,
 /* TXMQ_ENOTFOUND if the group never committed an offset for that queue. */
 int txmq_store_offset_get(const txmq_store_t* st, const char* group,
                           const char* topic, int qid, int64_t* offset);
+/* The stored offsets one by one, in the order they were first set: i from
+ * 0 to txmq_store_offset_count() - 1 (TXMQ_ENOTFOUND past it). The strings
+ * are valid until the store changes. */
+size_t txmq_store_offset_count(const txmq_store_t* st);
+int txmq_store_offset_at(const txmq_store_t* st, size_t i, const char** group,
+                         const char** topic, int* qid, int64_t* offset);
 
 /* Takes a checkpoint now; cb (may be NULL) runs when it is on disk. EBUSY if
  * one is already being written. */
