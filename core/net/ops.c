@@ -635,10 +635,22 @@ typedef struct {
 } progress_t;
 
 #define STATUS_MAX_PROGRESS 1024
+#define PROGRESS_SLOTS 4096 /* a power of two, 4 x STATUS_MAX_PROGRESS */
+
+static uint32_t progress_hash(const char* group, const char* topic) {
+  uint32_t h = 2166136261u;
+  for (const char* s = group; *s != '\0'; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+  h = (h ^ 1u) * 16777619u; /* names cannot contain \1 */
+  for (const char* s = topic; *s != '\0'; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+  return h;
+}
 
 /* Fills p (STATUS_MAX_PROGRESS entries, the first (group, topic) pairs met)
- * from the store's offsets; returns how many. */
-static size_t consumer_progress(txmq_server_t* srv, progress_t* p) {
+ * from the store's offsets, through slots (PROGRESS_SLOTS zeroed entries:
+ * 0 free, else index + 1), so that the cost follows the offsets; returns
+ * how many. */
+static size_t consumer_progress(txmq_server_t* srv, progress_t* p,
+                                uint16_t* slots) {
   size_t n = 0;
   size_t no = txmq_store_offset_count(srv->st);
   for (size_t i = 0; i < no; i++) {
@@ -647,14 +659,16 @@ static size_t consumer_progress(txmq_server_t* srv, progress_t* p) {
     int64_t committed;
     if (txmq_store_offset_at(srv->st, i, &group, &topic, &qid, &committed) != 0)
       break;
-    size_t k = 0;
-    while (k < n && (strcmp(p[k].group, group) != 0 || strcmp(p[k].topic, topic) != 0))
-      k++;
-    if (k == n) {
+    uint32_t h = progress_hash(group, topic) & (PROGRESS_SLOTS - 1);
+    while (slots[h] != 0 && (strcmp(p[slots[h] - 1].group, group) != 0 ||
+                             strcmp(p[slots[h] - 1].topic, topic) != 0))
+      h = (h + 1) & (PROGRESS_SLOTS - 1);
+    if (slots[h] == 0) {
       if (n == STATUS_MAX_PROGRESS) continue;
       p[n] = (progress_t){group, topic, 0, 0, 0};
-      n++;
+      slots[h] = (uint16_t)++n;
     }
+    size_t k = slots[h] - 1u;
     p[k].queues++;
     int64_t b, e, c2, next;
     size_t inflight = 0;
@@ -692,11 +706,15 @@ static int op_status(net_conn_t* c, uint64_t id, const msgpack_object* m,
     }
   }
   progress_t* prog = calloc(STATUS_MAX_PROGRESS, sizeof *prog);
-  if (prog == NULL) {
+  uint16_t* slots = calloc(PROGRESS_SLOTS, sizeof *slots);
+  if (prog == NULL || slots == NULL) {
+    free(prog);
+    free(slots);
     free(groups);
     return no_memory(err);
   }
-  size_t nprog = consumer_progress(srv, prog);
+  size_t nprog = consumer_progress(srv, prog, slots);
+  free(slots);
   txmq_tx_metrics_t tm;
   txmq_tx_metrics(srv->tx, &tm);
 
