@@ -616,6 +616,22 @@ static void consumer_offsets_survive_restart(void** state) {
   assert_int_equal(off, 6);
   assert_int_equal(txmq_store_offset_get(st, "g3", "orders", 0, &off), TXMQ_ENOTFOUND);
   assert_int_equal(txmq_store_offset_get(st, "g1", "orders", -1, &off), TXMQ_ENOTFOUND);
+  /* One by one, in the order first set, with their latest values. */
+  assert_int_equal(txmq_store_offset_count(st), 3);
+  const char *g, *t;
+  int q;
+  assert_int_equal(txmq_store_offset_at(st, 0, &g, &t, &q, &off), 0);
+  assert_string_equal(g, "g1");
+  assert_string_equal(t, "orders");
+  assert_int_equal(q, 0);
+  assert_int_equal(off, 6);
+  assert_int_equal(txmq_store_offset_at(st, 1, NULL, NULL, &q, &off), 0);
+  assert_int_equal(q, 1);
+  assert_int_equal(off, 9);
+  assert_int_equal(txmq_store_offset_at(st, 2, &g, NULL, NULL, &off), 0);
+  assert_string_equal(g, "g2");
+  assert_int_equal(off, 1);
+  assert_int_equal(txmq_store_offset_at(st, 3, &g, &t, &q, &off), TXMQ_ENOTFOUND);
   close_store(&fx->loop, st);
 
   st = open_store(&fx->loop, fx->dir, &DEF);
