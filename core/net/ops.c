@@ -670,14 +670,13 @@ static size_t consumer_progress(txmq_server_t* srv, progress_t* p,
     }
     size_t k = slots[h] - 1u;
     p[k].queues++;
-    int64_t b, e, c2, next;
+    /* The engine saves every move of a committed offset in the store; what
+     * a group reading now holds in flight only the engine knows. */
     size_t inflight = 0;
-    /* A group reading now: the engine's view (the same committed offset,
-     * and what it holds). */
-    if (srv->cs != NULL &&
-        txmq_consumers_progress(srv->cs, group, topic, qid, &c2, &next,
-                                &inflight) == 0)
-      committed = c2;
+    if (srv->cs != NULL)
+      (void)txmq_consumers_progress(srv->cs, group, topic, qid, NULL, NULL,
+                                    &inflight);
+    int64_t b, e;
     if (txmq_store_queue_range(srv->st, topic, qid, &b, &e) == 0) {
       int64_t from = committed > b ? committed : b;
       if (e > from) p[k].lag += e - from;

@@ -1144,15 +1144,22 @@ static uint64_t floor_var(txmq_store_t* st, void* arg) {
   return *(uint64_t*)arg;
 }
 
-static void retention_moves_queue_begin(void** state) {
-  fx_t* fx = *state;
-  uint64_t floor = 0;
+/* Small index files and segments, retention past 8 KiB, and a replay
+ * floor the test moves through *floor. */
+static opts_t retention_opts(uint64_t* floor) {
   opts_t o = DEF;
   o.entries = 16;
   o.segment_size = 4096;
   o.retain_bytes = 8192;
   o.floor_cb = floor_var;
-  o.hook_arg = &floor;
+  o.hook_arg = floor;
+  return o;
+}
+
+static void retention_moves_queue_begin(void** state) {
+  fx_t* fx = *state;
+  uint64_t floor = 0;
+  opts_t o = retention_opts(&floor);
   txmq_store_t* st = open_store(&fx->loop, fx->dir, &o);
   assert_int_equal(txmq_store_create_topic(st, "r", 1), 0);
   const char* topics[] = {"r"};
@@ -1223,12 +1230,7 @@ static void queue_ends_with(txmq_store_t* st, const char* topic, int qid,
 static void rebuild_recreated_topic_takes_every_queue(void** state) {
   fx_t* fx = *state;
   uint64_t floor = UINT64_MAX;
-  opts_t o = DEF;
-  o.entries = 16;
-  o.segment_size = 4096;
-  o.retain_bytes = 8192;
-  o.floor_cb = floor_var;
-  o.hook_arg = &floor;
+  opts_t o = retention_opts(&floor);
   txmq_store_t* st = open_store(&fx->loop, fx->dir, &o);
   assert_int_equal(txmq_store_create_topic(st, "w", 8), 0);
   const char* topics[] = {"w"};

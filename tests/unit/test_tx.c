@@ -200,13 +200,18 @@ static void env_reopen(env_t* env, const char* dir) {
   env_open_dir(env);
 }
 
+/* The path of snapshot slot k (0 or 1) in data directory dir (free it). */
+static char* snap_path(const char* dir, int k) {
+  char name[32];
+  snprintf(name, sizeof name, "snapshot.%d", k);
+  return tu_path(dir, name);
+}
+
 /* Removes the engine's snapshots beside the checkpoint (store closed): the
  * next open replays from the oldest undecided half record. */
 static void env_drop_snapshots(env_t* env) {
   for (int k = 0; k < 2; k++) {
-    char name[32];
-    snprintf(name, sizeof name, "snapshot.%d", k);
-    char* p = tu_path(env->dir, name);
+    char* p = snap_path(env->dir, k);
     remove(p);
     free(p);
   }
@@ -1332,6 +1337,41 @@ static void append_event_rec(env_t* env, const uint8_t* id, const char* ev,
   msgpack_sbuffer_destroy(&sb);
 }
 
+/* A half record of group "g" whose last message cannot be decoded (topic
+ * and queue as a real message has them, "born" not a number), after one
+ * good encoded message (good, good_len) if good is not NULL. */
+static uint64_t append_bad_half(env_t* env, const uint8_t* id, const void* good,
+                                size_t good_len) {
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  msgpack_pack_map(&pk, 5);
+  pk_key(&pk, "tx");
+  pk_id(&pk, id);
+  pk_key(&pk, "group");
+  pk_key(&pk, "g");
+  pk_key(&pk, "immunity_ms");
+  msgpack_pack_int64(&pk, 0);
+  pk_key(&pk, "at");
+  msgpack_pack_int64(&pk, env->wall);
+  pk_key(&pk, "msgs");
+  msgpack_pack_array(&pk, good != NULL ? 2 : 1);
+  if (good != NULL) msgpack_sbuffer_write(&sb, good, good_len);
+  msgpack_pack_map(&pk, 4);
+  pk_key(&pk, "topic");
+  pk_key(&pk, "orders");
+  pk_key(&pk, "qid");
+  msgpack_pack_int32(&pk, 0);
+  pk_key(&pk, "body");
+  msgpack_pack_bin_with_body(&pk, "bad", 3);
+  pk_key(&pk, "born");
+  pk_key(&pk, "yesterday");
+  uint64_t pos = append_raw(env, TXMQ_REC_TX_HALF, sb.data, sb.size);
+  msgpack_sbuffer_destroy(&sb);
+  return pos;
+}
+
 /* Records of our types that no engine wrote (a foreign or broken writer,
  * with a valid checksum) are replayed without crashing (the sanitizer build
  * aborts on signed overflow), without wrapping due times into the past, and
@@ -1417,34 +1457,7 @@ static void undecodable_message_never_published(void** state) {
   txmq_msg_free(good);
   for (int two = 0; two <= 1; two++) {
     uint8_t id[TXMQ_TX_ID_LEN] = {0x7e, (uint8_t)two};
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 5);
-    pk_key(&pk, "tx");
-    pk_id(&pk, id);
-    pk_key(&pk, "group");
-    pk_key(&pk, "g");
-    pk_key(&pk, "immunity_ms");
-    msgpack_pack_int64(&pk, 0);
-    pk_key(&pk, "at");
-    msgpack_pack_int64(&pk, env->wall);
-    pk_key(&pk, "msgs");
-    msgpack_pack_array(&pk, two ? 2 : 1);
-    if (two) msgpack_sbuffer_write(&sb, gb, gl);
-    /* topic and queue as a real message has them; "born" not a number */
-    msgpack_pack_map(&pk, 4);
-    pk_key(&pk, "topic");
-    pk_key(&pk, "orders");
-    pk_key(&pk, "qid");
-    msgpack_pack_int32(&pk, 0);
-    pk_key(&pk, "body");
-    msgpack_pack_bin_with_body(&pk, "bad", 3);
-    pk_key(&pk, "born");
-    pk_key(&pk, "yesterday");
-    uint64_t half = append_raw(env, TXMQ_REC_TX_HALF, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
+    uint64_t half = append_bad_half(env, id, two ? gb : NULL, gl);
     append_event_rec(env, id, "commit", 1, TXMQ_TX_SRC_PRODUCER, 1, 0, 1,
                      env->wall, half);
   }
@@ -1487,32 +1500,7 @@ static void unreadable_half_parks(void** state) {
   assert_int_equal(txmq_store_prepare(env->st, good), 0); /* the topic */
   txmq_msg_free(good);
   uint8_t id[TXMQ_TX_ID_LEN] = {0x7f, 1};
-  msgpack_sbuffer sb;
-  msgpack_sbuffer_init(&sb);
-  msgpack_packer pk;
-  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-  msgpack_pack_map(&pk, 5);
-  pk_key(&pk, "tx");
-  pk_id(&pk, id);
-  pk_key(&pk, "group");
-  pk_key(&pk, "g");
-  pk_key(&pk, "immunity_ms");
-  msgpack_pack_int64(&pk, 0);
-  pk_key(&pk, "at");
-  msgpack_pack_int64(&pk, env->wall);
-  pk_key(&pk, "msgs");
-  msgpack_pack_array(&pk, 1);
-  msgpack_pack_map(&pk, 4);
-  pk_key(&pk, "topic");
-  pk_key(&pk, "orders");
-  pk_key(&pk, "qid");
-  msgpack_pack_int32(&pk, 0);
-  pk_key(&pk, "body");
-  msgpack_pack_bin_with_body(&pk, "bad", 3);
-  pk_key(&pk, "born");
-  pk_key(&pk, "yesterday");
-  append_raw(env, TXMQ_REC_TX_HALF, sb.data, sb.size);
-  msgpack_sbuffer_destroy(&sb);
+  append_bad_half(env, id, NULL, 0);
   env_sync(env);
   char* img = env_crash_image(env, "tx-unreadable-img");
   env_reopen(env, img);
@@ -1891,9 +1879,7 @@ static void mixed_state(env_t* env, mixed_t* x) {
 static int snapshot_exists(env_t* env) {
   int n = 0;
   for (int k = 0; k < 2; k++) {
-    char name[32];
-    snprintf(name, sizeof name, "snapshot.%d", k);
-    char* p = tu_path(env->dir, name);
+    char* p = snap_path(env->dir, k);
     n += tu_file_size(p) > 0;
     free(p);
   }
@@ -2139,9 +2125,7 @@ static char* current_snapshot(const char* dir) {
   char* best = NULL;
   uint64_t best_seq = 0;
   for (int k = 0; k < 2; k++) {
-    char name[32];
-    snprintf(name, sizeof name, "snapshot.%d", k);
-    char* p = tu_path(dir, name);
+    char* p = snap_path(dir, k);
     size_t len = 0;
     uint8_t* b = tu_read_file(p, &len);
     uint64_t seq = 0;
@@ -2198,9 +2182,7 @@ static void snapshot_bad_falls_back(void** state) {
     char* dir = tu_tmpdir("tx-snap-bad-case");
     assert_int_equal(tu_copy_tree(pristine, dir), 0);
     for (int slot = 0; slot < 2; slot++) {
-      char name[32];
-      snprintf(name, sizeof name, "snapshot.%d", slot);
-      char* p = tu_path(dir, name);
+      char* p = snap_path(dir, slot);
       size_t len = 0;
       uint8_t* b = tu_read_file(p, &len);
       assert_non_null(b);
@@ -2299,9 +2281,7 @@ static void snapshot_loader_mutations(void** state) {
     tu_rmrf(env->dir);
     assert_int_equal(tu_copy_tree(pristine, env->dir), 0);
     for (int slot = 0; slot < 2; slot++) {
-      char name[32];
-      snprintf(name, sizeof name, "snapshot.%d", slot);
-      char* p = tu_path(env->dir, name);
+      char* p = snap_path(env->dir, slot);
       remove(p);
       if (slot == 0) assert_int_equal(tu_write_file(p, b, len), 0);
       free(p);
