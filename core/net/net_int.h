@@ -18,6 +18,7 @@
 #include <msgpack.h>
 #include <uv.h>
 
+#include "common/pool.h"
 #include "txmq/consumer.h"
 #include "txmq/net.h"
 #include "txmq/runtime.h"
@@ -55,6 +56,12 @@ enum { C_HELLO = 0, C_READY = 1, C_CLOSING = 2 };
 
 typedef struct net_conn_s net_conn_t;
 typedef struct net_recv_s net_recv_t;
+
+/* A request waiting for a runtime callback (ops.c). */
+typedef struct {
+  net_conn_t* c;
+  uint64_t id;
+} net_req_t;
 
 /* A check sent to a connection, waiting for its answer. */
 typedef struct net_pcheck_s {
@@ -190,6 +197,8 @@ struct txmq_server_s {
   int zone_busy;
   /* the read buffer shared by all connections (libuv reads one at a time) */
   int readbuf_busy;
+  /* free requests waiting for a runtime callback (ops.c, net_req_t) */
+  txmq__pool_t req_pool;
   /* life cycle */
   int started;
   int closing;
@@ -269,13 +278,15 @@ int net__get_int(const msgpack_object* map, const char* key, int required,
 /* A transaction id: bin 16 (or 32 hex digits as a string). */
 int net__get_txid(const msgpack_object* map, const char* key, uint8_t out[16],
                   char* err);
-/* An array of 1..max message maps, decoded into new messages (*out is an
- * array of *n the caller frees with net__msgs_free). Server-assigned
- * fields are cleared; qid stays (the client may choose its queue). */
+/* An array of 1..max message maps, decoded into *n new messages in out
+ * (room for max), which the caller frees with net__msgs_free or hands
+ * over. Server-assigned fields are cleared; qid stays (the client may
+ * choose its queue). */
 int net__get_msgs(const msgpack_object* map, const char* key, size_t max,
-                  txmq_msg_t*** out, size_t* n, char* err);
+                  txmq_msg_t** out, size_t* n, char* err);
 int net__get_msg(const msgpack_object* map, const char* key, txmq_msg_t** out,
                  char* err);
+/* Frees the n messages (not the array). */
 void net__msgs_free(txmq_msg_t** msgs, size_t n);
 
 /* ---- server.c: for ops.c and check.c ---- */

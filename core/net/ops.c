@@ -20,14 +20,11 @@
 #include "store/store_int.h"
 #include "txmq/error.h"
 
-/* A request waiting for a runtime callback. */
-typedef struct {
-  net_conn_t* c;
-  uint64_t id;
-} req_t;
+typedef net_req_t req_t;
 
+/* From the server's pool: hundreds are outstanding at once under load. */
 static req_t* req_new(net_conn_t* c, uint64_t id) {
-  req_t* r = malloc(sizeof *r);
+  req_t* r = txmq__pool_get(&c->srv->req_pool);
   if (r != NULL) {
     r->c = c;
     r->id = id;
@@ -35,10 +32,16 @@ static req_t* req_new(net_conn_t* c, uint64_t id) {
   return r;
 }
 
+/* Takes the server first: the connection may be gone after net__done. */
+static void req_free(txmq_server_t* srv, req_t* r) {
+  txmq__pool_put(&srv->req_pool, r);
+}
+
 static void req_fail(req_t* r, int code, const char* msg) {
+  txmq_server_t* srv = r->c->srv;
   net__send_error(r->c, r->id, code, msg);
   net__done(r->c);
-  free(r);
+  req_free(srv, r);
 }
 
 /* req_fail with the message formatted into a local buffer. */
@@ -52,9 +55,10 @@ static void req_failf(req_t* r, int code, const char* fmt, ...) {
 }
 
 static void req_send(req_t* r, net_wbuf_t* w) {
+  txmq_server_t* srv = r->c->srv;
   net__send(r->c, w);
   net__done(r->c);
-  free(r);
+  req_free(srv, r);
 }
 
 /* Sends an operation's response at once: the operation has answered. */
@@ -351,7 +355,7 @@ static int op_send(net_conn_t* c, uint64_t id, const msgpack_object* m,
   rc = txmq_store_put(c->srv->st, msg, on_put, r);
   txmq_msg_free(msg);
   if (rc != 0) {
-    free(r);
+    req_free(c->srv, r);
     /* ERANGE is the topic limit: the store's diagnostic names it. */
     return net__errf(err, rc, "message not stored: %s",
                      rc == TXMQ_ERANGE ? txmq_store_diag(c->srv->st)
@@ -398,10 +402,10 @@ static const char* tx_refusal(txmq_server_t* srv, int rc) {
 }
 
 /* The fields tx.half and tx.send share: the producer group, the optional
- * check-immunity delay and 1..TXMQ_TX_MAX_MSGS messages (*msgs is the
+ * check-immunity delay and 1..TXMQ_TX_MAX_MSGS messages (in msgs, the
  * caller's on success). */
 static int get_tx_request(const msgpack_object* m, char* group,
-                          int64_t* immunity, txmq_msg_t*** msgs, size_t* n,
+                          int64_t* immunity, txmq_msg_t** msgs, size_t* n,
                           char* err) {
   int rc = net__get_name(m, "group", 1, group, err);
   if (rc == 0) {
@@ -416,20 +420,21 @@ static int op_tx_half(net_conn_t* c, uint64_t id, const msgpack_object* m,
                       char* err) {
   char group[TXMQ_NAME_MAX + 1];
   int64_t immunity = 0;
-  txmq_msg_t** msgs;
+  txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
   size_t n;
-  int rc = get_tx_request(m, group, &immunity, &msgs, &n, err);
+  int rc = get_tx_request(m, group, &immunity, msgs, &n, err);
   if (rc != 0) return rc;
   req_t* r = req_new(c, id);
   if (r == NULL) {
     net__msgs_free(msgs, n);
     return no_memory(err);
   }
-  rc = txmq_tx_begin(c->srv->tx, group, c->client, msgs, n, immunity,
-                     on_begin, r);
-  net__msgs_free(msgs, n);
+  /* Handed over: the engine keeps the decoded messages, no copies. */
+  rc = txmq_tx_begin_take(c->srv->tx, group, c->client, msgs, n, immunity,
+                          on_begin, r);
   if (rc != 0) {
-    free(r);
+    net__msgs_free(msgs, n);
+    req_free(c->srv, r);
     return net__errf(err, rc, "half messages not stored: %s",
                      tx_refusal(c->srv, rc));
   }
@@ -514,7 +519,7 @@ static int op_tx_end(net_conn_t* c, uint64_t id, const msgpack_object* m,
   rc = txmq_tx_end(c->srv->tx, tx_id, d, TXMQ_TX_SRC_PRODUCER, NULL,
                    c->client, on_end, r);
   if (rc != 0) {
-    free(r);
+    req_free(c->srv, r);
     return tx_refused(c->srv->tx, tx_id, rc, err);
   }
   return 0;
@@ -556,9 +561,9 @@ static int op_tx_send(net_conn_t* c, uint64_t id, const msgpack_object* m,
                       char* err) {
   char group[TXMQ_NAME_MAX + 1];
   int64_t immunity = 0;
-  txmq_msg_t** msgs;
+  txmq_msg_t* msgs[TXMQ_TX_MAX_MSGS];
   size_t n;
-  int rc = get_tx_request(m, group, &immunity, &msgs, &n, err);
+  int rc = get_tx_request(m, group, &immunity, msgs, &n, err);
   if (rc != 0) return rc;
   /* arg travels to executeLocalTransaction as one msgpack value. */
   net_wbuf_t arg;
@@ -579,14 +584,14 @@ static int op_tx_send(net_conn_t* c, uint64_t id, const msgpack_object* m,
     net__msgs_free(msgs, n);
     return no_memory(err);
   }
-  rc = txmq_runtime_tx_send(c->srv->rt, group, c->client, msgs, n,
-                            a != NULL ? arg.p + 4 : NULL,
-                            a != NULL ? arg.len - 4 : 0, immunity, on_hosted,
-                            r);
+  rc = txmq_runtime_tx_send_take(c->srv->rt, group, c->client, msgs, n,
+                                 a != NULL ? arg.p + 4 : NULL,
+                                 a != NULL ? arg.len - 4 : 0, immunity,
+                                 on_hosted, r);
   net__wb_free(&arg);
-  net__msgs_free(msgs, n);
   if (rc != 0) {
-    free(r);
+    net__msgs_free(msgs, n);
+    req_free(c->srv, r);
     if (rc == TXMQ_ENOTFOUND)
       return net__errf(err, rc, "group '%s' has no script (%s.lua) in the "
                                 "scripts directory", group, group);
@@ -959,7 +964,7 @@ static int op_tx_resume(net_conn_t* c, uint64_t id, const msgpack_object* m,
   if (r == NULL) return no_memory(err);
   rc = txmq_tx_resume(c->srv->tx, tx_id, c->client, on_end, r);
   if (rc != 0) {
-    free(r);
+    req_free(c->srv, r);
     return tx_refused(c->srv->tx, tx_id, rc, err);
   }
   return 0;
@@ -995,7 +1000,7 @@ static int op_reload(net_conn_t* c, uint64_t id, const msgpack_object* m,
   if (r == NULL) return no_memory(err);
   rc = txmq_script_reload(c->srv->scripts, group, on_reload, r);
   if (rc != 0) {
-    free(r);
+    req_free(c->srv, r);
     if (rc == TXMQ_EBUSY)
       return net__errf(err, rc, "a reload of '%s' is already running", group);
     return net__errf(err, rc, "reload of '%s' failed: %s", group,

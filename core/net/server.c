@@ -435,6 +435,30 @@ static int str_is(const msgpack_object* o, const char* s) {
          memcmp(o->via.str.ptr, s, n) == 0;
 }
 
+/* The fields op, id and re of a frame's map in one pass, as net__field
+ * finds them (the first of a key; nil is absent). */
+static void head_fields(const msgpack_object* map, const msgpack_object** op,
+                        const msgpack_object** id, const msgpack_object** re) {
+  const msgpack_object* f[3] = {NULL, NULL, NULL};
+  unsigned seen = 0;
+  for (uint32_t i = 0; i < map->via.map.size && seen != 7; i++) {
+    const msgpack_object* k = &map->via.map.ptr[i].key;
+    if (k->type != MSGPACK_OBJECT_STR || k->via.str.size != 2) continue;
+    const char* s = k->via.str.ptr;
+    int j = s[0] == 'o' && s[1] == 'p'   ? 0
+            : s[0] == 'i' && s[1] == 'd' ? 1
+            : s[0] == 'r' && s[1] == 'e' ? 2
+                                         : -1;
+    if (j < 0 || (seen & (1u << j))) continue;
+    seen |= 1u << j;
+    const msgpack_object* v = &map->via.map.ptr[i].val;
+    f[j] = v->type == MSGPACK_OBJECT_NIL ? NULL : v;
+  }
+  *op = f[0];
+  *id = f[1];
+  *re = f[2];
+}
+
 static void handle_frame(net_conn_t* c, const uint8_t* p, size_t len,
                          int refuse) {
   txmq_server_t* srv = c->srv;
@@ -465,9 +489,8 @@ static void handle_frame(net_conn_t* c, const uint8_t* p, size_t len,
     bad_message(c, 0, "a frame must hold a msgpack map");
     goto out;
   }
-  const msgpack_object* op = net__field(o, "op");
-  const msgpack_object* id = net__field(o, "id");
-  const msgpack_object* re = net__field(o, "re");
+  const msgpack_object *op, *id, *re;
+  head_fields(o, &op, &id, &re);
   if (op == NULL && re != NULL) {
     if (c->state == C_HELLO) {
       bad_message(c, 0, "the first frame must be a 'hello' request");
@@ -779,6 +802,7 @@ int txmq_server_new(txmq_server_t** out, uv_loop_t* loop, txmq_runtime_t* rt,
   srv->flush_open = 1;
   srv->handles += 2;
   srv->zone_ok = msgpack_zone_init(&srv->zone, 8192); /* else unpack alone */
+  txmq__pool_init(&srv->req_pool, sizeof(net_req_t), 1024);
   net__consumers_attach(srv);
   *out = srv;
   return 0;
@@ -1003,5 +1027,6 @@ void txmq_server_free(txmq_server_t* srv) {
   if (srv == NULL) return;
   for (int i = 1; i < NET_NROLES; i++) secret_clear(srv, i);
   if (srv->zone_ok) msgpack_zone_destroy(&srv->zone);
+  txmq__pool_drain(&srv->req_pool);
   free(srv);
 }

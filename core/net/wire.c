@@ -350,13 +350,24 @@ static int msg_precheck(const msgpack_object* o, const char* where,
   return 0;
 }
 
-static int msg_decode(const msgpack_object* o, const char* where,
+/* "key[i]" (or "key" when i < 0), naming a message in errors. */
+static void msg_where(char* where, size_t cap, const char* key, long i) {
+  if (i < 0) snprintf(where, cap, "%s", key);
+  else snprintf(where, cap, "%s[%ld]", key, i);
+}
+
+/* The message map o (field key, element i of it unless i < 0), decoded.
+ * The decoder checks everything; only when it refuses is the map checked
+ * again, to name the field in the error. */
+static int msg_decode(const msgpack_object* o, const char* key, long i,
                       txmq_msg_t** out, char* err) {
-  int rc = msg_precheck(o, where, err);
-  if (rc != 0) return rc;
-  rc = txmq__msg_from_object(o, out);
+  int rc = txmq__msg_from_object(o, out);
   if (rc == TXMQ_ENOMEM) return net__errf(err, rc, "out of memory");
   if (rc != 0) {
+    char where[TXMQ_NAME_MAX + 32];
+    msg_where(where, sizeof where, key, i);
+    rc = msg_precheck(o, where, err);
+    if (rc != 0) return rc;
     return net__errf(err, TXMQ_EPROTO,
                      "%s is not a valid message (tags, keys: str of at most "
                      "%d bytes; props: map str->str; born: int; qid: int; "
@@ -374,17 +385,15 @@ int net__get_msg(const msgpack_object* map, const char* key, txmq_msg_t** out,
                  char* err) {
   const msgpack_object* v = net__field(map, key);
   if (v == NULL) return missing(err, key);
-  return msg_decode(v, key, out, err);
+  return msg_decode(v, key, -1, out, err);
 }
 
 void net__msgs_free(txmq_msg_t** msgs, size_t n) {
-  if (msgs == NULL) return;
   for (size_t i = 0; i < n; i++) txmq_msg_free(msgs[i]);
-  free(msgs);
 }
 
 int net__get_msgs(const msgpack_object* map, const char* key, size_t max,
-                  txmq_msg_t*** out, size_t* n, char* err) {
+                  txmq_msg_t** msgs, size_t* n, char* err) {
   const msgpack_object* v = net__field(map, key);
   if (v == NULL) return missing(err, key);
   if (v->type != MSGPACK_OBJECT_ARRAY)
@@ -394,30 +403,13 @@ int net__get_msgs(const msgpack_object* map, const char* key, size_t max,
   if (cnt == 0 || cnt > max)
     return net__errf(err, TXMQ_ERANGE, "field '%s' must hold 1 to %zu messages",
                      key, max);
-  txmq_msg_t** msgs = calloc(cnt, sizeof *msgs);
-  if (msgs == NULL) return net__errf(err, TXMQ_ENOMEM, "out of memory");
   for (size_t i = 0; i < cnt; i++) {
-    char where[64]; /* "key[i]", for errors; by hand: this is per message */
-    size_t kl = strlen(key);
-    if (kl > sizeof where - 24) kl = sizeof where - 24;
-    memcpy(where, key, kl);
-    char digits[24];
-    size_t nd = 0, x = i;
-    do {
-      digits[nd++] = (char)('0' + x % 10);
-      x /= 10;
-    } while (x != 0);
-    where[kl++] = '[';
-    while (nd > 0) where[kl++] = digits[--nd];
-    where[kl++] = ']';
-    where[kl] = '\0';
-    int rc = msg_decode(&v->via.array.ptr[i], where, &msgs[i], err);
+    int rc = msg_decode(&v->via.array.ptr[i], key, (long)i, &msgs[i], err);
     if (rc != 0) {
       net__msgs_free(msgs, i);
       return rc;
     }
   }
-  *out = msgs;
   *n = cnt;
   return 0;
 }

@@ -173,11 +173,10 @@ static void on_half(txmq_tx_t* tx, int status, const uint8_t* tx_id,
   }
 }
 
-int txmq_runtime_tx_send(txmq_runtime_t* rt, const char* group,
-                         const char* producer, txmq_msg_t* const* msgs,
-                         size_t n, const void* arg, size_t arg_len,
-                         int64_t immunity_ms, txmq_runtime_tx_cb cb,
-                         void* cbarg) {
+static int tx_send(txmq_runtime_t* rt, const char* group,
+                   const char* producer, txmq_msg_t* const* msgs, size_t n,
+                   const void* arg, size_t arg_len, int64_t immunity_ms,
+                   txmq_runtime_tx_cb cb, void* cbarg, int take) {
   if (rt == NULL || group == NULL || cb == NULL) return TXMQ_EINVAL;
   if (!rt->opened || rt->closing) return TXMQ_ECLOSED;
   if (!txmq_name_valid(group)) return TXMQ_EBADNAME;
@@ -203,10 +202,30 @@ int txmq_runtime_tx_send(txmq_runtime_t* rt, const char* group,
     hosted_free(h);
     return TXMQ_ENOMEM;
   }
-  int rc = txmq_tx_begin(rt->tx, group, producer, msgs, n, immunity_ms,
-                         on_half, h);
+  int rc = take ? txmq_tx_begin_take(rt->tx, group, producer, msgs, n,
+                                     immunity_ms, on_half, h)
+                : txmq_tx_begin(rt->tx, group, producer, msgs, n, immunity_ms,
+                                on_half, h);
   if (rc != 0) hosted_free(h);
   return rc;
+}
+
+int txmq_runtime_tx_send(txmq_runtime_t* rt, const char* group,
+                         const char* producer, txmq_msg_t* const* msgs,
+                         size_t n, const void* arg, size_t arg_len,
+                         int64_t immunity_ms, txmq_runtime_tx_cb cb,
+                         void* cbarg) {
+  return tx_send(rt, group, producer, msgs, n, arg, arg_len, immunity_ms, cb,
+                 cbarg, 0);
+}
+
+int txmq_runtime_tx_send_take(txmq_runtime_t* rt, const char* group,
+                              const char* producer, txmq_msg_t* const* msgs,
+                              size_t n, const void* arg, size_t arg_len,
+                              int64_t immunity_ms, txmq_runtime_tx_cb cb,
+                              void* cbarg) {
+  return tx_send(rt, group, producer, msgs, n, arg, arg_len, immunity_ms, cb,
+                 cbarg, 1);
 }
 
 /* ---- the script check target ---- */

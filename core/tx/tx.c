@@ -377,8 +377,10 @@ static void remove_entry(txmq_tx_t* tx, uint32_t i) {
 }
 
 /* Builds the distinct topics of msgs, sorted and joined with '\n' (names
- * cannot contain it), so that equal sets intern to one string. */
-static char* topic_set(txmq_msg_t* const* msgs, size_t n, size_t* len) {
+ * cannot contain it), so that equal sets intern to one string: in small
+ * when it fits in small_cap bytes, else in memory the caller frees. */
+static char* topic_set(txmq_msg_t* const* msgs, size_t n, size_t* len,
+                       char* small, size_t small_cap) {
   const char* t[TXMQ_TX_MAX_MSGS];
   size_t k = 0, total = 0;
   for (size_t i = 0; i < n; i++) {
@@ -391,7 +393,7 @@ static char* topic_set(txmq_msg_t* const* msgs, size_t n, size_t* len) {
     k++;
     total += strlen(s) + 1;
   }
-  char* out = malloc(total);
+  char* out = total <= small_cap ? small : malloc(total);
   if (out == NULL) return NULL;
   char* p = out;
   for (size_t j = 0; j < k; j++) {
@@ -1737,9 +1739,11 @@ static void on_half(txmq_log_t* log, int status, uint64_t pos, void* arg) {
   maybe_finish_close(tx);
 }
 
-int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
-                  txmq_msg_t* const* msgs, size_t n, int64_t immunity_ms,
-                  txmq_tx_begin_cb cb, void* arg) {
+/* take: the messages become the engine's on success (else copies are
+ * made); on failure they stay the caller's. */
+static int begin(txmq_tx_t* tx, const char* group, const char* producer,
+                 txmq_msg_t* const* msgs, size_t n, int64_t immunity_ms,
+                 txmq_tx_begin_cb cb, void* arg, int take) {
   if (tx == NULL || msgs == NULL || n == 0 || n > TXMQ_TX_MAX_MSGS ||
       immunity_ms < 0 || immunity_ms > MAX_DURATION_MS)
     return TXMQ_EINVAL;
@@ -1770,10 +1774,11 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
   op->cb = cb;
   op->arg = arg;
   int rc = 0;
-  /* The caller's messages are only read: we prepare copies, which are also
-   * what the callback reports as stored. */
+  /* Unless they are handed over, the caller's messages are only read: we
+   * prepare copies. Those prepared are what the callback reports as
+   * stored. */
   for (; op->n < n; op->n++) {
-    op->msgs[op->n] = txmq_msg_clone(msgs[op->n]);
+    op->msgs[op->n] = take ? msgs[op->n] : txmq_msg_clone(msgs[op->n]);
     if (op->msgs[op->n] == NULL) {
       rc = TXMQ_ENOMEM;
       break;
@@ -1788,7 +1793,9 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
     }
   }
   size_t tlen = 0;
-  char* topics = rc == 0 ? topic_set(op->msgs, n, &tlen) : NULL;
+  char tbuf[256]; /* the set of most transactions: no allocation */
+  char* topics =
+      rc == 0 ? topic_set(op->msgs, n, &tlen, tbuf, sizeof tbuf) : NULL;
   if (rc == 0 && topics == NULL) rc = TXMQ_ENOMEM;
   int64_t at = wall_now(tx);
   txmq__idgen_next(&tx->idgen, at, op->id);
@@ -1811,7 +1818,7 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
       i = TXMQ__NIL;
     }
   }
-  free(topics);
+  if (topics != tbuf) free(topics);
   uint64_t pos = 0;
   if (rc == 0) {
     txmq_log_rec_t r = {TXMQ_REC_TX_HALF, tx->sb.data, (uint32_t)tx->sb.size};
@@ -1825,6 +1832,7 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
     }
   }
   if (rc != 0) {
+    if (take) op->n = 0; /* the caller's still */
     begin_op_free(tx, op);
     return rc;
   }
@@ -1845,6 +1853,18 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
   age_append(tx, i);
   tx->inflight++;
   return 0;
+}
+
+int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
+                  txmq_msg_t* const* msgs, size_t n, int64_t immunity_ms,
+                  txmq_tx_begin_cb cb, void* arg) {
+  return begin(tx, group, producer, msgs, n, immunity_ms, cb, arg, 0);
+}
+
+int txmq_tx_begin_take(txmq_tx_t* tx, const char* group, const char* producer,
+                       txmq_msg_t* const* msgs, size_t n, int64_t immunity_ms,
+                       txmq_tx_begin_cb cb, void* arg) {
+  return begin(tx, group, producer, msgs, n, immunity_ms, cb, arg, 1);
 }
 
 /* ---- end, answers, resume ---- */

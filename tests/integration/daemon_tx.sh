@@ -124,6 +124,15 @@ expect err = "ERANGE"
 req {"op":"tx.half","group":"basic","msgs":[{"body":"no topic"}]}
 expect err = "EPROTO"
 expect msg ~ "msgs[0].topic is missing"
+req {"op":"tx.half","group":"basic","msgs":[{"topic":"T"},{"topic":"T"},{"topic":"bad name"}]}
+expect err = "EBADNAME"
+expect msg ~ "msgs[2].topic is not a valid topic name"
+req {"op":"tx.half","group":"basic","msgs":[{"topic":"T"},{"topic":"T","tags":5}]}
+expect err = "EPROTO"
+expect msg ~ "msgs[1] is not a valid message"
+req {"op":"tx.send","group":"order","msgs":[{"topic":"T","body":7}]}
+expect err = "EPROTO"
+expect msg = "msgs[0].body must be bin or str"
 EOF
 
 drive "tx.send runs executeLocalTransaction from the scripts dir" <<'EOF'

@@ -247,6 +247,32 @@ static void script_commit_is_visible(void** state) {
   env_free(env);
 }
 
+/* txmq_runtime_tx_send_take: refused, the message stays the caller's;
+ * taken, the runtime frees it (valgrind and the sanitizers watch both). */
+static void take_hands_messages_over(void** state) {
+  (void)state;
+  env_t* env = env_new();
+  write_script(env, "orders-svc", DECIDE_BY_BODY);
+  env_open(env);
+  txmq_msg_t* m = txmq_msg_new();
+  assert_int_equal(txmq_msg_set_topic(m, "orders"), 0);
+  assert_int_equal(txmq_msg_set_body(m, "pay", 3), 0);
+  assert_int_equal(txmq_runtime_tx_send_take(env->rt, "nobody", NULL, &m, 1,
+                                             NULL, 0, 0, on_hosted, env),
+                   TXMQ_ENOTFOUND);
+  assert_string_equal(txmq_msg_topic(m), "orders");
+  env->done = 0;
+  assert_int_equal(txmq_runtime_tx_send_take(env->rt, "orders-svc", "p", &m, 1,
+                                             NULL, 0, 0, on_hosted, env),
+                   0);
+  assert_true(tu_run_until(&env->loop, &env->done, 10000));
+  assert_int_equal(env->status, 0);
+  assert_int_equal(env->state, TXMQ_TX_COMMITTED);
+  char buf[64];
+  assert_string_equal(body_at(env, 0, buf, sizeof buf), "pay");
+  env_free(env);
+}
+
 static void script_rollback_is_never_visible(void** state) {
   (void)state;
   env_t* env = env_new();
@@ -586,6 +612,7 @@ static void failed_open_closes_cleanly(void** state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(script_commit_is_visible),
+      cmocka_unit_test(take_hands_messages_over),
       cmocka_unit_test(script_rollback_is_never_visible),
       cmocka_unit_test(unknown_then_script_check_commits),
       cmocka_unit_test(failing_handler_leaves_it_to_checks),

@@ -90,6 +90,13 @@ int txmq_runtime_tx_send(txmq_runtime_t* rt, const char* group,
                          size_t n, const void* arg, size_t arg_len,
                          int64_t immunity_ms, txmq_runtime_tx_cb cb,
                          void* cbarg);
+/* txmq_runtime_tx_send, handing the messages over as txmq_tx_begin_take
+ * does: the runtime's on success, still the caller's on failure. */
+int txmq_runtime_tx_send_take(txmq_runtime_t* rt, const char* group,
+                              const char* producer, txmq_msg_t* const* msgs,
+                              size_t n, const void* arg, size_t arg_len,
+                              int64_t immunity_ms, txmq_runtime_tx_cb cb,
+                              void* cbarg);
 
 /* What failed last (open), "" if nothing. */
 const char* txmq_runtime_diag(const txmq_runtime_t* rt);
