@@ -34,7 +34,8 @@
 #define DEFAULT_HEARTBEAT_MS 10000
 #define DEFAULT_MAX_OUTPUT (1u * 1024u * 1024u)
 #define DEFAULT_DRAIN_MS 10000
-/* A read buffer that is empty and larger than this is given back. */
+/* A read buffer that is empty and larger than this is given back (any
+ * size when no request is in progress). */
 #define KEEP_RBUF 16384
 /* A written output buffer up to this size is kept for the next turn's
  * responses (as much as an idle connection may hold). */
@@ -148,10 +149,38 @@ int net__conn_usable(const net_conn_t* c) {
          c->out_bytes <= c->srv->max_output;
 }
 
+/* Reads go straight into a connection's own input buffer when it has one
+ * with at least this much room (a busy connection keeps one), else into
+ * the shared buffer, copied from there. */
+#define DIRECT_READ_MIN 4096
+
 static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf) {
   (void)suggested;
   net_conn_t* c = h->data;
   txmq_server_t* srv = c->srv;
+  if (c->rbuf != NULL && c->state != C_CLOSING) {
+    /* No frame of c is being handled (libuv asks between callbacks), so
+     * the unconsumed bytes may move to the front. */
+    if (c->rpos > 0) {
+      memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+      c->rlen -= c->rpos;
+      c->rpos = 0;
+    }
+    if (c->rcap < KEEP_RBUF) {
+      /* Not reads of a few KiB each: as much room as it may keep. */
+      uint8_t* p = realloc(c->rbuf, KEEP_RBUF);
+      if (p != NULL) {
+        c->rbuf = p;
+        c->rcap = KEEP_RBUF;
+      }
+    }
+    if (c->rcap - c->rlen >= DIRECT_READ_MIN) {
+      c->rdirect = 1;
+      *buf = uv_buf_init((char*)c->rbuf + c->rlen,
+                         (unsigned)(c->rcap - c->rlen));
+      return;
+    }
+  }
   /* libuv calls alloc, read() and the read callback in a row for one
    * stream at a time, so one buffer serves every connection; a nested use
    * (not expected) gets its own. */
@@ -599,7 +628,8 @@ static void conn_pump(net_conn_t* c) {
   c->pumping = 0;
   if (c->rpos == c->rlen) {
     c->rpos = c->rlen = 0;
-    if (c->rcap > KEEP_RBUF) {
+    /* A connection with nothing in progress holds no input buffer. */
+    if (c->rcap > KEEP_RBUF || c->inflight == 0) {
       free(c->rbuf);
       c->rbuf = NULL;
       c->rcap = 0;
@@ -617,9 +647,13 @@ static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   net_conn_t* c = s->data;
   txmq_server_t* srv = c->srv;
   int err = 0;
+  int direct = c->rdirect;
+  c->rdirect = 0;
   if (nread > 0) {
     c->last_rx = net__now(srv);
-    if (c->state != C_CLOSING) {
+    if (direct) {
+      c->rlen += (size_t)nread; /* already in place */
+    } else if (c->state != C_CLOSING) {
       if (rbuf_reserve(c, (size_t)nread) == 0) {
         memcpy(c->rbuf + c->rlen, buf->base, (size_t)nread);
         c->rlen += (size_t)nread;
@@ -631,7 +665,7 @@ static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
     c->eof = 1;
     if (nread != UV_EOF) err = (int)nread;
   }
-  if (buf != NULL && buf->base != NULL) release_buf(srv, buf);
+  if (!direct && buf != NULL && buf->base != NULL) release_buf(srv, buf);
   if (nread == 0) return;
   if (err != 0) {
     net__close(c, 0, err == TXMQ_ENOMEM ? "out of memory"

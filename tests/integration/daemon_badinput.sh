@@ -121,6 +121,32 @@ shutdown
 closed 3000
 EOF
 
+# {"op":"ping","id":7} and {"op":"ping","id":8}, 13 bytes each after the
+# length: cut in pieces across reads, and two and a half in one write.
+drive "frames in pieces and several in one read are each answered once" <<'EOF'
+conn a
+hello pieces-1 producer
+raw 0000000d82a26f
+norecv 200
+raw 70a470696e67a2
+norecv 200
+raw 696407
+recv
+expect re = 7
+expect ok = true
+raw 0000000d82a26f70a470696e67a26964070000000d82a26f70a470696e67a26964080000000d82a2
+recv
+expect re = 7
+recv
+expect re = 8
+norecv 200
+raw 6f70a470696e67a2696407
+recv
+expect re = 7
+req {"op":"ping"}
+expect ok = true
+EOF
+
 drive "not a message: error responses, the connection stays open" <<'EOF'
 conn a
 hello bad-2 producer
