@@ -100,7 +100,8 @@ struct net_conn_s {
   size_t rpos;
   size_t rlen;
   size_t rcap;
-  int rdirect; /* the read in progress fills rbuf itself (on_alloc) */
+  int rdirect;   /* the read in progress fills rbuf itself (on_alloc) */
+  int rborrowed; /* rbuf is the shared read buffer (pump_in_place) */
   size_t inflight;    /* requests accepted and not yet answered */
   size_t out_bytes;   /* response bytes queued or handed to libuv, not yet
                          written */

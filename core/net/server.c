@@ -149,32 +149,31 @@ int net__conn_usable(const net_conn_t* c) {
          c->out_bytes <= c->srv->max_output;
 }
 
-/* Reads go straight into a connection's own input buffer when it has one
- * with at least this much room (a busy connection keeps one), else into
- * the shared buffer, copied from there. */
-#define DIRECT_READ_MIN 4096
-
+/* Input is read without copying. A read into the shared buffer while a
+ * connection has no bytes pending is handled where it landed, and only an
+ * incomplete frame at its end is copied to the connection's own buffer
+ * (on_read). While one is pending, the next read goes straight behind it
+ * into the connection's buffer, made NET_READ_CHUNK long for that. */
 static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf) {
   (void)suggested;
   net_conn_t* c = h->data;
   txmq_server_t* srv = c->srv;
-  if (c->rbuf != NULL && c->state != C_CLOSING) {
+  if (c->rlen > c->rpos && c->state != C_CLOSING) {
     /* No frame of c is being handled (libuv asks between callbacks), so
-     * the unconsumed bytes may move to the front. */
+     * the pending bytes may move to the front. */
     if (c->rpos > 0) {
       memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
       c->rlen -= c->rpos;
       c->rpos = 0;
     }
-    if (c->rcap < KEEP_RBUF) {
-      /* Not reads of a few KiB each: as much room as it may keep. */
-      uint8_t* p = realloc(c->rbuf, KEEP_RBUF);
+    if (c->rcap < NET_READ_CHUNK) {
+      uint8_t* p = realloc(c->rbuf, NET_READ_CHUNK);
       if (p != NULL) {
         c->rbuf = p;
-        c->rcap = KEEP_RBUF;
+        c->rcap = NET_READ_CHUNK;
       }
     }
-    if (c->rcap - c->rlen >= DIRECT_READ_MIN) {
+    if (c->rcap - c->rlen >= NET_READ_CHUNK / 4) {
       c->rdirect = 1;
       *buf = uv_buf_init((char*)c->rbuf + c->rlen,
                          (unsigned)(c->rcap - c->rlen));
@@ -626,7 +625,7 @@ static void conn_pump(net_conn_t* c) {
     }
   } while (c->pump_again);
   c->pumping = 0;
-  if (c->rpos == c->rlen) {
+  if (c->rpos == c->rlen && !c->rborrowed) {
     c->rpos = c->rlen = 0;
     /* A connection with nothing in progress holds no input buffer. */
     if (c->rcap > KEEP_RBUF || c->inflight == 0) {
@@ -643,12 +642,45 @@ static void conn_pump(net_conn_t* c) {
   }
 }
 
+/* Handles the frames of a read where it landed (c has nothing pending),
+ * then keeps what is left (an incomplete frame, or frames a busy
+ * connection may not take yet) in c's own buffer. */
+static void pump_in_place(net_conn_t* c, uint8_t* p, size_t n) {
+  uint8_t* own = c->rbuf;
+  size_t own_cap = c->rcap;
+  c->rbuf = p;
+  c->rcap = c->rlen = n;
+  c->rpos = 0;
+  c->rborrowed = 1;
+  conn_pump(c);
+  c->rborrowed = 0;
+  size_t left = c->rlen - c->rpos;
+  const uint8_t* rest = c->rbuf + c->rpos;
+  c->rbuf = own;
+  c->rcap = own_cap;
+  c->rpos = c->rlen = 0;
+  if (left == 0 || c->state == C_CLOSING) return;
+  if (rbuf_reserve(c, left) != 0) {
+    net__close(c, 0, "out of memory");
+    return;
+  }
+  memcpy(c->rbuf, rest, left);
+  c->rlen = left;
+}
+
 static void on_read(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
   net_conn_t* c = s->data;
   txmq_server_t* srv = c->srv;
   int err = 0;
   int direct = c->rdirect;
   c->rdirect = 0;
+  if (nread > 0 && !direct && c->state != C_CLOSING && c->rpos == c->rlen &&
+      !c->pumping) {
+    c->last_rx = net__now(srv);
+    pump_in_place(c, (uint8_t*)buf->base, (size_t)nread);
+    release_buf(srv, buf);
+    return;
+  }
   if (nread > 0) {
     c->last_rx = net__now(srv);
     if (direct) {
