@@ -129,6 +129,7 @@ static void client_free_mem(txmq_client_t* c) {
   free(c->fbuf);
   free(c->obuf);
   if (c->zone_ok) msgpack_zone_destroy(&c->zone);
+  txmq__pool_drain(&c->req_pool);
   for (check_handler_t* h = c->handlers; h;) {
     check_handler_t* next = h->next;
     free(h->group);
@@ -150,6 +151,7 @@ int txmq_client_new(txmq_client_t** out, uv_loop_t* loop,
     return TXMQ_EINVAL;
   txmq_client_t* c = calloc(1, sizeof *c);
   if (!c) return TXMQ_ENOMEM;
+  txmq__pool_init(&c->req_pool, sizeof(req_t), 1024);
   c->loop = loop;
   c->role = opts->role;
   c->connect_timeout_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms
@@ -296,7 +298,7 @@ static req_t** pending_detach(txmq_client_t* c, uint64_t now, size_t* n) {
 static void req_complete(txmq_client_t* c, req_t* r, int status,
                          const msgpack_object* resp) {
   r->done(c, r, status, resp);
-  free(r);
+  txmq__pool_put(&c->req_pool, r);
 }
 
 /* Fails every pending request with status and diag. */
@@ -483,7 +485,7 @@ int txmq__client_ready(txmq_client_t* c) {
 
 req_t* txmq__req_new(txmq_client_t* c, const char* op, req_done_fn done,
                      void (*cb)(void), void* arg) {
-  req_t* r = calloc(1, sizeof *r);
+  req_t* r = txmq__pool_get(&c->req_pool);
   if (!r) return NULL;
   r->id = c->next_id++;
   r->op = op;
@@ -504,12 +506,12 @@ int txmq__req_submit(txmq_client_t* c, frame_t* f, req_t* r, int rc,
   if (rc == 0) rc = txmq__client_ready(c);
   if (rc != 0) {
     txmq__frame_destroy(f);
-    free(r);
+    txmq__pool_put(&c->req_pool, r);
     return rc;
   }
   rc = frame_write(c, f);
   if (rc != 0) {
-    free(r);
+    txmq__pool_put(&c->req_pool, r);
     return rc;
   }
   r->deadline = uv_now(c->loop) + c->request_timeout_ms + extra_ms;
@@ -748,7 +750,8 @@ static void handle_frame(txmq_client_t* c, const uint8_t* buf, size_t len) {
   }
   const msgpack_object* o = &obj;
   const msgpack_object* re = txmq_client_map_get(o, "re");
-  const msgpack_object* op = txmq_client_map_get(o, "op");
+  /* A response is all a frame with 're' can be. */
+  const msgpack_object* op = re ? NULL : txmq_client_map_get(o, "op");
   if (o->type != MSGPACK_OBJECT_MAP) {
     lose(c, TXMQ_EPROTO, "the server sent a frame that is not a map");
   } else if (re) {
@@ -808,6 +811,15 @@ static void feed(txmq_client_t* c, const uint8_t* p, size_t n) {
       /* The payload comes with a later read (and the frame buffer may not
        * exist yet: nothing to copy into it now). */
       if (n == 0) return;
+      if (n >= len) {
+        /* All of it is here: handled where it is, without a copy (the
+         * read buffer is not reused before the next read). */
+        c->hdr_got = 0;
+        p += len;
+        n -= len;
+        handle_frame(c, p - len, len);
+        continue;
+      }
     }
     size_t k = c->flen - c->fgot < n ? c->flen - c->fgot : n;
     if (c->fgot + k > c->fcap) {
@@ -1182,7 +1194,9 @@ const msgpack_object* txmq_client_map_get(const msgpack_object* map,
   size_t kl = strlen(key);
   for (uint32_t i = 0; i < map->via.map.size; i++) {
     const msgpack_object* k = &map->via.map.ptr[i].key;
+    /* The first byte before memcmp: most keys differ there or in length. */
     if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == kl &&
+        (kl == 0 || k->via.str.ptr[0] == key[0]) &&
         memcmp(k->via.str.ptr, key, kl) == 0)
       return &map->via.map.ptr[i].val;
   }

@@ -19,6 +19,7 @@
 #include <msgpack.h>
 #include <uv.h>
 
+#include "common/pool.h"
 #include "txmq/client.h"
 
 #define TXMQ__CLIENT_DIAG_MAX 512
@@ -175,6 +176,8 @@ struct txmq_client_s {
   msgpack_zone zone;
   int zone_ok;
   int zone_busy;
+  /* free requests: hundreds are outstanding at once under load */
+  txmq__pool_t req_pool;
 };
 
 /* ---- client.c ---- */
