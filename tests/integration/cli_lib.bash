@@ -33,7 +33,7 @@ cli_init() {
   mkdir -p "$work/scripts" "$work/data"
   trap cli_cleanup EXIT
   # The tool must never find a server by accident.
-  unset TXMQ_SERVER TXMQ_SECRET
+  unset TXMQ_SERVER TXMQ_SECRET TXMQ_ROLE
   cat >"$work/prelude.lua" <<'LUA'
 local json = require "dkjson"
 lines = {}

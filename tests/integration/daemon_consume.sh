@@ -151,7 +151,7 @@ req {"op":"receive","group":"other","topic":"C6","max":5}
 expect msgs.# = 2
 EOF
 
-drive "offsets: get after acks, set before a group reads and while it reads, errors" <<'EOF'
+drive "offsets: get after acks, set before a group reads and while it reads (its handles go stale: ack counts them missed), errors" <<'EOF'
 conn p
 hello prod-1 producer
 req {"op":"send","msg":{"topic":"C7","body":"o0","qid":0}}
@@ -176,8 +176,15 @@ expect ok = true
 req {"op":"receive","group":"og","topic":"C7","max":10}
 expect msgs.# = 3
 expect msgs.0.body.$text = "o0"
+save S msgs.0.handle
 req {"op":"offset.get","group":"og","topic":"C7","qid":0}
 expect offset = 0
+req {"op":"offset.set","group":"og","topic":"C7","qid":0,"offset":0}
+expect ok = true
+req {"op":"ack","group":"og","handles":[$S]}
+expect ok = true
+expect acked = 0
+expect missed = 1
 req {"op":"offset.get","group":"never","topic":"C7","qid":0}
 expect err = "ENOTFOUND"
 req {"op":"offset.get","group":"og","topic":"C7","qid":7}

@@ -4,8 +4,9 @@
 # Writes logs with the log-demo example (through the store, and raw records
 # through the log API), then runs the tool on them, on damaged copies
 # (truncated tail, zeros after the tail, a flipped byte in the middle of a
-# segment, a missing segment, a record that is not a message) and with bad
-# command lines, and checks exit codes, the exact error lines and, through
+# segment, a missing segment, a record that is not a message), with bad
+# command lines and into a pipe whose reader stops reading (`| head`: no
+# error), and checks exit codes, the exact error lines and, through
 # --json (parsed with Lua 5.4 and dkjson), what was read. The transaction
 # engine's records come from fixtures that tests/fixtures/log/gen.py wrote
 # with its own msgpack encoder (a good log, and records whose checksum is
@@ -198,6 +199,33 @@ check "plain dump: the topic record is decoded" \
   grep -qE '^record pos=[0-9]+ type=topic len=[0-9]+ next=[0-9]+ topic=orders queues=[0-9]+$' "$work/dump.txt"
 run "$txmq" log dump "$logdir"
 check "dump of the log directory equals dump of the data directory" cmp -s "$out" "$work/dump.txt"
+
+# --- a reader that stops reading: the output ends there, nothing to report -
+set +e
+"$txmq" log dump "$data" --json 2>"$err" | head -n 1 >"$out"
+st=${PIPESTATUS[0]}
+set -e
+check "dump | head -1: the first line" test "$(jl "$out" 'print(#lines, lines[1].kind)')" = "1	log"
+check "dump | head -1: exit 0, nothing on stderr" test "$st/$(head -c 200 "$err")" = "0/"
+# The same with a reader gone before the first write, so that every write
+# meets the closed pipe (head above may have read all before leaving): the
+# reader closes its end, then tells the writer to start.
+set +e
+{
+  for _ in $(seq 100); do [ -e "$work/reader-gone" ] && break; sleep 0.1; done
+  exec "$txmq" log dump "$data"
+} 2>"$err" | { exec 0<&-; touch "$work/reader-gone"; }
+st=${PIPESTATUS[0]}
+set -e
+check "dump into a pipe closed at once: exit 0, nothing on stderr" \
+  test "$st/$(head -c 200 "$err")" = "0/"
+if [ -w /dev/full ]; then
+  set +e
+  "$txmq" log dump "$data" >/dev/full 2>"$err"
+  rc=$?
+  set -e
+  expect "dump to a full device is still an error" 1 "txmq: writing standard output failed"
+fi
 
 # --- --from and -n, options anywhere -------------------------------------
 read -r p3 p4 <<<"$(jl "$work/dump.json" 'local r = kind("record"); print(r[3].pos, r[4].pos)')"

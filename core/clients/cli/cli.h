@@ -35,15 +35,23 @@ enum {
   CLI_OPT_PROP = 1u << 6,
   CLI_OPT_GROUP = 1u << 7,
   CLI_OPT_ARG = 1u << 8,
-  CLI_OPT_TIMEOUT = 1u << 9
+  CLI_OPT_TIMEOUT = 1u << 9,
+  CLI_OPT_QUEUE = 1u << 10,
+  CLI_OPT_ROLE = 1u << 11
 };
 /* Options every command accepts. */
-#define CLI_OPTS_GLOBAL (CLI_OPT_SERVER | CLI_OPT_JSON)
+#define CLI_OPTS_GLOBAL (CLI_OPT_SERVER | CLI_OPT_JSON | CLI_OPT_ROLE)
+
+/* The role a command connects with, when --role or $TXMQ_ROLE chose one:
+ * the values of txmq_role_t (txmq/client.h); CLI_ROLE_DEFAULT leaves each
+ * command its own, the least role its operations need. */
+enum { CLI_ROLE_DEFAULT = -1 };
 
 typedef struct {
   unsigned seen;        /* CLI_OPT_* bits */
   int json;
   const char* server;   /* --server, else $TXMQ_SERVER, else the default */
+  int role;             /* --role, else $TXMQ_ROLE, else CLI_ROLE_DEFAULT */
   const char* n;        /* -n, unparsed */
   const char* from;     /* --from, unparsed */
   const char* tags;
@@ -51,6 +59,7 @@ typedef struct {
   const char* group;
   const char* arg;
   const char* timeout;
+  const char* queue;    /* --queue, unparsed */
   const char** props;   /* --prop K=V, in order */
   size_t nprops;
   char** pos;           /* positional arguments, in order */
@@ -69,15 +78,27 @@ int cli_check_opts(const cli_args_t* a, unsigned allowed, const char* name);
  * the reason and returns CLI_EXIT_USAGE if malformed. */
 int cli_parse_u64(const char* opt, const char* s, uint64_t* out);
 
+/* The state of standard output (cli_stdout_state). */
+enum {
+  CLI_OUT_OK = 0,
+  CLI_OUT_CLOSED, /* its reader went away (EPIPE: `txmq ... | head` closed
+                   * the pipe): the output ends there, which is no error */
+  CLI_OUT_FAILED  /* a write failed otherwise (a full disk, an I/O error) */
+};
+/* Flushes standard output and tells whether what was written so far got
+ * out: CLI_OUT_OK, CLI_OUT_CLOSED or CLI_OUT_FAILED. */
+int cli_stdout_state(void);
+
 /* `txmq log ...` (log_cmd.c). */
 int cli_cmd_log(const cli_args_t* a);
 void cli_usage_log(FILE* f);
 
 /* The commands that talk to txmqd (remote_cmd.c): send, tx send|list|show|
- * resume, consume, status, reload. */
+ * resume, consume, offset get|set, status, reload. */
 int cli_cmd_send(const cli_args_t* a);
 int cli_cmd_tx(const cli_args_t* a);
 int cli_cmd_consume(const cli_args_t* a);
+int cli_cmd_offset(const cli_args_t* a);
 int cli_cmd_status(const cli_args_t* a);
 int cli_cmd_reload(const cli_args_t* a);
 

@@ -731,7 +731,7 @@ static int cmd_dump(logcmd_t* c) {
   if (start < begin) start = begin;
   int printed_seg = 0;
   uint64_t shown = 0, at = start;
-  int it_rc = TXMQ_ENOTFOUND, payload_ok = 1;
+  int it_rc = TXMQ_ENOTFOUND, payload_ok = 1, out_gone = 0;
   txmq_log_iter_t* it = NULL;
   if (limit > 0 && from < end) {
     int r = txmq_log_iter_new(c->log, start, UINT64_MAX, &it);
@@ -741,7 +741,11 @@ static int cmd_dump(logcmd_t* c) {
       return CLI_EXIT_DATA;
     }
     txmq_log_entry_t e;
-    while (shown < limit && (it_rc = txmq_log_iter_next(it, &e)) == 0) {
+    /* Output that failed (a reader gone: `txmq log dump DIR | head`) ends
+     * the dump: reading the rest of the log would be for nobody. main()
+     * tells a closed pipe, which is no error, from a failure. */
+    while (shown < limit && !(out_gone = ferror(stdout) != 0) &&
+           (it_rc = txmq_log_iter_next(it, &e)) == 0) {
       at = e.next;
       if (e.pos < from) continue;
       while (seg + 1 < nseg && txmq_log_segment_base(c->log, seg + 1) <= e.pos) {
@@ -761,12 +765,12 @@ static int cmd_dump(logcmd_t* c) {
       }
       count(c, &e);
     }
-    if (shown == limit && it_rc == 0) it_rc = TXMQ_ENOTFOUND;
+    if ((shown == limit || out_gone) && it_rc == 0) it_rc = TXMQ_ENOTFOUND;
     txmq_log_iter_free(it);
   }
   /* Segments after the last record (an empty newest segment) when the dump
    * ran to the end. */
-  if (shown < limit && payload_ok && it_rc == TXMQ_ENOTFOUND) {
+  if (shown < limit && payload_ok && !out_gone && it_rc == TXMQ_ENOTFOUND) {
     /* With no record shown, list the segments only for an empty log. */
     size_t first = printed_seg ? seg + 1 : (from < end || begin == end ? seg : nseg);
     for (size_t i = first; i < nseg; i++) dump_segment(c, i);

@@ -4,14 +4,16 @@
  * arguments; `--` ends them) and dispatches to a subcommand.
  *
  * The offline log commands are in log_cmd.c; the commands that talk to
- * txmqd (send, tx, consume, status, reload) in remote_cmd.c.
+ * txmqd (send, tx, consume, offset, status, reload) in remote_cmd.c.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "clients/cli/cli.h"
 #include "txmq/client.h"
@@ -49,6 +51,7 @@ static const struct {
     {CLI_OPT_TAGS, "--tags"},     {CLI_OPT_KEYS, "--keys"},
     {CLI_OPT_PROP, "--prop"},     {CLI_OPT_GROUP, "--group"},
     {CLI_OPT_ARG, "--arg"},       {CLI_OPT_TIMEOUT, "--timeout"},
+    {CLI_OPT_QUEUE, "--queue"},   {CLI_OPT_ROLE, "--role"},
 };
 
 int cli_check_opts(const cli_args_t* a, unsigned allowed, const char* name) {
@@ -92,9 +95,34 @@ int cli_parse_u64(const char* opt, const char* s, uint64_t* out) {
   return 0;
 }
 
+int cli_stdout_state(void) {
+  errno = 0;
+  int failed = fflush(stdout) != 0;
+  int err = errno;
+  if (!failed && !ferror(stdout)) return CLI_OUT_OK;
+  if (failed && err == EPIPE) return CLI_OUT_CLOSED;
+  /* An earlier write failed and stdio dropped what it held, with the
+   * errno of the time: a pipe whose reader is gone polls POLLERR. */
+  struct pollfd p = {.fd = STDOUT_FILENO, .events = POLLOUT, .revents = 0};
+  if (poll(&p, 1, 0) == 1 && (p.revents & POLLERR)) return CLI_OUT_CLOSED;
+  return CLI_OUT_FAILED;
+}
+
+/* --role or $TXMQ_ROLE (what names it, for the error) into a->role. */
+static int parse_role(const char* what, const char* s, cli_args_t* a) {
+  if (strcmp(s, "producer") == 0) a->role = TXMQ_ROLE_PRODUCER;
+  else if (strcmp(s, "consumer") == 0) a->role = TXMQ_ROLE_CONSUMER;
+  else if (strcmp(s, "admin") == 0) a->role = TXMQ_ROLE_ADMIN;
+  else {
+    cli_err("%s '%s': expected producer, consumer or admin", what, s);
+    return CLI_EXIT_USAGE;
+  }
+  return 0;
+}
+
 static void usage(FILE* f) {
   fputs(
-      "usage: txmq [--server HOST:PORT] [--json] COMMAND [ARGS]\n"
+      "usage: txmq [--server HOST:PORT] [--role ROLE] [--json] COMMAND [ARGS]\n"
       "\n"
       "Offline commands (work on the files, no txmqd needed):\n"
       "  txmq log dump DIR [--from POS] [-n N]   print segments and records\n"
@@ -109,8 +137,19 @@ static void usage(FILE* f) {
       "  txmq consume TOPIC --group G [--tags 'A || B'] [-n N] [--timeout S]\n"
       "               [--from earliest|latest|OFFSET]\n"
       "      one message per line, each acknowledged once printed; stops after\n"
-      "      N messages or S seconds without one (default: never); a new group\n"
-      "      starts from the earliest message unless --from says otherwise\n"
+      "      N messages or S seconds without one (default: never). --from\n"
+      "      counts only for a group's first read of the topic (default\n"
+      "      earliest); later reads go on from its committed offsets. OFFSET\n"
+      "      is a per-queue offset applied to every queue of the topic (a\n"
+      "      topic has default_queues queues, 4 unless configured)\n"
+      "  txmq offset get TOPIC --group G [--queue Q]\n"
+      "      the group's committed offset on each queue (Q: only that one):\n"
+      "      the first message it has not acknowledged; '-' if it never read\n"
+      "      the queue\n"
+      "  txmq offset set TOPIC --group G --queue Q OFFSET\n"
+      "      moves the group on queue Q: its next read starts at OFFSET (back\n"
+      "      to read again, forward to skip); a message's queue and offset are\n"
+      "      the qid and qoff of send and consume --json\n"
       "  txmq tx list [--group G]      pending and parked transactions\n"
       "  txmq tx show TXID             a transaction and its history\n"
       "  txmq tx resume TXID           a parked transaction checked again\n"
@@ -121,12 +160,19 @@ static void usage(FILE* f) {
       "  --json            one JSON object per line, for scripts\n"
       "  --server H:P      txmqd address (default " DEFAULT_SERVER
       ", or $TXMQ_SERVER)\n"
-      "                    $TXMQ_SECRET is sent as the secret when auth is on\n"
+      "  --role ROLE       producer, consumer or admin: the role to connect\n"
+      "                    with (default $TXMQ_ROLE, else the least the command\n"
+      "                    needs: consume and offset consumer; tx resume and\n"
+      "                    reload admin; the others producer)\n"
+      "                    $TXMQ_SECRET is sent as the secret when auth is on:\n"
+      "                    the role's secret, or the admin secret for any role\n"
       "  -h, --help        this help; --version prints the version\n"
       "\n"
       "Exit status: 0 ok; 1 the request failed, the server could not be\n"
       "reached, or the data is corrupt; 2 usage error. Errors are one line on\n"
-      "standard error.\n",
+      "standard error. A reader that stops reading (`txmq ... | head`) ends\n"
+      "the output quietly, status 0; consume leaves the message it could not\n"
+      "print unacknowledged (it is delivered again).\n",
       f);
 }
 
@@ -140,6 +186,8 @@ enum {
   LONG_GROUP,
   LONG_ARG,
   LONG_TIMEOUT,
+  LONG_QUEUE,
+  LONG_ROLE,
   LONG_VERSION
 };
 
@@ -153,6 +201,8 @@ static const struct option long_opts[] = {
     {"group", required_argument, NULL, LONG_GROUP},
     {"arg", required_argument, NULL, LONG_ARG},
     {"timeout", required_argument, NULL, LONG_TIMEOUT},
+    {"queue", required_argument, NULL, LONG_QUEUE},
+    {"role", required_argument, NULL, LONG_ROLE},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, LONG_VERSION},
     {NULL, 0, NULL, 0},
@@ -167,6 +217,8 @@ static const char* long_name(int val) {
 int main(int argc, char** argv) {
   cli_args_t a;
   memset(&a, 0, sizeof a);
+  a.role = CLI_ROLE_DEFAULT;
+  const char* role = NULL;
   int help = 0, version = 0, rc = CLI_EXIT_USAGE;
   /* A server that closes while a request is written: an error, not death
    * by SIGPIPE. `txmq consume | head` stops on EPIPE without acknowledging
@@ -200,6 +252,8 @@ int main(int argc, char** argv) {
       case LONG_GROUP: a.group = optarg; a.seen |= CLI_OPT_GROUP; break;
       case LONG_ARG: a.arg = optarg; a.seen |= CLI_OPT_ARG; break;
       case LONG_TIMEOUT: a.timeout = optarg; a.seen |= CLI_OPT_TIMEOUT; break;
+      case LONG_QUEUE: a.queue = optarg; a.seen |= CLI_OPT_QUEUE; break;
+      case LONG_ROLE: role = optarg; a.seen |= CLI_OPT_ROLE; break;
       case ':':
         if (optopt >= 256)
           cli_err("option '--%s' needs a value", long_name(optopt));
@@ -239,6 +293,13 @@ int main(int argc, char** argv) {
   }
 
   const char* cmd = a.pos[0];
+  /* The role counts for the commands that connect; the offline ones
+   * ignore it, as they ignore --server. */
+  if (strcmp(cmd, "log") != 0) {
+    const char* env = getenv("TXMQ_ROLE");
+    if (role && parse_role("--role", role, &a)) goto done;
+    if (!role && env && *env && parse_role("TXMQ_ROLE", env, &a)) goto done;
+  }
   if (strcmp(cmd, "log") == 0) {
     rc = cli_cmd_log(&a);
   } else if (strcmp(cmd, "send") == 0) {
@@ -247,6 +308,8 @@ int main(int argc, char** argv) {
     rc = cli_cmd_tx(&a);
   } else if (strcmp(cmd, "consume") == 0) {
     rc = cli_cmd_consume(&a);
+  } else if (strcmp(cmd, "offset") == 0) {
+    rc = cli_cmd_offset(&a);
   } else if (strcmp(cmd, "status") == 0) {
     rc = cli_cmd_status(&a);
   } else if (strcmp(cmd, "reload") == 0) {
@@ -256,7 +319,9 @@ int main(int argc, char** argv) {
   }
 
 done:
-  if (fflush(stdout) != 0 && rc == CLI_EXIT_OK) {
+  /* A reader that went away (`txmq log dump DIR | head`) only ends the
+   * output: nothing to report, as with other Unix tools. */
+  if (cli_stdout_state() == CLI_OUT_FAILED && rc == CLI_EXIT_OK) {
     cli_err("writing standard output failed");
     rc = CLI_EXIT_DATA;
   }

@@ -1,12 +1,17 @@
 /*
  * remote_cmd.c - the `txmq` commands that talk to txmqd (DESIGN §7): send,
- * tx send|list|show|resume, consume, status and reload, on the blocking
- * client (txmq/client.h).
+ * tx send|list|show|resume, consume, offset get|set, status and reload, on
+ * the blocking client (txmq/client.h).
  *
  * Every command checks its command line before it connects (a usage error
- * never costs a connection), connects with a role that fits (producer,
- * consumer, admin; TXMQ_SECRET is sent as the secret when set), makes its
- * requests, and prints for people, or with --json one JSON object per line.
+ * never costs a connection), connects with the least role its operations
+ * need (PROTOCOL.md §3: producer for send, tx send|list|show and status,
+ * consumer for consume and offset, admin for tx resume and reload), so
+ * that a role's own secret is enough, unless --role or TXMQ_ROLE names
+ * another (a holder of the consumer secret asks for status with --role
+ * consumer; TXMQ_SECRET is sent as the secret when set), makes its
+ * requests, and prints for people, or with --json one JSON object per
+ * line.
  * Failures are one line on stderr: "cannot connect to HOST:PORT: REASON",
  * or "COMMAND: the server's reason". Exit status: 0 success, 1 the request
  * failed or the server could not be reached, 2 usage.
@@ -25,6 +30,7 @@
 #include "clients/cli/cli.h"
 #include "txmq/client.h"
 #include "txmq/error.h"
+#include "txmq/store.h"
 #include "txmq/tx.h"
 
 /* ---- connecting ---- */
@@ -44,6 +50,8 @@ static void make_client_id(char* buf, size_t cap) {
            (long)getpid());
 }
 
+/* Connects with the role --role or TXMQ_ROLE chose, else with role (the
+ * least the command needs). */
 static int connect_server(const cli_args_t* a, txmq_role_t role,
                           const char* consumer_group,
                           txmq_sync_client_t** out) {
@@ -52,7 +60,7 @@ static int connect_server(const cli_args_t* a, txmq_role_t role,
   txmq_client_options_t o;
   memset(&o, 0, sizeof o);
   o.client_id = id;
-  o.role = role;
+  o.role = a->role == CLI_ROLE_DEFAULT ? role : (txmq_role_t)a->role;
   const char* groups[1] = {consumer_group};
   if (consumer_group) {
     o.consumer_groups = groups;
@@ -427,6 +435,12 @@ static void fields_str(fields_t* f, const char* k, const char* v) {
   msgpack_pack_str_body(&f->pk, v, strlen(v));
 }
 
+static void fields_int(fields_t* f, const char* k, int64_t v) {
+  msgpack_pack_str(&f->pk, strlen(k));
+  msgpack_pack_str_body(&f->pk, k, strlen(k));
+  msgpack_pack_int64(&f->pk, v);
+}
+
 static void fields_bin(fields_t* f, const char* k, const void* p, size_t n) {
   msgpack_pack_str(&f->pk, strlen(k));
   msgpack_pack_str_body(&f->pk, k, strlen(k));
@@ -434,15 +448,16 @@ static void fields_bin(fields_t* f, const char* k, const void* p, size_t n) {
   msgpack_pack_bin_body(&f->pk, p, n);
 }
 
-/* Connects as admin and sends op with f's fields (f may be NULL for none;
- * its buffer is freed here). 0 with *s and *reply, or the exit code with
- * the reason said and nothing left to free. */
-static int admin_call(const cli_args_t* a, const char* op, const char* what,
-                      fields_t* f, txmq_sync_client_t** s,
-                      txmq_reply_t** reply) {
+/* Connects with role (the least op needs, unless --role says otherwise)
+ * and sends op with f's fields (f may be NULL for none; its buffer is
+ * freed here). 0 with *s and *reply, or the exit code with the reason said
+ * and nothing left to free. */
+static int role_call(const cli_args_t* a, txmq_role_t role, const char* op,
+                     const char* what, fields_t* f, txmq_sync_client_t** s,
+                     txmq_reply_t** reply) {
   *s = NULL;
   *reply = NULL;
-  int rc = connect_server(a, TXMQ_ROLE_ADMIN, NULL, s);
+  int rc = connect_server(a, role, NULL, s);
   if (rc == 0) {
     int st = txmq_sync_call(*s, op, f ? f->sb.data : NULL, f ? f->sb.size : 0,
                             reply);
@@ -598,7 +613,9 @@ static int tx_list(const cli_args_t* a) {
   if (a->group) fields_str(&f, "group", a->group);
   txmq_sync_client_t* s;
   txmq_reply_t* reply;
-  if ((rc = admin_call(a, "tx.list", "tx list", &f, &s, &reply))) return rc;
+  if ((rc = role_call(a, TXMQ_ROLE_PRODUCER, "tx.list", "tx list", &f, &s,
+                      &reply)))
+    return rc;
   const msgpack_object* txs = get(txmq_reply_object(reply), "txs");
   if (!txs || txs->type != MSGPACK_OBJECT_ARRAY) {
     cli_err("tx list: the server's answer has no list of transactions");
@@ -648,7 +665,7 @@ static int tx_list(const cli_args_t* a) {
   return rc;
 }
 
-/* The answer to an admin op on one thing: "name=value field=X", or the
+/* The answer to an op on one thing: "name=value field=X", or the
  * response as JSON with name added. */
 static void put_labelled(const cli_args_t* a, const msgpack_object* resp,
                          const char* name, const char* value,
@@ -727,7 +744,9 @@ static int tx_show(const cli_args_t* a) {
   fields_bin(&f, "tx_id", id, 16);
   txmq_sync_client_t* s;
   txmq_reply_t* reply;
-  if ((rc = admin_call(a, "tx.show", "tx show", &f, &s, &reply))) return rc;
+  if ((rc = role_call(a, TXMQ_ROLE_PRODUCER, "tx.show", "tx show", &f, &s,
+                      &reply)))
+    return rc;
   if (a->json) {
     cli_json_print(reply_json(txmq_reply_object(reply)));
   } else {
@@ -754,7 +773,8 @@ static int tx_resume(const cli_args_t* a) {
   fields_bin(&f, "tx_id", id, 16);
   txmq_sync_client_t* s;
   txmq_reply_t* reply;
-  if ((rc = admin_call(a, "tx.resume", "tx resume", &f, &s, &reply)))
+  if ((rc = role_call(a, TXMQ_ROLE_ADMIN, "tx.resume", "tx resume", &f, &s,
+                      &reply)))
     return rc;
   char tid[TXMQ_TX_ID_STRLEN + 1];
   txmq_tx_id_str(id, tid);
@@ -870,8 +890,9 @@ int cli_cmd_consume(const cli_args_t* a) {
 
   uint64_t got = 0;
   uint64_t deadline = timeout_ms >= 0 ? mono_ms() + (uint64_t)timeout_ms : 0;
+  int closed = 0;
   rc = CLI_EXIT_OK;
-  while (rc == CLI_EXIT_OK && !(limit && got >= limit)) {
+  while (rc == CLI_EXIT_OK && !closed && !(limit && got >= limit)) {
     uint32_t wait = 30000;
     if (timeout_ms >= 0) {
       uint64_t now = mono_ms();
@@ -900,11 +921,19 @@ int cli_cmd_consume(const cli_args_t* a) {
       rc = request_failed(s, "consume", st);
       break;
     }
-    for (size_t i = 0; i < n && rc == CLI_EXIT_OK; i++) {
+    for (size_t i = 0; i < n && rc == CLI_EXIT_OK && !closed; i++) {
       /* Acknowledged only once it is out: a message the tool could not
-       * print is delivered again. */
-      if (print_delivery(a, &d[i]) != 0 || fflush(stdout) != 0) {
-        cli_err("writing standard output failed");
+       * print is delivered again. A reader that went away (`| head`) ends
+       * the consumer quietly, as the end of -n does. */
+      int bad = print_delivery(a, &d[i]) != 0;
+      int out = cli_stdout_state();
+      if (out == CLI_OUT_CLOSED) {
+        closed = 1;
+        break;
+      }
+      if (out != CLI_OUT_OK || bad) {
+        cli_err("%s", out != CLI_OUT_OK ? "writing standard output failed"
+                                        : "out of memory");
         rc = CLI_EXIT_FAIL;
         break;
       }
@@ -924,6 +953,178 @@ int cli_cmd_consume(const cli_args_t* a) {
   return rc;
 }
 
+/* ---- offset ---- */
+
+/* One queue's committed offset: "topic=T group=G qid=Q offset=N", with
+ * "offset=-" (JSON: null) when the group never read the queue. */
+static void put_offset(const cli_args_t* a, const char* topic, int qid,
+                       int have, int64_t off) {
+  if (a->json) {
+    json_t* o = json_object();
+    json_object_set_new(o, "topic", json_string(topic));
+    json_object_set_new(o, "group", json_string(a->group));
+    json_object_set_new(o, "qid", json_integer(qid));
+    json_object_set_new(o, "offset", have ? json_integer(off) : json_null());
+    cli_json_print(o);
+  } else if (have) {
+    printf("topic=%s group=%s qid=%d offset=%lld\n", topic, a->group, qid,
+           (long long)off);
+  } else {
+    printf("topic=%s group=%s qid=%d offset=-\n", topic, a->group, qid);
+  }
+}
+
+/* TOPIC (pos[2]), --group and --queue of offset get|set; *qid -1 without
+ * --queue. */
+static int offset_target(const cli_args_t* a, const char* what, int* qid) {
+  const char* topic = a->pos[2];
+  if (!txmq_name_valid(topic)) {
+    cli_err("invalid topic name '%s' (1..%d bytes of A-Z a-z 0-9 . _ -, not "
+            "starting with '.')", topic, TXMQ_NAME_MAX);
+    return CLI_EXIT_USAGE;
+  }
+  if (!a->group) {
+    cli_err("%s needs --group G (the consumer group)", what);
+    return CLI_EXIT_USAGE;
+  }
+  int rc = check_group("--group", a->group);
+  if (rc) return rc;
+  *qid = -1;
+  if (a->queue) {
+    uint64_t q;
+    if ((rc = cli_parse_u64("--queue", a->queue, &q))) return rc;
+    if (q >= TXMQ_STORE_MAX_QUEUES) {
+      cli_err("--queue %s: a topic has at most %d queues (0-%d)", a->queue,
+              TXMQ_STORE_MAX_QUEUES, TXMQ_STORE_MAX_QUEUES - 1);
+      return CLI_EXIT_USAGE;
+    }
+    *qid = (int)q;
+  }
+  return 0;
+}
+
+/* How many queues topic has, from status: offset.get asks about one queue
+ * and cannot tell a topic that does not exist from a queue the group never
+ * read (ENOTFOUND for both). */
+static int topic_queues(txmq_sync_client_t* s, const char* what,
+                        const char* topic, int* nq) {
+  txmq_reply_t* reply = NULL;
+  int st = txmq_sync_call(s, "status", NULL, 0, &reply);
+  if (st != 0) return request_failed(s, what, st);
+  const msgpack_object* ts = get(txmq_reply_object(reply), "topics");
+  int rc = CLI_EXIT_FAIL;
+  if (!ts || ts->type != MSGPACK_OBJECT_ARRAY) {
+    cli_err("%s: the server's answer has no list of topics", what);
+  } else {
+    for (uint32_t i = 0; i < ts->via.array.size && rc != 0; i++) {
+      const msgpack_object* t = &ts->via.array.ptr[i];
+      int64_t n;
+      if (str_is(get(t, "name"), topic) && int_field(t, "queues", &n) &&
+          n >= 0 && n <= TXMQ_STORE_MAX_QUEUES) {
+        *nq = (int)n;
+        rc = 0;
+      }
+    }
+    if (rc != 0) cli_err("%s: topic '%s' does not exist", what, topic);
+  }
+  txmq_reply_free(reply);
+  return rc;
+}
+
+static int offset_get(const cli_args_t* a) {
+  int rc = cli_check_opts(a, CLI_OPT_GROUP | CLI_OPT_QUEUE, "offset get");
+  if (rc) return rc;
+  if (a->npos != 3) {
+    cli_err("offset get needs one TOPIC: txmq offset get TOPIC --group G "
+            "[--queue Q]");
+    return CLI_EXIT_USAGE;
+  }
+  int qid;
+  if ((rc = offset_target(a, "offset get", &qid))) return rc;
+  const char* topic = a->pos[2];
+  txmq_sync_client_t* s = NULL;
+  if ((rc = connect_server(a, TXMQ_ROLE_CONSUMER, NULL, &s))) return rc;
+  int nq = 0;
+  rc = topic_queues(s, "offset get", topic, &nq);
+  int first = qid >= 0 ? qid : 0, last = qid >= 0 ? qid : nq - 1;
+  for (int q = first; rc == 0 && q <= last; q++) {
+    fields_t f;
+    fields_init(&f, 3);
+    fields_str(&f, "group", a->group);
+    fields_str(&f, "topic", topic);
+    fields_int(&f, "qid", q);
+    txmq_reply_t* reply = NULL;
+    int st = txmq_sync_call(s, "offset.get", f.sb.data, f.sb.size, &reply);
+    msgpack_sbuffer_destroy(&f.sb);
+    int64_t off = 0;
+    if (st == TXMQ_ENOTFOUND) {
+      put_offset(a, topic, q, 0, 0); /* the group never read this queue */
+    } else if (st != 0) {
+      rc = request_failed(s, "offset get", st); /* e.g. no such queue */
+    } else if (!int_field(txmq_reply_object(reply), "offset", &off)) {
+      cli_err("offset get: the server's answer has no offset");
+      rc = CLI_EXIT_FAIL;
+    } else {
+      put_offset(a, topic, q, 1, off);
+    }
+    txmq_reply_free(reply);
+  }
+  txmq_sync_free(s);
+  return rc;
+}
+
+static int offset_set(const cli_args_t* a) {
+  int rc = cli_check_opts(a, CLI_OPT_GROUP | CLI_OPT_QUEUE, "offset set");
+  if (rc) return rc;
+  if (a->npos != 4) {
+    cli_err("offset set needs a TOPIC and an OFFSET: txmq offset set TOPIC "
+            "--group G --queue Q OFFSET");
+    return CLI_EXIT_USAGE;
+  }
+  int qid;
+  if ((rc = offset_target(a, "offset set", &qid))) return rc;
+  if (qid < 0) {
+    cli_err("offset set needs --queue Q (offsets are per queue; 'txmq offset "
+            "get' lists them)");
+    return CLI_EXIT_USAGE;
+  }
+  uint64_t off;
+  if ((rc = cli_parse_u64("OFFSET", a->pos[3], &off))) return rc;
+  if (off > INT64_MAX) {
+    cli_err("OFFSET '%s': over the largest offset, %lld", a->pos[3],
+            (long long)INT64_MAX);
+    return CLI_EXIT_USAGE;
+  }
+  const char* topic = a->pos[2];
+  fields_t f;
+  fields_init(&f, 4);
+  fields_str(&f, "group", a->group);
+  fields_str(&f, "topic", topic);
+  fields_int(&f, "qid", qid);
+  fields_int(&f, "offset", (int64_t)off);
+  txmq_sync_client_t* s;
+  txmq_reply_t* reply;
+  if ((rc = role_call(a, TXMQ_ROLE_CONSUMER, "offset.set", "offset set", &f,
+                      &s, &reply)))
+    return rc;
+  put_offset(a, topic, qid, 1, (int64_t)off);
+  txmq_reply_free(reply);
+  txmq_sync_free(s);
+  return 0;
+}
+
+int cli_cmd_offset(const cli_args_t* a) {
+  if (a->npos < 2) {
+    cli_err("offset needs a subcommand: get or set");
+    return CLI_EXIT_USAGE;
+  }
+  const char* sub = a->pos[1];
+  if (strcmp(sub, "get") == 0) return offset_get(a);
+  if (strcmp(sub, "set") == 0) return offset_set(a);
+  cli_err("unknown command 'offset %s' (offset get or set)", sub);
+  return CLI_EXIT_USAGE;
+}
+
 /* ---- status, reload ---- */
 
 int cli_cmd_status(const cli_args_t* a) {
@@ -935,7 +1136,9 @@ int cli_cmd_status(const cli_args_t* a) {
   }
   txmq_sync_client_t* s;
   txmq_reply_t* reply;
-  if ((rc = admin_call(a, "status", "status", NULL, &s, &reply))) return rc;
+  if ((rc = role_call(a, TXMQ_ROLE_PRODUCER, "status", "status", NULL, &s,
+                      &reply)))
+    return rc;
   if (a->json) {
     cli_json_print(reply_json(txmq_reply_object(reply)));
   } else {
@@ -961,7 +1164,9 @@ int cli_cmd_reload(const cli_args_t* a) {
   fields_str(&f, "group", group);
   txmq_sync_client_t* s;
   txmq_reply_t* reply;
-  if ((rc = admin_call(a, "reload", "reload", &f, &s, &reply))) return rc;
+  if ((rc = role_call(a, TXMQ_ROLE_ADMIN, "reload", "reload", &f, &s,
+                      &reply)))
+    return rc;
   put_labelled(a, txmq_reply_object(reply), "group", group, "version");
   txmq_reply_free(reply);
   txmq_sync_free(s);
