@@ -27,6 +27,7 @@
 #include <lualib.h>
 
 #include "script_int.h"
+#include "common/pool.h"
 #include "txmq/error.h"
 
 /* Room the traceback handler may use above the cap, so that a script that
@@ -34,8 +35,25 @@
 #define OVERDRAFT (256u * 1024u)
 #define ERRMSG_MAX 384
 
+/* Small blocks a state freed, kept for its next allocations of the same
+ * class (16-byte steps up to SMALL_MAX): every handler call allocates a
+ * message table and its strings, and the collector frees them in bursts
+ * that glibc's per-thread cache (seven blocks per size) cannot hold. At
+ * most CACHE_MAX bytes are kept per state; none under AddressSanitizer
+ * (common/pool.h), so that a use after free is still caught. */
+#define SMALL_MAX 512u
+#define SMALL_STEP 16u
+#define NCLASSES (SMALL_MAX / SMALL_STEP)
+#define CACHE_MAX (256u * 1024u)
+
+typedef struct {
+  void* head[NCLASSES + 1]; /* by class; linked through their first word */
+  size_t bytes;             /* kept in all classes */
+} blockcache_t;
+
 struct txmq__lstate_s {
   lua_State* L;
+  blockcache_t cache;
   size_t used;
   size_t limit;
   int in_error;   /* the message handler runs: allow the overdraft */
@@ -65,11 +83,58 @@ static txmq__lstate_t* S_of(lua_State* L) {
 
 /* ---- allocator ---------------------------------------------------------- */
 
+static unsigned size_class(size_t n) {
+  return (unsigned)((n + SMALL_STEP - 1) / SMALL_STEP);
+}
+
+/* A block of class k (room for k * SMALL_STEP bytes): a kept one, or a new
+ * one of exactly that room, so that any block of the class can serve any
+ * request of it. */
+static void* cache_get(blockcache_t* c, unsigned k) {
+  void* b = c->head[k];
+  if (b == NULL) return malloc((size_t)k * SMALL_STEP);
+  memcpy(&c->head[k], b, sizeof(void*));
+  c->bytes -= (size_t)k * SMALL_STEP;
+  return b;
+}
+
+static void cache_put(blockcache_t* c, void* b, unsigned k) {
+  size_t room = (size_t)k * SMALL_STEP;
+  if (!TXMQ__POOL_KEEPS || c->bytes + room > CACHE_MAX) {
+    free(b);
+    return;
+  }
+  memcpy(b, &c->head[k], sizeof(void*));
+  c->head[k] = b;
+  c->bytes += room;
+}
+
+static void cache_drain(blockcache_t* c) {
+  for (unsigned k = 1; k <= NCLASSES; k++) {
+    while (c->head[k] != NULL) {
+      void* b = c->head[k];
+      memcpy(&c->head[k], b, sizeof(void*));
+      free(b);
+    }
+  }
+  c->bytes = 0;
+}
+
+/* Gives back a block Lua knew as old bytes. */
+static void release(txmq__lstate_t* S, void* ptr, size_t old) {
+  if (old <= SMALL_MAX) cache_put(&S->cache, ptr, size_class(old));
+  else free(ptr);
+}
+
+/* Lua's allocator: the memory limit, and blocks up to SMALL_MAX from the
+ * state's cache. A block Lua sized at most SMALL_MAX always has its class's
+ * whole room (it came from cache_get); larger ones are plain malloc
+ * blocks. */
 static void* l_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
   txmq__lstate_t* S = ud;
   size_t old = ptr != NULL ? osize : 0;
   if (nsize == 0) {
-    free(ptr);
+    if (ptr != NULL) release(S, ptr, old);
     S->used -= old;
     return NULL;
   }
@@ -80,10 +145,27 @@ static void* l_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
       return NULL;
     }
   }
-  void* np = realloc(ptr, nsize);
+  void* np;
+  if (ptr != NULL && old <= SMALL_MAX && nsize <= SMALL_MAX &&
+      size_class(old) == size_class(nsize)) {
+    np = ptr; /* the room is there already */
+  } else if (nsize <= SMALL_MAX || (ptr != NULL && old <= SMALL_MAX)) {
+    /* Into or out of the cached classes: a new block and a copy. */
+    np = nsize <= SMALL_MAX ? cache_get(&S->cache, size_class(nsize))
+                            : malloc(nsize);
+    if (np != NULL && ptr != NULL) {
+      memcpy(np, ptr, old < nsize ? old : nsize);
+      release(S, ptr, old);
+    }
+  } else {
+    np = realloc(ptr, nsize);
+  }
   if (np == NULL) {
-    if (nsize <= old) {
-      /* A shrink must not fail: keep the block, account Lua's view. */
+    if (ptr != NULL && nsize <= old) {
+      /* A shrink must not fail: keep the block, account Lua's view. (A
+       * small block then stays in its old, larger class: Lua's next osize
+       * for it is nsize, whose class may be smaller; the block has room
+       * for either.) */
       S->used = S->used - old + nsize;
       return ptr;
     }
@@ -526,6 +608,7 @@ static char* dupstr(const char* s) {
 void txmq__lstate_free(txmq__lstate_t* S) {
   if (S == NULL) return;
   if (S->L != NULL) lua_close(S->L);
+  cache_drain(&S->cache);
   for (size_t i = 0; i < S->n_allow; i++) free(S->allow[i]);
   free(S->allow);
   free(S->group);

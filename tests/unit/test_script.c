@@ -543,6 +543,57 @@ static void chain_next(chain_t* c) {
   txmq_msg_free(m);
 }
 
+/* The state's allocator keeps freed blocks up to 512 bytes by class and
+ * moves blocks into and out of the classes on realloc: strings of every
+ * size up to past the classes, tables grown and shrunk through them, each
+ * checked byte for byte after enough garbage for collector cycles between,
+ * over several calls (valgrind and the sanitizers watch the blocks). */
+static const char* CHURN_LUA =
+    "local function churn()\n"
+    "  local keep = {}\n"
+    "  for n = 1, 600, 23 do\n"
+    "    local s = string.rep(string.char(65 + n % 26), n)\n"
+    "    keep[#keep + 1] = s\n"
+    "    local t = {}\n"
+    "    for i = 1, n // 8 do t[i] = i; t[-i] = s end\n"
+    "    for i = n // 8, 1, -1 do t[i] = nil end\n"
+    "    keep[#keep + 1] = t\n"
+    "  end\n"
+    "  for i = 1, 600 do local g = {i, tostring(i)} end -- collector cycles\n"
+    "  local k = 0\n"
+    "  for n = 1, 600, 23 do\n"
+    "    k = k + 1\n"
+    "    local s = keep[k]\n"
+    "    if #s ~= n or s ~= string.rep(string.char(65 + n % 26), n) then\n"
+    "      return false\n"
+    "    end\n"
+    "    k = k + 1\n"
+    "    local t = keep[k]\n"
+    "    for i = 1, n // 8 do\n"
+    "      if t[i] ~= nil or t[-i] ~= s then return false end\n"
+    "    end\n"
+    "  end\n"
+    "  return true\n"
+    "end\n"
+    "function executeLocalTransaction(msg, arg)\n"
+    "  if churn() then return txmq.COMMIT end\n"
+    "  return txmq.ROLLBACK\n"
+    "end\n"
+    "function checkLocalTransaction(msg) return txmq.UNKNOWN end\n";
+
+static void allocator_churn(void** state) {
+  (void)state;
+  fx_t f;
+  fx_new(&f, 0);
+  assert_int_equal(txmq_script_host_start(f.host), 0);
+  write_script(&f, "churn", CHURN_LUA);
+  for (int i = 0; i < 4; i++) {
+    res_t r = exec_sync(&f, "churn", NULL);
+    EXPECT_OK(r, TXMQ_SCRIPT_COMMIT);
+  }
+  fx_free(&f);
+}
+
 static void limits(void** state) {
   (void)state;
   fx_t f;
@@ -934,6 +985,7 @@ int main(void) {
       cmocka_unit_test(sandbox),
       cmocka_unit_test(require_from_allowed_paths),
       cmocka_unit_test(limits),
+      cmocka_unit_test(allocator_churn),
       cmocka_unit_test(host_functions),
       cmocka_unit_test(reload_explicit),
       cmocka_unit_test(reload_under_concurrent_calls),
