@@ -32,7 +32,9 @@ static req_t* req_new(net_conn_t* c, uint64_t id) {
   return r;
 }
 
-/* Takes the server first: the connection may be gone after net__done. */
+/* Takes the server first: the connection may be gone after net__done. The
+ * server outlives every callback (the runtime closes before
+ * txmq_server_free, net.h). */
 static void req_free(txmq_server_t* srv, req_t* r) {
   txmq__pool_put(&srv->req_pool, r);
 }

@@ -152,13 +152,16 @@ int net__conn_usable(const net_conn_t* c) {
 /* Input is read without copying. A read into the shared buffer while a
  * connection has no bytes pending is handled where it landed, and only an
  * incomplete frame at its end is copied to the connection's own buffer
- * (on_read). While one is pending, the next read goes straight behind it
- * into the connection's buffer, made NET_READ_CHUNK long for that. */
+ * (on_read). While one is pending on a connection with requests in
+ * progress (a client keeping a window full), the next read goes straight
+ * behind it into the connection's buffer, made NET_READ_CHUNK long for
+ * that; an idle connection's incomplete frame keeps a small buffer, and
+ * its next read is copied. */
 static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf) {
   (void)suggested;
   net_conn_t* c = h->data;
   txmq_server_t* srv = c->srv;
-  if (c->rlen > c->rpos && c->state != C_CLOSING) {
+  if (c->rlen > c->rpos && c->inflight > 0 && c->state != C_CLOSING) {
     /* No frame of c is being handled (libuv asks between callbacks), so
      * the pending bytes may move to the front. */
     if (c->rpos > 0) {
@@ -659,6 +662,12 @@ static void pump_in_place(net_conn_t* c, uint8_t* p, size_t n) {
   c->rbuf = own;
   c->rcap = own_cap;
   c->rpos = c->rlen = 0;
+  if (left == 0 && c->inflight == 0 && own != NULL) {
+    /* Nothing pending, nothing in progress: no input buffer kept. */
+    free(own);
+    c->rbuf = NULL;
+    c->rcap = 0;
+  }
   if (left == 0 || c->state == C_CLOSING) return;
   if (rbuf_reserve(c, left) != 0) {
     net__close(c, 0, "out of memory");

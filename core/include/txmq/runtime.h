@@ -91,7 +91,8 @@ int txmq_runtime_tx_send(txmq_runtime_t* rt, const char* group,
                          int64_t immunity_ms, txmq_runtime_tx_cb cb,
                          void* cbarg);
 /* txmq_runtime_tx_send, handing the messages over as txmq_tx_begin_take
- * does: the runtime's on success, still the caller's on failure. */
+ * does: the runtime's on success, still the caller's on failure; each
+ * message only once in msgs. */
 int txmq_runtime_tx_send_take(txmq_runtime_t* rt, const char* group,
                               const char* producer, txmq_msg_t* const* msgs,
                               size_t n, const void* arg, size_t arg_len,

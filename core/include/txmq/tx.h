@@ -223,7 +223,7 @@ int txmq_tx_begin(txmq_tx_t* tx, const char* group, const char* producer,
 /* txmq_tx_begin, handing the messages over instead of having them copied:
  * on success they are the engine's (the caller frees only its array and
  * must not touch them again); on failure they stay the caller's, possibly
- * with a queue id set. */
+ * with a queue id set. Each message may appear in msgs only once. */
 int txmq_tx_begin_take(txmq_tx_t* tx, const char* group, const char* producer,
                        txmq_msg_t* const* msgs, size_t n, int64_t immunity_ms,
                        txmq_tx_begin_cb cb, void* arg);
