@@ -1,7 +1,7 @@
 /*
  * consume.c - the consumer operations of the server: receive (with long
  * polls), ack, offset.get and offset.set, over the consumer engine
- * (txmq/consumer.h).
+ * (txmq/consumer.h); and peek, which reads a queue without a group.
  *
  * A receive that finds nothing and may wait becomes a waiter: it is kept
  * on the server's list with its own timer, and the engine's wake callback
@@ -431,6 +431,83 @@ int net__op_offset_set(net_conn_t* c, uint64_t id, const msgpack_object* m,
   net_wbuf_t w;
   net__wb_init(&w);
   net__resp_begin(&w, id, 0);
+  net__send(c, &w);
+  net__done(c);
+  return 0;
+}
+
+/* peek: the messages of one queue from an offset, read as they are stored.
+ * No group, no delivery, no offset moves: a look, not a consumption. */
+int net__op_peek(net_conn_t* c, uint64_t id, const msgpack_object* m,
+                 char* err) {
+  txmq_server_t* srv = c->srv;
+  char topic[TXMQ_NAME_MAX + 1];
+  int64_t q = 0, from = -1, max = 32;
+  int rc = net__get_name(m, "topic", 1, topic, err);
+  if (rc == 0)
+    rc = net__get_int(m, "qid", 1, 0, TXMQ_STORE_MAX_QUEUES - 1, &q, err);
+  if (rc == 0) {
+    rc = net__get_int(m, "offset", 0, 0, INT64_MAX, &from, err);
+    if (rc == 1) rc = 0; /* absent: the first retained message */
+  }
+  if (rc == 0) {
+    rc = net__get_int(m, "max", 0, 1, 256, &max, err);
+    if (rc == 1) rc = 0;
+  }
+  if (rc != 0) return rc;
+  int nq = txmq_store_topic_queues(srv->st, topic);
+  if (nq < 0)
+    return net__errf(err, TXMQ_ENOTFOUND, "topic '%s' does not exist",
+                     topic);
+  if (q >= nq)
+    return net__errf(err, TXMQ_ERANGE, "topic '%s' has %d queues (qid 0-%d)",
+                     topic, nq, nq - 1);
+  int64_t begin = 0, end = 0;
+  rc = txmq_store_queue_range(srv->st, topic, (int)q, &begin, &end);
+  if (rc != 0)
+    return net__errf(err, rc, "queue %s/%d: %s", topic, (int)q,
+                     txmq_strerror(rc));
+  int64_t at = from < begin ? begin : from;
+  net_wbuf_t msgs;
+  net__wb_init(&msgs);
+  size_t n = 0;
+  while ((int64_t)n < max && at < end) {
+    if (n > 0 && msgs.len + MSG_ROOM > srv->max_frame) break;
+    txmq_msg_t* msg = NULL;
+    rc = txmq_store_get(srv->st, topic, (int)q, at, &msg);
+    if (rc == TXMQ_ERANGE &&
+        txmq_store_queue_range(srv->st, topic, (int)q, &begin, &end) == 0 &&
+        at < begin) {
+      at = begin; /* retention went past it meanwhile */
+      rc = 0;
+      continue;
+    }
+    if (rc == 0) rc = net__pk_msg_extra(&msgs, msg, NULL, 0);
+    txmq_msg_free(msg);
+    if (rc != 0) break;
+    n++;
+    at++;
+  }
+  if (rc != 0 && n == 0) {
+    /* Nothing to show before the failure: say where it is. The messages
+     * read before a failure are answered; the next peek meets it. */
+    net__wb_free(&msgs);
+    return net__errf(err, rc, "peek %s/%d at offset %lld: %s", topic, (int)q,
+                     (long long)at, txmq_strerror(rc));
+  }
+  net_wbuf_t w;
+  net__wb_init(&w);
+  net__resp_begin(&w, id, 4);
+  net__pk_str(&w.pk, "msgs");
+  msgpack_pack_array(&w.pk, n);
+  if (n > 0) net__wb_put(&w, msgs.p + 4, msgs.len - 4);
+  net__wb_free(&msgs);
+  net__pk_str(&w.pk, "next");
+  msgpack_pack_int64(&w.pk, at);
+  net__pk_str(&w.pk, "begin");
+  msgpack_pack_int64(&w.pk, begin);
+  net__pk_str(&w.pk, "end");
+  msgpack_pack_int64(&w.pk, end);
   net__send(c, &w);
   net__done(c);
   return 0;

@@ -328,6 +328,8 @@ int net__op_offset_get(net_conn_t* c, uint64_t id, const msgpack_object* m,
                        char* err);
 int net__op_offset_set(net_conn_t* c, uint64_t id, const msgpack_object* m,
                        char* err);
+int net__op_peek(net_conn_t* c, uint64_t id, const msgpack_object* m,
+                 char* err);
 
 /* ---- ops.c ---- */
 

@@ -1040,6 +1040,7 @@ static const struct {
     {"ack", net__op_ack, R_C | R_A},
     {"offset.get", net__op_offset_get, R_C | R_A},
     {"offset.set", net__op_offset_set, R_C | R_A},
+    {"peek", net__op_peek, R_C | R_A},
     {"status", op_status, R_ALL},
     {"tx.list", op_tx_list, R_P | R_A},
     {"tx.show", op_tx_show, R_P | R_A},

@@ -191,6 +191,32 @@ run "$txmq" --help
 check "--help shows offset get and set" \
   grep -qE '^  txmq offset (get TOPIC --group G \[--queue Q\]|set TOPIC --group G --queue Q OFFSET)$' "$out"
 
+echo "# peek: every stored message, nothing consumed or moved"
+run "$txmq" "${S[@]}" offset get orders --group g
+cp "$out" "$work/offsets-before-peek"
+run "$txmq" "${S[@]}" peek orders --json
+expect "peek --json" 0
+same "peek shows all six, with their queues and offsets" \
+  "$(jl "$out" 'local t = {} for _, o in ipairs(lines) do t[#t + 1] = o.qid .. ":" .. o.qoff .. ":" .. o.body end table.sort(t) print(table.concat(t, " "))')" \
+  "$(jl "$work/sent" 'local t = {} for _, o in ipairs(lines) do t[#t + 1] = o.qid .. ":" .. o.qoff .. ":" .. o.body end table.sort(t) print(table.concat(t, " "))')"
+run "$txmq" "${S[@]}" peek orders --queue 1 --from 1 -n 1
+expect "peek --queue 1 --from 1 -n 1" 0
+same "one line: qid, qoff, body" "$(cat "$out")" \
+  "qid=1 qoff=1 $(bodies "$work/sent" "o.qid == 1 and o.qoff == 1")"
+run "$txmq" "${S[@]}" offset get orders --group g
+check "peek moved no group's offset" cmp -s "$out" "$work/offsets-before-peek"
+run "$txmq" "${S[@]}" peek orders --queue 0 --from 999
+expect "peek past the end" 0
+same "past the end: nothing" "$(out_lines)" "0"
+run "$txmq" "${S[@]}" peek nope
+expect "peek of a topic that does not exist" 1 "txmq: peek: topic 'nope' does not exist"
+run "$txmq" "${S[@]}" peek orders --queue 5
+expect "peek of a queue the topic does not have" 1 "txmq: peek: topic 'orders' has 2 queues (qid 0-1)"
+run "$txmq" "${N[@]}" peek orders -n 0
+expect "peek -n 0" 2 "txmq: -n 0: nothing to show"
+run "$txmq" "${N[@]}" peek orders --group g
+expect "peek refuses --group" 2 "txmq: option '--group' does not apply to 'peek' (see 'txmq --help')"
+
 echo "# offsets survive a restart"
 run "$txmq" "${S[@]}" offset set orders --group g --queue 1 1
 expect "offset set before the restart" 0

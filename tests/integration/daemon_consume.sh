@@ -45,6 +45,52 @@ req {"op":"receive","group":"g","topic":"C1","max":5}
 expect msgs.# = 0
 EOF
 
+drive "peek reads a queue without a group: nothing delivered, nothing moved" <<'EOF'
+conn p
+hello peek-1 consumer
+req {"op":"send","msg":{"topic":"PK","body":"p1","qid":0,"tags":"T"}}
+req {"op":"send","msg":{"topic":"PK","body":"p2","qid":0}}
+req {"op":"send","msg":{"topic":"PK","body":"p3","qid":0}}
+req {"op":"peek","topic":"PK","qid":0,"max":2}
+expect msgs.# = 2
+expect msgs.0.body.$text = "p1"
+expect msgs.0.tags = "T"
+expect msgs.0.qid = 0
+expect msgs.0.qoff = 0
+expect msgs.1.qoff = 1
+expect msgs.0.handle absent
+expect next = 2
+expect begin = 0
+expect end = 3
+req {"op":"peek","topic":"PK","qid":0,"offset":2}
+expect msgs.# = 1
+expect msgs.0.body.$text = "p3"
+expect next = 3
+req {"op":"peek","topic":"PK","qid":0,"offset":3}
+expect msgs.# = 0
+expect next = 3
+req {"op":"receive","group":"pg","topic":"PK","max":5}
+expect msgs.# = 3
+req {"op":"peek","topic":"PK","qid":0}
+expect msgs.# = 3
+req {"op":"receive","group":"pg2","topic":"PK","max":5}
+expect msgs.# = 3
+req {"op":"peek","topic":"PK","qid":1}
+expect msgs.# = 0
+expect end = 0
+req {"op":"peek","topic":"PK","qid":2}
+expect err = "ERANGE"
+expect msg = "topic 'PK' has 2 queues (qid 0-1)"
+req {"op":"peek","topic":"PK","qid":0,"max":0}
+expect err = "ERANGE"
+expect msg ~ "max"
+req {"op":"peek","topic":"NOPE","qid":0}
+expect err = "ENOTFOUND"
+req {"op":"peek","topic":"PK"}
+expect err = "EPROTO"
+expect msg = "field 'qid' is missing"
+EOF
+
 drive "an unacknowledged message comes back after its visibility timeout" <<'EOF'
 conn p
 hello prod-1 producer

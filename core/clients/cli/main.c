@@ -150,6 +150,11 @@ static void usage(FILE* f) {
       "      moves the group on queue Q: its next read starts at OFFSET (back\n"
       "      to read again, forward to skip); a message's queue and offset are\n"
       "      the qid and qoff of send and consume --json\n"
+      "  txmq peek TOPIC [--queue Q] [--from OFFSET] [-n N]\n"
+      "      the stored messages of each queue (Q: only that one) from OFFSET\n"
+      "      (default: the first retained), N per queue (default 10), one per\n"
+      "      line as 'qid=Q qoff=O BODY'; reads without a group: nothing is\n"
+      "      consumed or moved\n"
       "  txmq tx list [--group G]      pending and parked transactions\n"
       "  txmq tx show TXID             a transaction and its history\n"
       "  txmq tx resume TXID           a parked transaction checked again\n"
@@ -310,6 +315,8 @@ int main(int argc, char** argv) {
     rc = cli_cmd_consume(&a);
   } else if (strcmp(cmd, "offset") == 0) {
     rc = cli_cmd_offset(&a);
+  } else if (strcmp(cmd, "peek") == 0) {
+    rc = cli_cmd_peek(&a);
   } else if (strcmp(cmd, "status") == 0) {
     rc = cli_cmd_status(&a);
   } else if (strcmp(cmd, "reload") == 0) {

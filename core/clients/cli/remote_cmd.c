@@ -1,12 +1,12 @@
 /*
  * remote_cmd.c - the `txmq` commands that talk to txmqd (DESIGN §7): send,
- * tx send|list|show|resume, consume, offset get|set, status and reload, on
- * the blocking client (txmq/client.h).
+ * tx send|list|show|resume, consume, offset get|set, peek, status and
+ * reload, on the blocking client (txmq/client.h).
  *
  * Every command checks its command line before it connects (a usage error
  * never costs a connection), connects with the least role its operations
  * need (PROTOCOL.md §3: producer for send, tx send|list|show and status,
- * consumer for consume and offset, admin for tx resume and reload), so
+ * consumer for consume, offset and peek, admin for tx resume and reload), so
  * that a role's own secret is enough, unless --role or TXMQ_ROLE names
  * another (a holder of the consumer secret asks for status with --role
  * consumer; TXMQ_SECRET is sent as the secret when set), makes its
@@ -1123,6 +1123,154 @@ int cli_cmd_offset(const cli_args_t* a) {
   if (strcmp(sub, "set") == 0) return offset_set(a);
   cli_err("unknown command 'offset %s' (offset get or set)", sub);
   return CLI_EXIT_USAGE;
+}
+
+/* ---- peek ---- */
+
+/* One peeked message: "qid=Q qoff=O BODY" (the body as consume prints it),
+ * or its JSON. The reply holds it as a msgpack map: packed again, it
+ * decodes as any stored message. */
+static int print_peeked(const cli_args_t* a, const msgpack_object* o) {
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  txmq_msg_t* m = NULL;
+  int rc = msgpack_pack_object(&pk, *o) != 0
+               ? TXMQ_ENOMEM
+               : txmq_msg_decode(sb.data, sb.size, &m);
+  msgpack_sbuffer_destroy(&sb);
+  if (rc != 0) {
+    cli_err("peek: the server sent a message that does not decode: %s",
+            txmq_strerror(rc));
+    return CLI_EXIT_FAIL;
+  }
+  if (a->json) {
+    json_t* j = cli_msg_json(m, 1);
+    rc = j ? cli_json_print(j) : -1;
+  } else {
+    size_t len = 0;
+    const char* body = txmq_msg_body(m, &len);
+    printf("qid=%d qoff=%lld ", txmq_msg_queue_id(m),
+           (long long)txmq_msg_queue_offset(m));
+    if (len > 0 && cli_is_text(body, len) && !memchr(body, '\n', len) &&
+        !memchr(body, '\r', len))
+      fwrite(body, 1, len, stdout);
+    else if (len > 0)
+      cli_put_quoted(stdout, body, len);
+    fputc('\n', stdout);
+  }
+  txmq_msg_free(m);
+  if (rc != 0) {
+    cli_err("peek: out of memory");
+    return CLI_EXIT_FAIL;
+  }
+  return 0;
+}
+
+/* Up to limit messages of one queue from `from` (-1: the first retained),
+ * a peek request at a time. *closed when standard output went away. */
+static int peek_queue(const cli_args_t* a, txmq_sync_client_t* s,
+                      const char* topic, int qid, int64_t from,
+                      uint64_t limit, int* closed) {
+  uint64_t got = 0;
+  int64_t at = from;
+  while (got < limit) {
+    uint64_t want = limit - got < 256 ? limit - got : 256;
+    fields_t f;
+    fields_init(&f, at >= 0 ? 4 : 3);
+    fields_str(&f, "topic", topic);
+    fields_int(&f, "qid", qid);
+    fields_int(&f, "max", (int64_t)want);
+    if (at >= 0) fields_int(&f, "offset", at);
+    txmq_reply_t* reply = NULL;
+    int st = txmq_sync_call(s, "peek", f.sb.data, f.sb.size, &reply);
+    msgpack_sbuffer_destroy(&f.sb);
+    if (st != 0) return request_failed(s, "peek", st);
+    const msgpack_object* r = txmq_reply_object(reply);
+    const msgpack_object* msgs = get(r, "msgs");
+    int64_t next;
+    if (!msgs || msgs->type != MSGPACK_OBJECT_ARRAY ||
+        !int_field(r, "next", &next)) {
+      txmq_reply_free(reply);
+      cli_err("peek: the server's answer has no messages and next offset");
+      return CLI_EXIT_FAIL;
+    }
+    int rc = 0;
+    for (uint32_t i = 0; i < msgs->via.array.size && rc == 0; i++) {
+      rc = print_peeked(a, &msgs->via.array.ptr[i]);
+      int out = cli_stdout_state();
+      if (out == CLI_OUT_CLOSED) {
+        *closed = 1;
+        break;
+      }
+      if (rc == 0 && out != CLI_OUT_OK) {
+        cli_err("writing standard output failed");
+        rc = CLI_EXIT_FAIL;
+      }
+      got++;
+    }
+    uint32_t n = msgs->via.array.size;
+    txmq_reply_free(reply);
+    if (rc != 0 || *closed || n == 0) return rc;
+    at = next;
+  }
+  return 0;
+}
+
+int cli_cmd_peek(const cli_args_t* a) {
+  int rc = cli_check_opts(a, CLI_OPT_QUEUE | CLI_OPT_FROM | CLI_OPT_N, "peek");
+  if (rc) return rc;
+  if (a->npos != 2) {
+    cli_err("peek needs one TOPIC: txmq peek TOPIC [--queue Q] [--from "
+            "OFFSET] [-n N]");
+    return CLI_EXIT_USAGE;
+  }
+  const char* topic = a->pos[1];
+  if (!txmq_name_valid(topic)) {
+    cli_err("invalid topic name '%s' (1..%d bytes of A-Z a-z 0-9 . _ -, not "
+            "starting with '.')", topic, TXMQ_NAME_MAX);
+    return CLI_EXIT_USAGE;
+  }
+  int qid = -1;
+  if (a->queue) {
+    uint64_t q;
+    if ((rc = cli_parse_u64("--queue", a->queue, &q))) return rc;
+    if (q >= TXMQ_STORE_MAX_QUEUES) {
+      cli_err("--queue %s: a topic has at most %d queues (0-%d)", a->queue,
+              TXMQ_STORE_MAX_QUEUES, TXMQ_STORE_MAX_QUEUES - 1);
+      return CLI_EXIT_USAGE;
+    }
+    qid = (int)q;
+  }
+  int64_t from = -1;
+  if (a->from) {
+    uint64_t v;
+    if ((rc = cli_parse_u64("--from", a->from, &v))) return rc;
+    if (v > INT64_MAX) {
+      cli_err("--from %s: over the largest offset", a->from);
+      return CLI_EXIT_USAGE;
+    }
+    from = (int64_t)v;
+  }
+  uint64_t limit = 10;
+  if (a->n) {
+    if ((rc = cli_parse_u64("-n", a->n, &limit))) return rc;
+    if (limit == 0) {
+      cli_err("-n 0: nothing to show");
+      return CLI_EXIT_USAGE;
+    }
+  }
+  txmq_sync_client_t* s = NULL;
+  if ((rc = connect_server(a, TXMQ_ROLE_CONSUMER, NULL, &s))) return rc;
+  int nq = 0;
+  if (qid >= 0) nq = qid + 1;
+  else rc = topic_queues(s, "peek", topic, &nq);
+  int closed = 0;
+  for (int q = qid >= 0 ? qid : 0; rc == 0 && !closed && q < nq; q++)
+    rc = peek_queue(a, s, topic, q, from, limit, &closed);
+  txmq_sync_free(s);
+  return rc;
 }
 
 /* ---- status, reload ---- */
