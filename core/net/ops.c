@@ -1,8 +1,9 @@
 /*
  * ops.c - the request operations of PROTOCOL.md section 5 (except those of
  * consumers, in consume.c): hello, ping, send, tx.half, tx.end, tx.send,
- * status, tx.list, tx.show, tx.resume, reload; the hello's authentication
- * and the roles allowed each operation (txmq/net.h, AUTHENTICATION).
+ * status, tx.list, tx.show, tx.resume, reload, topic.create; the hello's
+ * authentication and the roles allowed each operation (txmq/net.h,
+ * AUTHENTICATION).
  *
  * Each operation reads its fields with the checked getters of wire.c, calls
  * the runtime and answers exactly once: at once, or from the runtime's
@@ -1011,6 +1012,81 @@ static int op_reload(net_conn_t* c, uint64_t id, const msgpack_object* m,
   return 0;
 }
 
+/* ---- topics ---- */
+
+/* A topic.create waiting for its record to be durable. */
+typedef struct {
+  net_conn_t* c;
+  uint64_t id;
+  int queues;
+  char topic[TXMQ_NAME_MAX + 1];
+} topic_req_t;
+
+static void on_topic_durable(txmq_log_t* log, int status, uint64_t pos,
+                             void* arg) {
+  (void)log;
+  (void)pos;
+  topic_req_t* t = arg;
+  net_conn_t* c = t->c;
+  if (status != 0) {
+    char msg[NET_ERR_MAX];
+    snprintf(msg, sizeof msg, "topic '%s' created but not made durable: %s",
+             t->topic, txmq_strerror(status));
+    net__send_error(c, t->id, status, msg);
+  } else {
+    net__log(c->srv, TXMQ_SERVER_LOG_INFO, "topic created",
+             "topic=%s queues=%d client=%s", t->topic, t->queues, c->client);
+    net_wbuf_t w;
+    net__wb_init(&w);
+    net__resp_begin(&w, t->id, 2);
+    net__pk_str(&w.pk, "topic");
+    net__pk_str(&w.pk, t->topic);
+    net__pk_str(&w.pk, "queues");
+    msgpack_pack_int(&w.pk, t->queues);
+    net__send(c, &w);
+  }
+  free(t);
+  net__done(c);
+}
+
+/* topic.create: a topic with the queues asked for (a topic a message
+ * creates gets default_queues), answered once its record is durable. */
+static int op_topic_create(net_conn_t* c, uint64_t id, const msgpack_object* m,
+                           char* err) {
+  txmq_server_t* srv = c->srv;
+  char topic[TXMQ_NAME_MAX + 1];
+  int64_t nq = 0;
+  int rc = net__get_name(m, "topic", 1, topic, err);
+  if (rc == 0)
+    rc = net__get_int(m, "queues", 1, 1, TXMQ_STORE_MAX_QUEUES, &nq, err);
+  if (rc != 0) return rc;
+  topic_req_t* t = calloc(1, sizeof *t);
+  if (t == NULL) return no_memory(err);
+  rc = txmq_store_create_topic(srv->st, topic, (int)nq);
+  if (rc == 0) {
+    t->c = c;
+    t->id = id;
+    t->queues = (int)nq;
+    memcpy(t->topic, topic, strlen(topic) + 1);
+    rc = txmq_log_flush(txmq_store_log(srv->st), on_topic_durable, t);
+    if (rc == 0) return 0;
+    free(t);
+    return net__errf(err, rc, "topic '%s' created but not made durable: %s",
+                     topic, txmq_strerror(rc));
+  }
+  free(t);
+  switch (rc) {
+    case TXMQ_EEXIST:
+      return net__errf(err, rc, "topic '%s' already exists, with %d queues",
+                       topic, txmq_store_topic_queues(srv->st, topic));
+    case TXMQ_ERANGE:
+      return net__errf(err, rc, "%s", txmq_store_diag(srv->st));
+    default:
+      return net__errf(err, rc, "topic '%s' not created: %s", topic,
+                       txmq_strerror(rc));
+  }
+}
+
 /* ---- dispatch ---- */
 
 typedef int (*op_fn)(net_conn_t* c, uint64_t id, const msgpack_object* m,
@@ -1041,6 +1117,7 @@ static const struct {
     {"offset.get", net__op_offset_get, R_C | R_A},
     {"offset.set", net__op_offset_set, R_C | R_A},
     {"peek", net__op_peek, R_C | R_A},
+    {"topic.create", op_topic_create, R_A},
     {"status", op_status, R_ALL},
     {"tx.list", op_tx_list, R_P | R_A},
     {"tx.show", op_tx_show, R_P | R_A},

@@ -6,8 +6,9 @@
 # for a group that never read, kept across a restart; --from OFFSET applied
 # to every queue, for the group's first read only; a consumer whose reader
 # stops reading (`| head`) ends quietly and acknowledges nothing it could
-# not print; usage errors (exit 2, before any connection) and the server's
-# refusals (exit 1).
+# not print; `peek`, which reads without a group; `topic create` with a
+# queue count and `topic list`, kept across the restart; usage errors (exit
+# 2, before any connection) and the server's refusals (exit 1).
 #
 # txmqd runs with two queues per topic; where each message went is read
 # from the --json answer of its send (qid, qoff), so that the checks do not
@@ -217,6 +218,23 @@ expect "peek -n 0" 2 "txmq: -n 0: nothing to show"
 run "$txmq" "${N[@]}" peek orders --group g
 expect "peek refuses --group" 2 "txmq: option '--group' does not apply to 'peek' (see 'txmq --help')"
 
+echo "# topic create and list"
+run "$txmq" "${S[@]}" topic create payments 3
+expect "topic create payments 3" 0
+same "topic create answers" "$(cat "$out")" "topic=payments queues=3"
+run "$txmq" "${S[@]}" topic create payments 5
+expect "topic create of an existing topic" 1 "txmq: topic create: topic 'payments' already exists, with 3 queues"
+run "$txmq" "${N[@]}" topic create payments 0
+expect "topic create with 0 queues" 2 "txmq: QUEUES 0: a topic has 1 to 256 queues"
+run "$txmq" "${S[@]}" send payments p1 --json
+expect "send to the created topic" 0
+same "its queue is one of three" "$(jl "$out" 'print(lines[1].qid >= 0 and lines[1].qid < 3)')" "true"
+run "$txmq" "${S[@]}" topic list --json
+expect "topic list --json" 0
+same "topic list: queues and messages" \
+  "$(jl "$out" 'local t = {} for _, o in ipairs(lines) do t[#t + 1] = o.name .. ":" .. o.queues .. ":" .. o.messages end table.sort(t) print(table.concat(t, " "))')" \
+  "orders:2:6 payments:3:1"
+
 echo "# offsets survive a restart"
 run "$txmq" "${S[@]}" offset set orders --group g --queue 1 1
 expect "offset set before the restart" 0
@@ -226,6 +244,9 @@ S=(--server "$server")
 run "$txmq" "${S[@]}" offset get orders --group g
 printf '%s\n' "topic=orders group=g qid=0 offset=$n0" "topic=orders group=g qid=1 offset=1" >"$work/want"
 check "offset get after the restart" cmp -s "$out" "$work/want"
+run "$txmq" "${S[@]}" topic list
+expect "topic list after the restart" 0
+check "the created topic kept its three queues" grep -qE '^payments +3 +1 +0$' "$out"
 run "$txmq" "${S[@]}" consume orders --group g --timeout 1 --json
 expect "consume after the restart" 0
 same "goes on from the offset set" "$(bodies "$out" "true")" "$(bodies "$work/sent" "o.qid == 1 and o.qoff >= 1")"

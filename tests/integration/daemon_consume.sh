@@ -91,6 +91,29 @@ expect err = "EPROTO"
 expect msg = "field 'qid' is missing"
 EOF
 
+drive "topic.create: admin only, a queue count, answered when durable" <<'EOF'
+conn p
+hello topic-1 producer
+req {"op":"topic.create","topic":"TC","queues":3}
+expect err = "EPROTO"
+expect msg ~ "needs role"
+conn a
+hello topic-2 admin
+req {"op":"topic.create","topic":"TC","queues":3}
+expect topic = "TC"
+expect queues = 3
+req {"op":"topic.create","topic":"TC","queues":3}
+expect err = "EEXIST"
+req {"op":"topic.create","topic":"TD","queues":0}
+expect err = "ERANGE"
+req {"op":"topic.create","topic":".hidden","queues":1}
+expect err = "EBADNAME"
+req {"op":"peek","topic":"TC","qid":2}
+expect msgs.# = 0
+req {"op":"peek","topic":"TC","qid":3}
+expect err = "ERANGE"
+EOF
+
 drive "an unacknowledged message comes back after its visibility timeout" <<'EOF'
 conn p
 hello prod-1 producer

@@ -94,12 +94,14 @@ int cli_cmd_log(const cli_args_t* a);
 void cli_usage_log(FILE* f);
 
 /* The commands that talk to txmqd (remote_cmd.c): send, tx send|list|show|
- * resume, consume, offset get|set, peek, status, reload. */
+ * resume, consume, offset get|set, peek, topic create|list, status,
+ * reload. */
 int cli_cmd_send(const cli_args_t* a);
 int cli_cmd_tx(const cli_args_t* a);
 int cli_cmd_consume(const cli_args_t* a);
 int cli_cmd_offset(const cli_args_t* a);
 int cli_cmd_peek(const cli_args_t* a);
+int cli_cmd_topic(const cli_args_t* a);
 int cli_cmd_status(const cli_args_t* a);
 int cli_cmd_reload(const cli_args_t* a);
 

@@ -155,6 +155,10 @@ static void usage(FILE* f) {
       "      (default: the first retained), N per queue (default 10), one per\n"
       "      line as 'qid=Q qoff=O BODY'; reads without a group: nothing is\n"
       "      consumed or moved\n"
+      "  txmq topic create TOPIC QUEUES  a topic with QUEUES queues (admin; a\n"
+      "                                topic a message creates has\n"
+      "                                default_queues)\n"
+      "  txmq topic list               topics: queues, messages, pending\n"
       "  txmq tx list [--group G]      pending and parked transactions\n"
       "  txmq tx show TXID             a transaction and its history\n"
       "  txmq tx resume TXID           a parked transaction checked again\n"
@@ -317,6 +321,8 @@ int main(int argc, char** argv) {
     rc = cli_cmd_offset(&a);
   } else if (strcmp(cmd, "peek") == 0) {
     rc = cli_cmd_peek(&a);
+  } else if (strcmp(cmd, "topic") == 0) {
+    rc = cli_cmd_topic(&a);
   } else if (strcmp(cmd, "status") == 0) {
     rc = cli_cmd_status(&a);
   } else if (strcmp(cmd, "reload") == 0) {

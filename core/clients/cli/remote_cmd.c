@@ -1,12 +1,13 @@
 /*
  * remote_cmd.c - the `txmq` commands that talk to txmqd (DESIGN §7): send,
- * tx send|list|show|resume, consume, offset get|set, peek, status and
- * reload, on the blocking client (txmq/client.h).
+ * tx send|list|show|resume, consume, offset get|set, peek, topic
+ * create|list, status and reload, on the blocking client (txmq/client.h).
  *
  * Every command checks its command line before it connects (a usage error
  * never costs a connection), connects with the least role its operations
  * need (PROTOCOL.md §3: producer for send, tx send|list|show and status,
- * consumer for consume, offset and peek, admin for tx resume and reload), so
+ * consumer for consume, offset and peek, admin for tx resume, reload and
+ * topic create; topic list is status's, as producer), so
  * that a role's own secret is enough, unless --role or TXMQ_ROLE names
  * another (a holder of the consumer secret asks for status with --role
  * consumer; TXMQ_SECRET is sent as the secret when set), makes its
@@ -1271,6 +1272,105 @@ int cli_cmd_peek(const cli_args_t* a) {
     rc = peek_queue(a, s, topic, q, from, limit, &closed);
   txmq_sync_free(s);
   return rc;
+}
+
+/* ---- topic create|list ---- */
+
+static int topic_create(const cli_args_t* a) {
+  int rc = cli_check_opts(a, 0, "topic create");
+  if (rc) return rc;
+  if (a->npos != 4) {
+    cli_err("topic create needs a TOPIC and its number of QUEUES: txmq topic "
+            "create TOPIC QUEUES");
+    return CLI_EXIT_USAGE;
+  }
+  const char* topic = a->pos[2];
+  if (!txmq_name_valid(topic)) {
+    cli_err("invalid topic name '%s' (1..%d bytes of A-Z a-z 0-9 . _ -, not "
+            "starting with '.')", topic, TXMQ_NAME_MAX);
+    return CLI_EXIT_USAGE;
+  }
+  uint64_t nq;
+  if ((rc = cli_parse_u64("QUEUES", a->pos[3], &nq))) return rc;
+  if (nq < 1 || nq > TXMQ_STORE_MAX_QUEUES) {
+    cli_err("QUEUES %s: a topic has 1 to %d queues", a->pos[3],
+            TXMQ_STORE_MAX_QUEUES);
+    return CLI_EXIT_USAGE;
+  }
+  fields_t f;
+  fields_init(&f, 2);
+  fields_str(&f, "topic", topic);
+  fields_int(&f, "queues", (int64_t)nq);
+  txmq_sync_client_t* s;
+  txmq_reply_t* reply;
+  if ((rc = role_call(a, TXMQ_ROLE_ADMIN, "topic.create", "topic create", &f,
+                      &s, &reply)))
+    return rc;
+  if (a->json) {
+    cli_json_print(reply_json(txmq_reply_object(reply)));
+  } else {
+    printf("topic=%s queues=%d\n", topic, (int)nq);
+  }
+  txmq_reply_free(reply);
+  txmq_sync_free(s);
+  return 0;
+}
+
+/* The topics of status: name, queues, retained messages, pending
+ * transactions with a message on it. */
+static int topic_list(const cli_args_t* a) {
+  int rc = cli_check_opts(a, 0, "topic list");
+  if (rc) return rc;
+  if (a->npos != 2) {
+    cli_err("topic list takes no arguments");
+    return CLI_EXIT_USAGE;
+  }
+  txmq_sync_client_t* s;
+  txmq_reply_t* reply;
+  if ((rc = role_call(a, TXMQ_ROLE_PRODUCER, "status", "topic list", NULL, &s,
+                      &reply)))
+    return rc;
+  const msgpack_object* ts = get(txmq_reply_object(reply), "topics");
+  if (!ts || ts->type != MSGPACK_OBJECT_ARRAY) {
+    cli_err("topic list: the server's answer has no list of topics");
+    rc = CLI_EXIT_FAIL;
+  } else if (a->json) {
+    for (uint32_t i = 0; i < ts->via.array.size; i++)
+      cli_json_print(reply_json(&ts->via.array.ptr[i]));
+  } else if (ts->via.array.size == 0) {
+    printf("no topics\n");
+  } else {
+    printf("%-32s  %6s  %12s  %10s\n", "TOPIC", "QUEUES", "MESSAGES",
+           "PENDING_TX");
+    for (uint32_t i = 0; i < ts->via.array.size; i++) {
+      const msgpack_object* t = &ts->via.array.ptr[i];
+      const msgpack_object* name = get(t, "name");
+      int64_t q = -1, n = -1, p = -1;
+      int_field(t, "queues", &q);
+      int_field(t, "messages", &n);
+      int_field(t, "pending_tx", &p);
+      printf("%-32.*s  %6lld  %12lld  %10lld\n",
+             name && name->type == MSGPACK_OBJECT_STR ? (int)name->via.str.size
+                                                      : 1,
+             name && name->type == MSGPACK_OBJECT_STR ? name->via.str.ptr : "-",
+             (long long)q, (long long)n, (long long)p);
+    }
+  }
+  txmq_reply_free(reply);
+  txmq_sync_free(s);
+  return rc;
+}
+
+int cli_cmd_topic(const cli_args_t* a) {
+  if (a->npos < 2) {
+    cli_err("topic needs a subcommand: create or list");
+    return CLI_EXIT_USAGE;
+  }
+  const char* sub = a->pos[1];
+  if (strcmp(sub, "create") == 0) return topic_create(a);
+  if (strcmp(sub, "list") == 0) return topic_list(a);
+  cli_err("unknown command 'topic %s' (topic create or list)", sub);
+  return CLI_EXIT_USAGE;
 }
 
 /* ---- status, reload ---- */
