@@ -540,6 +540,29 @@ static void on_send(txmq_client_t* c, int status, const txmq_send_result_t* r,
   a->s->ndone++;
 }
 
+typedef struct {
+  recv_t r;
+  int64_t next;
+} peek_t;
+
+static void on_peek(txmq_client_t* c, int status, txmq_delivery_t* d,
+                    size_t n, int64_t next, void* arg) {
+  peek_t* p = arg;
+  p->next = next;
+  for (size_t i = 0; i < n; i++) assert_string_equal(d[i].handle, "");
+  on_receive(c, status, d, n, &p->r);
+  for (size_t i = 0; i < n && i < 256; i++) free(p->r.handles[i]);
+}
+
+static peek_t peek_now(fx_t* fx, txmq_client_t* c, const char* topic,
+                       int64_t offset, uint32_t max) {
+  peek_t p;
+  memset(&p, 0, sizeof p);
+  assert_int_equal(txmq_client_peek(c, topic, 0, offset, max, on_peek, &p), 0);
+  assert_true(tu_run_until(&fx->loop, &p.r.done, 5000));
+  return p;
+}
+
 static void pipelined_sends_and_consume(void** state) {
   fx_t* fx = *state;
   cli_t k;
@@ -586,6 +609,26 @@ static void pipelined_sends_and_consume(void** state) {
   assert_int_equal(os.status, 0);
   receive_and_ack(fx, c, "pg2", "pipe", 64, &r);
   assert_string_equal(r.bodies, "m198,m199");
+  /* Peek: the stored messages, whatever the groups did, and nothing moves. */
+  peek_t p = peek_now(fx, c, "pipe", NSEND - 3, 2);
+  assert_int_equal(p.r.status, 0);
+  assert_string_equal(p.r.bodies, "m197,m198");
+  assert_int_equal(p.next, NSEND - 1);
+  p = peek_now(fx, c, "pipe", -1, 0);
+  assert_int_equal(p.r.n, 32);
+  assert_int_equal(p.next, 32);
+  p = peek_now(fx, c, "pipe", NSEND, 5);
+  assert_int_equal(p.r.status, 0);
+  assert_int_equal(p.r.n, 0);
+  assert_int_equal(p.next, NSEND);
+  p = peek_now(fx, c, "nope", -1, 1);
+  assert_int_equal(p.r.status, TXMQ_ENOTFOUND);
+  assert_int_equal(txmq_client_peek(c, "pipe", 0, 0, 257, on_peek, &p),
+                   TXMQ_EINVAL);
+  spy_t og2 = {0};
+  assert_int_equal(txmq_client_offset_get(c, "pg", "pipe", 0, on_int, &og2), 0);
+  assert_true(tu_run_until(&fx->loop, &og2.done, 5000));
+  assert_int_equal(og2.value, NSEND);
   spy_t ping = {0};
   assert_int_equal(txmq_client_ping(c, on_int, &ping), 0);
   assert_true(tu_run_until(&fx->loop, &ping.done, 5000));

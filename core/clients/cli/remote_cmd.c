@@ -1129,77 +1129,46 @@ int cli_cmd_offset(const cli_args_t* a) {
 /* ---- peek ---- */
 
 /* One peeked message: "qid=Q qoff=O BODY" (the body as consume prints it),
- * or its JSON. The reply holds it as a msgpack map: packed again, it
- * decodes as any stored message. */
-static int print_peeked(const cli_args_t* a, const msgpack_object* o) {
-  msgpack_sbuffer sb;
-  msgpack_sbuffer_init(&sb);
-  msgpack_packer pk;
-  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-  txmq_msg_t* m = NULL;
-  int rc = msgpack_pack_object(&pk, *o) != 0
-               ? TXMQ_ENOMEM
-               : txmq_msg_decode(sb.data, sb.size, &m);
-  msgpack_sbuffer_destroy(&sb);
-  if (rc != 0) {
-    cli_err("peek: the server sent a message that does not decode: %s",
-            txmq_strerror(rc));
-    return CLI_EXIT_FAIL;
-  }
+ * or its JSON. */
+static int print_peeked(const cli_args_t* a, const txmq_msg_t* m) {
   if (a->json) {
     json_t* j = cli_msg_json(m, 1);
-    rc = j ? cli_json_print(j) : -1;
-  } else {
-    size_t len = 0;
-    const char* body = txmq_msg_body(m, &len);
-    printf("qid=%d qoff=%lld ", txmq_msg_queue_id(m),
-           (long long)txmq_msg_queue_offset(m));
-    if (len > 0 && cli_is_text(body, len) && !memchr(body, '\n', len) &&
-        !memchr(body, '\r', len))
-      fwrite(body, 1, len, stdout);
-    else if (len > 0)
-      cli_put_quoted(stdout, body, len);
-    fputc('\n', stdout);
+    if (!j || cli_json_print(j) != 0) {
+      cli_err("peek: out of memory");
+      return CLI_EXIT_FAIL;
+    }
+    return 0;
   }
-  txmq_msg_free(m);
-  if (rc != 0) {
-    cli_err("peek: out of memory");
-    return CLI_EXIT_FAIL;
-  }
+  size_t len = 0;
+  const char* body = txmq_msg_body(m, &len);
+  printf("qid=%d qoff=%lld ", txmq_msg_queue_id(m),
+         (long long)txmq_msg_queue_offset(m));
+  if (len > 0 && cli_is_text(body, len) && !memchr(body, '\n', len) &&
+      !memchr(body, '\r', len))
+    fwrite(body, 1, len, stdout);
+  else if (len > 0)
+    cli_put_quoted(stdout, body, len);
+  fputc('\n', stdout);
   return 0;
 }
 
 /* Up to limit messages of one queue from `from` (-1: the first retained),
- * a peek request at a time. *closed when standard output went away. */
+ * 256 at most per request. *closed when standard output went away. */
 static int peek_queue(const cli_args_t* a, txmq_sync_client_t* s,
                       const char* topic, int qid, int64_t from,
                       uint64_t limit, int* closed) {
   uint64_t got = 0;
   int64_t at = from;
   while (got < limit) {
-    uint64_t want = limit - got < 256 ? limit - got : 256;
-    fields_t f;
-    fields_init(&f, at >= 0 ? 4 : 3);
-    fields_str(&f, "topic", topic);
-    fields_int(&f, "qid", qid);
-    fields_int(&f, "max", (int64_t)want);
-    if (at >= 0) fields_int(&f, "offset", at);
-    txmq_reply_t* reply = NULL;
-    int st = txmq_sync_call(s, "peek", f.sb.data, f.sb.size, &reply);
-    msgpack_sbuffer_destroy(&f.sb);
+    uint32_t want = limit - got < 256 ? (uint32_t)(limit - got) : 256;
+    txmq_delivery_t* d = NULL;
+    size_t n = 0;
+    int64_t next = 0;
+    int st = txmq_sync_peek(s, topic, qid, at, want, &d, &n, &next);
     if (st != 0) return request_failed(s, "peek", st);
-    const msgpack_object* r = txmq_reply_object(reply);
-    const msgpack_object* msgs = get(r, "msgs");
-    int64_t next;
-    if (!msgs || msgs->type != MSGPACK_OBJECT_ARRAY ||
-        !int_field(r, "next", &next)) {
-      txmq_reply_free(reply);
-      cli_err("peek: the server's answer has no messages and next offset");
-      return CLI_EXIT_FAIL;
-    }
     int rc = 0;
-    for (uint32_t i = 0; i < msgs->via.array.size && rc == 0; i++) {
-      rc = print_peeked(a, &msgs->via.array.ptr[i]);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+      rc = print_peeked(a, d[i].msg);
       int out = cli_stdout_state();
       if (out == CLI_OUT_CLOSED) {
         *closed = 1;
@@ -1211,8 +1180,7 @@ static int peek_queue(const cli_args_t* a, txmq_sync_client_t* s,
       }
       got++;
     }
-    uint32_t n = msgs->via.array.size;
-    txmq_reply_free(reply);
+    txmq_client_free_deliveries(d, n);
     if (rc != 0 || *closed || n == 0) return rc;
     at = next;
   }

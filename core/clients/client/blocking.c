@@ -194,6 +194,32 @@ int txmq_sync_receive(txmq_sync_client_t* s, const txmq_receive_opts_t* opts,
   return rc;
 }
 
+static void on_peek(txmq_client_t* c, int status, txmq_delivery_t* d,
+                    size_t n, int64_t next, void* arg) {
+  wait_t* w = arg;
+  w->value = next;
+  on_receive(c, status, d, n, arg);
+}
+
+int txmq_sync_peek(txmq_sync_client_t* s, const char* topic, int32_t qid,
+                   int64_t offset, uint32_t max, txmq_delivery_t** out,
+                   size_t* n, int64_t* next) {
+  if (!s || !out || !n) return TXMQ_EINVAL;
+  *out = NULL;
+  *n = 0;
+  wait_t w = {0};
+  int rc = wait_for(s, &w, txmq_client_peek(s->c, topic, qid, offset, max,
+                                            on_peek, &w));
+  if (rc == 0) {
+    *out = w.d;
+    *n = w.n;
+    if (next) *next = w.value;
+  } else {
+    txmq_client_free_deliveries(w.d, w.n);
+  }
+  return rc;
+}
+
 static void on_int(txmq_client_t* c, int status, int64_t value, void* arg) {
   (void)c;
   wait_t* w = arg;

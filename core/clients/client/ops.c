@@ -313,6 +313,53 @@ static void done_receive(txmq_client_t* c, req_t* r, int status,
   free_deliveries(d, n);
 }
 
+/* A peek's messages: as receive's, without handles. */
+static int rd_peeked(txmq_client_t* c, const msgpack_object* resp,
+                     txmq_delivery_t** out, size_t* nout, int64_t* next) {
+  *out = NULL;
+  *nout = 0;
+  const msgpack_object* v = txmq_client_map_get(resp, "msgs");
+  if (!v || v->type != MSGPACK_OBJECT_ARRAY) {
+    txmq__client_set_diag(c, "malformed response to 'peek': 'msgs' is "
+                          "missing or not an array");
+    return TXMQ_EPROTO;
+  }
+  int rc = txmq__rd_int(c, "peek", resp, "next", 0, INT64_MAX, next);
+  if (rc != 0) return rc;
+  size_t n = v->via.array.size;
+  if (n == 0) return 0;
+  txmq_delivery_t* d = calloc(n, sizeof *d);
+  if (!d) {
+    txmq__client_set_diag(c, "out of memory");
+    return TXMQ_ENOMEM;
+  }
+  for (size_t i = 0; i < n; i++) {
+    rc = txmq__msg_from_object(&v->via.array.ptr[i], &d[i].msg);
+    if (rc != 0) {
+      txmq__client_set_diag(c, rc == TXMQ_ENOMEM
+                                   ? "out of memory"
+                                   : "malformed response to 'peek': a "
+                                     "message is not a valid message");
+      free_deliveries(d, n);
+      return rc;
+    }
+  }
+  *out = d;
+  *nout = n;
+  return 0;
+}
+
+static void done_peek(txmq_client_t* c, req_t* r, int status,
+                      const msgpack_object* resp) {
+  txmq_delivery_t* d = NULL;
+  size_t n = 0;
+  int64_t next = 0;
+  if (status == 0) status = rd_peeked(c, resp, &d, &n, &next);
+  txmq_client_peek_cb cb = (txmq_client_peek_cb)r->cb;
+  if (cb) cb(c, status, d, n, next, r->arg);
+  free_deliveries(d, n);
+}
+
 /* ---- requests ---- */
 
 #define NEW_REQ(c, op, done, cb, arg) \
@@ -497,6 +544,25 @@ int txmq_client_offset_get(txmq_client_t* c, const char* group,
   txmq__fp_str(&f, "group", group);
   txmq__fp_str(&f, "topic", topic);
   txmq__fp_int(&f, "qid", qid);
+  return txmq__req_submit(c, &f, r, 0, 0);
+}
+
+int txmq_client_peek(txmq_client_t* c, const char* topic, int32_t qid,
+                     int64_t offset, uint32_t max, txmq_client_peek_cb cb,
+                     void* arg) {
+  if (!c) return TXMQ_EINVAL;
+  int rc = txmq__client_ready(c);
+  if (!rc) rc = check_name(c, "topic", topic);
+  if (!rc && qid < 0) rc = bad_arg(c, "negative queue id");
+  if (!rc && max > 256) rc = bad_arg(c, "max %u is over 256", max);
+  if (rc) return rc;
+  req_t* r = NEW_REQ(c, "peek", done_peek, cb, arg);
+  frame_t f;
+  begin(&f, "peek", r, 3 + (offset >= 0));
+  txmq__fp_str(&f, "topic", topic);
+  txmq__fp_int(&f, "qid", qid);
+  txmq__fp_int(&f, "max", max ? max : 32);
+  if (offset >= 0) txmq__fp_int(&f, "offset", offset);
   return txmq__req_submit(c, &f, r, 0, 0);
 }
 

@@ -321,6 +321,19 @@ int txmq_client_offset_set(txmq_client_t* c, const char* group,
                            const char* topic, int32_t qid, int64_t offset,
                            txmq_client_done_cb cb, void* arg);
 
+/* peek: up to max (0: 32; at most 256) stored messages of queue qid of
+ * topic from offset on (offset < 0: the first retained), read without a
+ * group: nothing is delivered, made invisible or moved. d is as for
+ * receive, each with an empty handle and 0 deliveries; next is the offset
+ * after the last message (where the next peek goes on; n == 0 at the end
+ * of the queue). Role consumer. */
+typedef void (*txmq_client_peek_cb)(txmq_client_t* c, int status,
+                                    txmq_delivery_t* d, size_t n,
+                                    int64_t next, void* arg);
+int txmq_client_peek(txmq_client_t* c, const char* topic, int32_t qid,
+                     int64_t offset, uint32_t max, txmq_client_peek_cb cb,
+                     void* arg);
+
 /* Admin requests; the callback gets the whole response map. */
 int txmq_client_status(txmq_client_t* c, txmq_client_reply_cb cb, void* arg);
 /* group NULL: every group; limit 0: the server's default. */
@@ -377,6 +390,11 @@ int txmq_sync_receive(txmq_sync_client_t* s, const txmq_receive_opts_t* opts,
                       txmq_delivery_t** out, size_t* n);
 int txmq_sync_ack(txmq_sync_client_t* s, const char* group,
                   const char* const* handles, size_t n, int64_t* acked);
+/* txmq_client_peek; on success *out (free with
+ * txmq_client_free_deliveries), *n and *next. */
+int txmq_sync_peek(txmq_sync_client_t* s, const char* topic, int32_t qid,
+                   int64_t offset, uint32_t max, txmq_delivery_t** out,
+                   size_t* n, int64_t* next);
 /* Any request, as txmq_client_call; on success *out is the response, which
  * the caller frees with txmq_reply_free. */
 int txmq_sync_call(txmq_sync_client_t* s, const char* op, const void* fields,
