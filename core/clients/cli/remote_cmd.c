@@ -160,21 +160,26 @@ static int read_stdin(char** out, size_t* len) {
   return 0;
 }
 
+/* A topic name from the command line: 0, or CLI_EXIT_USAGE said. */
+static int check_topic(const char* topic) {
+  if (txmq_name_valid(topic)) return 0;
+  cli_err("invalid topic name '%s' (1..%d bytes of A-Z a-z 0-9 . _ -, not "
+          "starting with '.')", topic, TXMQ_NAME_MAX);
+  return CLI_EXIT_USAGE;
+}
+
 /* The message of send / tx send: TOPIC at pos[ti], optional BODY (or "-"
  * for standard input) after it, --tags, --keys, --prop K=V. */
 static int build_msg(const cli_args_t* a, size_t ti, txmq_msg_t** out) {
   const char* topic = a->pos[ti];
-  if (!txmq_name_valid(topic)) {
-    cli_err("invalid topic name '%s' (1..%d bytes of A-Z a-z 0-9 . _ -, not "
-            "starting with '.')", topic, TXMQ_NAME_MAX);
-    return CLI_EXIT_USAGE;
-  }
+  int rc = check_topic(topic);
+  if (rc) return rc;
   txmq_msg_t* m = txmq_msg_new();
   if (!m) {
     cli_err("out of memory");
     return CLI_EXIT_FAIL;
   }
-  int rc = txmq_msg_set_topic(m, topic);
+  rc = txmq_msg_set_topic(m, topic);
   if (rc == 0 && a->tags) {
     rc = txmq_msg_set_tags(m, a->tags);
     if (rc) cli_err("--tags: %s", txmq_strerror(rc));
@@ -801,17 +806,11 @@ int cli_cmd_tx(const cli_args_t* a) {
 
 /* ---- consume ---- */
 
-static int print_delivery(const cli_args_t* a, const txmq_delivery_t* d) {
-  if (a->json) {
-    json_t* o = cli_msg_json(d->msg, 1);
-    if (!o) return -1;
-    json_object_set_new(o, "deliveries", json_integer(d->deliveries));
-    return cli_json_print(o);
-  }
+/* A message's body on one line: text without line breaks as it is,
+ * anything else quoted with escapes; an empty body is an empty line. */
+static void put_body_line(const txmq_msg_t* m) {
   size_t len = 0;
-  const char* body = txmq_msg_body(d->msg, &len);
-  /* One message per line: text without line breaks as it is, anything
-   * else quoted with escapes. */
+  const char* body = txmq_msg_body(m, &len);
   if (len == 0) {
     /* an empty line */
   } else if (cli_is_text(body, len) && !memchr(body, '\n', len) &&
@@ -821,6 +820,16 @@ static int print_delivery(const cli_args_t* a, const txmq_delivery_t* d) {
     cli_put_quoted(stdout, body, len);
   }
   fputc('\n', stdout);
+}
+
+static int print_delivery(const cli_args_t* a, const txmq_delivery_t* d) {
+  if (a->json) {
+    json_t* o = cli_msg_json(d->msg, 1);
+    if (!o) return -1;
+    json_object_set_new(o, "deliveries", json_integer(d->deliveries));
+    return cli_json_print(o);
+  }
+  put_body_line(d->msg);
   return 0;
 }
 
@@ -975,33 +984,34 @@ static void put_offset(const cli_args_t* a, const char* topic, int qid,
   }
 }
 
+/* --queue Q: *qid, or -1 without it. */
+static int parse_queue(const cli_args_t* a, int* qid) {
+  *qid = -1;
+  if (!a->queue) return 0;
+  uint64_t q;
+  int rc = cli_parse_u64("--queue", a->queue, &q);
+  if (rc) return rc;
+  if (q >= TXMQ_STORE_MAX_QUEUES) {
+    cli_err("--queue %s: a topic has at most %d queues (0-%d)", a->queue,
+            TXMQ_STORE_MAX_QUEUES, TXMQ_STORE_MAX_QUEUES - 1);
+    return CLI_EXIT_USAGE;
+  }
+  *qid = (int)q;
+  return 0;
+}
+
 /* TOPIC (pos[2]), --group and --queue of offset get|set; *qid -1 without
  * --queue. */
 static int offset_target(const cli_args_t* a, const char* what, int* qid) {
-  const char* topic = a->pos[2];
-  if (!txmq_name_valid(topic)) {
-    cli_err("invalid topic name '%s' (1..%d bytes of A-Z a-z 0-9 . _ -, not "
-            "starting with '.')", topic, TXMQ_NAME_MAX);
-    return CLI_EXIT_USAGE;
-  }
+  int rc = check_topic(a->pos[2]);
+  if (rc) return rc;
   if (!a->group) {
     cli_err("%s needs --group G (the consumer group)", what);
     return CLI_EXIT_USAGE;
   }
-  int rc = check_group("--group", a->group);
+  rc = check_group("--group", a->group);
   if (rc) return rc;
-  *qid = -1;
-  if (a->queue) {
-    uint64_t q;
-    if ((rc = cli_parse_u64("--queue", a->queue, &q))) return rc;
-    if (q >= TXMQ_STORE_MAX_QUEUES) {
-      cli_err("--queue %s: a topic has at most %d queues (0-%d)", a->queue,
-              TXMQ_STORE_MAX_QUEUES, TXMQ_STORE_MAX_QUEUES - 1);
-      return CLI_EXIT_USAGE;
-    }
-    *qid = (int)q;
-  }
-  return 0;
+  return parse_queue(a, qid);
 }
 
 /* How many queues topic has, from status: offset.get asks about one queue
@@ -1139,16 +1149,9 @@ static int print_peeked(const cli_args_t* a, const txmq_msg_t* m) {
     }
     return 0;
   }
-  size_t len = 0;
-  const char* body = txmq_msg_body(m, &len);
   printf("qid=%d qoff=%lld ", txmq_msg_queue_id(m),
          (long long)txmq_msg_queue_offset(m));
-  if (len > 0 && cli_is_text(body, len) && !memchr(body, '\n', len) &&
-      !memchr(body, '\r', len))
-    fwrite(body, 1, len, stdout);
-  else if (len > 0)
-    cli_put_quoted(stdout, body, len);
-  fputc('\n', stdout);
+  put_body_line(m);
   return 0;
 }
 
@@ -1196,22 +1199,9 @@ int cli_cmd_peek(const cli_args_t* a) {
     return CLI_EXIT_USAGE;
   }
   const char* topic = a->pos[1];
-  if (!txmq_name_valid(topic)) {
-    cli_err("invalid topic name '%s' (1..%d bytes of A-Z a-z 0-9 . _ -, not "
-            "starting with '.')", topic, TXMQ_NAME_MAX);
-    return CLI_EXIT_USAGE;
-  }
-  int qid = -1;
-  if (a->queue) {
-    uint64_t q;
-    if ((rc = cli_parse_u64("--queue", a->queue, &q))) return rc;
-    if (q >= TXMQ_STORE_MAX_QUEUES) {
-      cli_err("--queue %s: a topic has at most %d queues (0-%d)", a->queue,
-              TXMQ_STORE_MAX_QUEUES, TXMQ_STORE_MAX_QUEUES - 1);
-      return CLI_EXIT_USAGE;
-    }
-    qid = (int)q;
-  }
+  if ((rc = check_topic(topic))) return rc;
+  int qid;
+  if ((rc = parse_queue(a, &qid))) return rc;
   int64_t from = -1;
   if (a->from) {
     uint64_t v;
@@ -1253,11 +1243,7 @@ static int topic_create(const cli_args_t* a) {
     return CLI_EXIT_USAGE;
   }
   const char* topic = a->pos[2];
-  if (!txmq_name_valid(topic)) {
-    cli_err("invalid topic name '%s' (1..%d bytes of A-Z a-z 0-9 . _ -, not "
-            "starting with '.')", topic, TXMQ_NAME_MAX);
-    return CLI_EXIT_USAGE;
-  }
+  if ((rc = check_topic(topic))) return rc;
   uint64_t nq;
   if ((rc = cli_parse_u64("QUEUES", a->pos[3], &nq))) return rc;
   if (nq < 1 || nq > TXMQ_STORE_MAX_QUEUES) {

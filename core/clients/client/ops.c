@@ -249,14 +249,16 @@ void txmq_client_free_deliveries(txmq_delivery_t* d, size_t n) {
   free_deliveries(d, n);
 }
 
-static int rd_deliveries(txmq_client_t* c, const msgpack_object* resp,
+/* The messages of a receive (with handles) or a peek (without). */
+static int rd_deliveries(txmq_client_t* c, const char* op,
+                         const msgpack_object* resp, int handles,
                          txmq_delivery_t** out, size_t* nout) {
   const msgpack_object* v = txmq_client_map_get(resp, "msgs");
   *out = NULL;
   *nout = 0;
   if (!v || v->type != MSGPACK_OBJECT_ARRAY) {
-    txmq__client_set_diag(c, "malformed response to 'receive': 'msgs' is "
-                          "missing or not an array");
+    txmq__client_set_diag(c, "malformed response to '%s': 'msgs' is "
+                          "missing or not an array", op);
     return TXMQ_EPROTO;
   }
   size_t n = v->via.array.size;
@@ -275,10 +277,10 @@ static int rd_deliveries(txmq_client_t* c, const msgpack_object* resp,
     if (rc == TXMQ_ENOMEM) {
       txmq__client_set_diag(c, "out of memory");
     } else if (rc != 0) {
-      txmq__client_set_diag(c, "malformed response to 'receive': message %zu "
-                            "is not a valid message", i);
-    } else if ((rc = txmq__rd_str(c, "receive", o, "handle", 0, &h, &hl)) ==
-               0) {
+      txmq__client_set_diag(c, "malformed response to '%s': message %zu "
+                            "is not a valid message", op, i);
+    } else if (handles &&
+               (rc = txmq__rd_str(c, op, o, "handle", 0, &h, &hl)) == 0) {
       if (hl == 0 || hl >= TXMQ_CONSUMER_HANDLE_MAX) {
         txmq__client_set_diag(c, "malformed response to 'receive': handle of "
                               "message %zu has a bad length", i);
@@ -307,46 +309,19 @@ static void done_receive(txmq_client_t* c, req_t* r, int status,
                          const msgpack_object* resp) {
   txmq_delivery_t* d = NULL;
   size_t n = 0;
-  if (status == 0) status = rd_deliveries(c, resp, &d, &n);
+  if (status == 0) status = rd_deliveries(c, "receive", resp, 1, &d, &n);
   txmq_client_receive_cb cb = (txmq_client_receive_cb)r->cb;
   if (cb) cb(c, status, d, n, r->arg);
   free_deliveries(d, n);
 }
 
-/* A peek's messages: as receive's, without handles. */
+/* A peek's messages: as receive's, without handles, and the next offset. */
 static int rd_peeked(txmq_client_t* c, const msgpack_object* resp,
                      txmq_delivery_t** out, size_t* nout, int64_t* next) {
   *out = NULL;
   *nout = 0;
-  const msgpack_object* v = txmq_client_map_get(resp, "msgs");
-  if (!v || v->type != MSGPACK_OBJECT_ARRAY) {
-    txmq__client_set_diag(c, "malformed response to 'peek': 'msgs' is "
-                          "missing or not an array");
-    return TXMQ_EPROTO;
-  }
   int rc = txmq__rd_int(c, "peek", resp, "next", 0, INT64_MAX, next);
-  if (rc != 0) return rc;
-  size_t n = v->via.array.size;
-  if (n == 0) return 0;
-  txmq_delivery_t* d = calloc(n, sizeof *d);
-  if (!d) {
-    txmq__client_set_diag(c, "out of memory");
-    return TXMQ_ENOMEM;
-  }
-  for (size_t i = 0; i < n; i++) {
-    rc = txmq__msg_from_object(&v->via.array.ptr[i], &d[i].msg);
-    if (rc != 0) {
-      txmq__client_set_diag(c, rc == TXMQ_ENOMEM
-                                   ? "out of memory"
-                                   : "malformed response to 'peek': a "
-                                     "message is not a valid message");
-      free_deliveries(d, n);
-      return rc;
-    }
-  }
-  *out = d;
-  *nout = n;
-  return 0;
+  return rc != 0 ? rc : rd_deliveries(c, "peek", resp, 0, out, nout);
 }
 
 static void done_peek(txmq_client_t* c, req_t* r, int status,
