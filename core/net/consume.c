@@ -365,11 +365,11 @@ int net__op_ack(net_conn_t* c, uint64_t id, const msgpack_object* m,
 
 /* ---- offsets ---- */
 
-static int queue_args(txmq_server_t* srv, const msgpack_object* m,
-                      char* group, char* topic, int* qid, char* err) {
+/* The fields topic and qid of a request, naming a queue that exists. */
+static int topic_queue_args(txmq_server_t* srv, const msgpack_object* m,
+                            char* topic, int* qid, char* err) {
   int64_t q;
-  int rc = net__get_name(m, "group", 1, group, err);
-  if (rc == 0) rc = net__get_name(m, "topic", 1, topic, err);
+  int rc = net__get_name(m, "topic", 1, topic, err);
   if (rc == 0) rc = net__get_int(m, "qid", 1, 0, TXMQ_STORE_MAX_QUEUES - 1, &q,
                                  err);
   if (rc != 0) return rc;
@@ -381,6 +381,12 @@ static int queue_args(txmq_server_t* srv, const msgpack_object* m,
                      topic, nq, nq - 1);
   *qid = (int)q;
   return 0;
+}
+
+static int queue_args(txmq_server_t* srv, const msgpack_object* m,
+                      char* group, char* topic, int* qid, char* err) {
+  int rc = net__get_name(m, "group", 1, group, err);
+  return rc != 0 ? rc : topic_queue_args(srv, m, topic, qid, err);
 }
 
 int net__op_offset_get(net_conn_t* c, uint64_t id, const msgpack_object* m,
@@ -442,10 +448,9 @@ int net__op_peek(net_conn_t* c, uint64_t id, const msgpack_object* m,
                  char* err) {
   txmq_server_t* srv = c->srv;
   char topic[TXMQ_NAME_MAX + 1];
-  int64_t q = 0, from = -1, max = 32;
-  int rc = net__get_name(m, "topic", 1, topic, err);
-  if (rc == 0)
-    rc = net__get_int(m, "qid", 1, 0, TXMQ_STORE_MAX_QUEUES - 1, &q, err);
+  int q = 0;
+  int64_t from = -1, max = 32;
+  int rc = topic_queue_args(srv, m, topic, &q, err);
   if (rc == 0) {
     rc = net__get_int(m, "offset", 0, 0, INT64_MAX, &from, err);
     if (rc == 1) rc = 0; /* absent: the first retained message */
@@ -455,18 +460,10 @@ int net__op_peek(net_conn_t* c, uint64_t id, const msgpack_object* m,
     if (rc == 1) rc = 0;
   }
   if (rc != 0) return rc;
-  int nq = txmq_store_topic_queues(srv->st, topic);
-  if (nq < 0)
-    return net__errf(err, TXMQ_ENOTFOUND, "topic '%s' does not exist",
-                     topic);
-  if (q >= nq)
-    return net__errf(err, TXMQ_ERANGE, "topic '%s' has %d queues (qid 0-%d)",
-                     topic, nq, nq - 1);
   int64_t begin = 0, end = 0;
-  rc = txmq_store_queue_range(srv->st, topic, (int)q, &begin, &end);
+  rc = txmq_store_queue_range(srv->st, topic, q, &begin, &end);
   if (rc != 0)
-    return net__errf(err, rc, "queue %s/%d: %s", topic, (int)q,
-                     txmq_strerror(rc));
+    return net__errf(err, rc, "queue %s/%d: %s", topic, q, txmq_strerror(rc));
   int64_t at = from < begin ? begin : from;
   net_wbuf_t msgs;
   net__wb_init(&msgs);
@@ -474,9 +471,9 @@ int net__op_peek(net_conn_t* c, uint64_t id, const msgpack_object* m,
   while ((int64_t)n < max && at < end) {
     if (n > 0 && msgs.len + MSG_ROOM > srv->max_frame) break;
     txmq_msg_t* msg = NULL;
-    rc = txmq_store_get(srv->st, topic, (int)q, at, &msg);
+    rc = txmq_store_get(srv->st, topic, q, at, &msg);
     if (rc == TXMQ_ERANGE &&
-        txmq_store_queue_range(srv->st, topic, (int)q, &begin, &end) == 0 &&
+        txmq_store_queue_range(srv->st, topic, q, &begin, &end) == 0 &&
         at < begin) {
       at = begin; /* retention went past it meanwhile */
       rc = 0;
@@ -492,7 +489,7 @@ int net__op_peek(net_conn_t* c, uint64_t id, const msgpack_object* m,
     /* Nothing to show before the failure: say where it is. The messages
      * read before a failure are answered; the next peek meets it. */
     net__wb_free(&msgs);
-    return net__errf(err, rc, "peek %s/%d at offset %lld: %s", topic, (int)q,
+    return net__errf(err, rc, "peek %s/%d at offset %lld: %s", topic, q,
                      (long long)at, txmq_strerror(rc));
   }
   net_wbuf_t w;

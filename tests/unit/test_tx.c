@@ -1317,6 +1317,24 @@ static void pk_id(msgpack_packer* pk, const uint8_t* id) {
   msgpack_pack_bin_with_body(pk, id, TXMQ_TX_ID_LEN);
 }
 
+/* A half record's map up to the head of its array of nmsgs messages, the
+ * fields as txmq__half_encode writes them. */
+static void pk_half_head(msgpack_packer* pk, const uint8_t* id,
+                         const char* group, size_t glen, int64_t immunity,
+                         int64_t at, uint32_t nmsgs) {
+  msgpack_pack_map(pk, 5);
+  pk_key(pk, "tx");
+  pk_id(pk, id);
+  pk_key(pk, "group");
+  msgpack_pack_str_with_body(pk, group, glen);
+  pk_key(pk, "immunity_ms");
+  msgpack_pack_int64(pk, immunity);
+  pk_key(pk, "at");
+  msgpack_pack_int64(pk, at);
+  pk_key(pk, "msgs");
+  msgpack_pack_array(pk, nmsgs);
+}
+
 /* A half record as txmq__half_encode writes it, with the fields given. */
 static uint64_t append_half(env_t* env, const uint8_t* id, const char* group,
                             size_t glen, int64_t immunity, int64_t at) {
@@ -1330,17 +1348,7 @@ static uint64_t append_half(env_t* env, const uint8_t* id, const char* group,
   msgpack_sbuffer_init(&sb);
   msgpack_packer pk;
   msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-  msgpack_pack_map(&pk, 5);
-  pk_key(&pk, "tx");
-  pk_id(&pk, id);
-  pk_key(&pk, "group");
-  msgpack_pack_str_with_body(&pk, group, glen);
-  pk_key(&pk, "immunity_ms");
-  msgpack_pack_int64(&pk, immunity);
-  pk_key(&pk, "at");
-  msgpack_pack_int64(&pk, at);
-  pk_key(&pk, "msgs");
-  msgpack_pack_array(&pk, 1);
+  pk_half_head(&pk, id, group, glen, immunity, at, 1);
   msgpack_sbuffer_write(&sb, mb, ml);
   free(mb);
   uint64_t pos = append_raw(env, TXMQ_REC_TX_HALF, sb.data, sb.size);
@@ -1389,17 +1397,7 @@ static uint64_t append_bad_half(env_t* env, const uint8_t* id, const void* good,
   msgpack_sbuffer_init(&sb);
   msgpack_packer pk;
   msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-  msgpack_pack_map(&pk, 5);
-  pk_key(&pk, "tx");
-  pk_id(&pk, id);
-  pk_key(&pk, "group");
-  pk_key(&pk, "g");
-  pk_key(&pk, "immunity_ms");
-  msgpack_pack_int64(&pk, 0);
-  pk_key(&pk, "at");
-  msgpack_pack_int64(&pk, env->wall);
-  pk_key(&pk, "msgs");
-  msgpack_pack_array(&pk, good != NULL ? 2 : 1);
+  pk_half_head(&pk, id, "g", 1, 0, env->wall, good != NULL ? 2 : 1);
   if (good != NULL) msgpack_sbuffer_write(&sb, good, good_len);
   msgpack_pack_map(&pk, 4);
   pk_key(&pk, "topic");
