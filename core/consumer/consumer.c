@@ -1211,7 +1211,17 @@ int txmq_consumers_offset_set(txmq_consumers_t* cs, const char* group,
   /* A queue that does not exist must not take a place under the limit. */
   int nq = txmq_store_topic_queues(cs->st, topic);
   if (qid < 0 || qid >= nq) return TXMQ_ENOTFOUND;
-  int rc = admit_group(cs, group);
+  int64_t begin, end;
+  int rc = txmq_store_queue_range(cs->st, topic, qid, &begin, &end);
+  if (rc != 0) return rc;
+  if (offset > end) {
+    snprintf(cs->diag, sizeof cs->diag,
+             "offset %" PRId64 " is past the end of %s/%d (%" PRId64
+             "): the group would skip messages not yet written",
+             offset, topic, qid, end);
+    return TXMQ_ERANGE;
+  }
+  rc = admit_group(cs, group);
   if (rc != 0) return rc;
   gstate_t* g = gstate_find(cs, group, topic);
   if (g != NULL && qid < g->nqueues) {

@@ -18,6 +18,7 @@
  *
  * It does not parse frames or write sockets (server.c).
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -429,11 +430,13 @@ int net__op_offset_set(net_conn_t* c, uint64_t id, const msgpack_object* m,
     rc = txmq_consumers_offset_set(srv->cs, group, topic, qid, off);
   else
     rc = txmq_store_offset_set(srv->st, group, topic, qid, off);
+  if (rc == TXMQ_ERANGE && srv->cs == NULL)
+    return net__errf(err, rc, "offset not set: offset %" PRId64
+                     " is past the end of %s/%d", off, topic, qid);
   if (rc != 0)
     return net__errf(err, rc, "offset not set: %s",
-                     rc == TXMQ_ERANGE && srv->cs != NULL
-                         ? txmq_consumers_diag(srv->cs)
-                         : txmq_strerror(rc));
+                     rc == TXMQ_ERANGE ? txmq_consumers_diag(srv->cs)
+                                       : txmq_strerror(rc));
   net_wbuf_t w;
   net__wb_init(&w);
   net__resp_begin(&w, id, 0);

@@ -716,7 +716,10 @@ int txmq_store_offset_set(txmq_store_t* st, const char* group,
   if (rc != 0) return rc;
   if (!txmq_name_valid(group) || !txmq_name_valid(topic)) return TXMQ_EBADNAME;
   if (offset < 0) return TXMQ_EINVAL;
-  if (find_queue(st, topic, qid) == NULL) return TXMQ_ENOTFOUND;
+  const txmq__queue_t* q = find_queue(st, topic, qid);
+  if (q == NULL) return TXMQ_ENOTFOUND;
+  /* Past the end, the group would skip messages not yet written. */
+  if (offset > q->count) return TXMQ_ERANGE;
   rc = txmq__store_offset_put(st, group, topic, qid, offset);
   if (rc == 0) st->mutations++;
   return rc;

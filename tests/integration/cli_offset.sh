@@ -154,6 +154,9 @@ expect "offset set of a queue the topic does not have" 1 \
   "txmq: offset set: topic 'orders' has 2 queues (qid 0-1)"
 run "$txmq" "${S[@]}" offset set nope --group g --queue 0 1
 expect "offset set on a topic that does not exist" 1 "txmq: offset set: topic 'nope' does not exist"
+run "$txmq" "${S[@]}" offset set orders --group g --queue 0 $((n0 + 1))
+expect "offset set past the end of the queue" 1 \
+  "txmq: offset set: offset not set: offset $((n0 + 1)) is past the end of orders/0 ($n0): the group would skip messages not yet written"
 
 echo "# usage errors, before any connection"
 N=(--server 127.0.0.1:1)

@@ -233,6 +233,9 @@ save H msgs.0.handle
 req {"op":"ack","group":"og","handles":[$H]}
 req {"op":"offset.get","group":"og","topic":"C7","qid":0}
 expect offset = 1
+req {"op":"offset.set","group":"fresh","topic":"C7","qid":0,"offset":4}
+expect err = "ERANGE"
+expect msg = "offset not set: offset 4 is past the end of C7/0 (3): the group would skip messages not yet written"
 req {"op":"offset.set","group":"fresh","topic":"C7","qid":0,"offset":2}
 expect ok = true
 req {"op":"offset.get","group":"fresh","topic":"C7","qid":0}

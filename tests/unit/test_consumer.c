@@ -729,6 +729,9 @@ static void offset_set_moves_a_reading_group(void** state) {
   fx->now += 1000;
   assert_true(txmq_consumers_tick(fx->cs) >= 1);
 
+  /* Past the end (6) is refused with the reason and moves nothing. */
+  assert_int_equal(txmq_consumers_offset_set(fx->cs, "g", "t", 0, 7), TXMQ_ERANGE);
+  assert_non_null(strstr(txmq_consumers_diag(fx->cs), "offset 7 is past the end of t/0 (6)"));
   assert_int_equal(txmq_consumers_offset_set(fx->cs, "g", "t", 0, 4), 0);
   progress(fx, "g", "t", 0, 4, 4, 0);
   assert_int_equal(txmq_consumers_ack(fx->cs, "g", stale), TXMQ_ENOTFOUND);

@@ -605,6 +605,12 @@ static void consumer_offsets_survive_restart(void** state) {
   assert_int_equal(txmq_store_create_topic(st, "orders", 2), 0);
   int64_t off = -7;
   assert_int_equal(txmq_store_offset_get(st, "g1", "orders", 0, &off), TXMQ_ENOTFOUND);
+  /* Ten messages on each queue: an offset may be at most the end. */
+  const char* topics[] = {"orders"};
+  free(put_many(&fx->loop, st, 20, topics, 1, -1, "o"));
+  int64_t end = 0;
+  assert_int_equal(txmq_store_queue_range(st, "orders", 1, NULL, &end), 0);
+  assert_int_equal(end, 10);
   assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 0, 5), 0);
   assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 1, 9), 0);
   assert_int_equal(txmq_store_offset_set(st, "g2", "orders", 0, 1), 0);
@@ -612,6 +618,11 @@ static void consumer_offsets_survive_restart(void** state) {
   assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 2, 1), TXMQ_ENOTFOUND);
   assert_int_equal(txmq_store_offset_set(st, "g1", "nope", 0, 1), TXMQ_ENOTFOUND);
   assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 0, -1), TXMQ_EINVAL);
+  /* Past the end is refused and changes nothing; the end itself is taken. */
+  assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 1, 11), TXMQ_ERANGE);
+  assert_int_equal(txmq_store_offset_set(st, "g3", "orders", 0, 11), TXMQ_ERANGE);
+  assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 1, 10), 0);
+  assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 1, 9), 0);
   assert_int_equal(txmq_store_offset_get(st, "g1", "orders", 0, &off), 0);
   assert_int_equal(off, 6);
   assert_int_equal(txmq_store_offset_get(st, "g3", "orders", 0, &off), TXMQ_ENOTFOUND);

@@ -126,8 +126,10 @@ size_t txmq_consumers_tick(txmq_consumers_t* cs);
  * once: the next receive starts at offset, and the deliveries outstanding
  * on that queue are forgotten (their handles no longer match; one already
  * on its way to the DLQ still lands there). A group the engine does not
- * know counts against MAX_GROUPS (TXMQ_ERANGE past it). TXMQ_ENOTFOUND for
- * a queue that does not exist. */
+ * know counts against MAX_GROUPS (TXMQ_ERANGE past it). TXMQ_ERANGE too
+ * for an offset past the queue's end (the group would skip messages not yet
+ * written; an offset below its begin starts at the begin). TXMQ_ENOTFOUND
+ * for a queue that does not exist. */
 int txmq_consumers_offset_set(txmq_consumers_t* cs, const char* group,
                               const char* topic, int qid, int64_t offset);
 

@@ -179,7 +179,8 @@ int txmq_store_entry(txmq_store_t* st, const char* topic, int qid,
                      int64_t offset, uint64_t* rec_pos, uint32_t* tags_hash);
 
 /* Consumer group offsets (the next offset the group will read). Kept in
- * memory and made durable by the next checkpoint. */
+ * memory and made durable by the next checkpoint. TXMQ_ERANGE for an offset
+ * past the queue's end. */
 int txmq_store_offset_set(txmq_store_t* st, const char* group,
                           const char* topic, int qid, int64_t offset);
 /* TXMQ_ENOTFOUND if the group never committed an offset for that queue. */
