@@ -37,6 +37,15 @@
 -- ECLOSED: ...": a half message may have been stored and is then decided
 -- by checks) and connects again on its next call.
 --
+-- The consumer, like RocketMQ's lite pull consumer:
+--
+--   local c = txmq.consumer{ group = "G", topic = "T", server = ... }
+--   for _, m in ipairs(c:receive{ max = 32, wait_ms = 1000 }) do m:ack() end
+--   c:offset(qid)  c:seek(qid, offset)  c:peek{ queue = qid, from = off }
+--
+-- offset and seek read and move the group's committed offset on one queue
+-- of the topic; peek reads a queue without consuming it.
+--
 -- Every constructor takes server = "HOST:PORT" (default 127.0.0.1:8967),
 -- client_id, and secret (default $TXMQ_SECRET) for a txmqd with auth on.
 --
@@ -227,7 +236,8 @@ function M.consumer(opts)
     tags = opts.tags }, Consumer)
 end
 
--- receive{max=, wait_ms=} -> list of messages (each with :ack()).
+-- receive{max=, wait_ms=} -> list of messages (each with :ack(); m.qid and
+-- m.qoff say where it is, for offset and seek).
 function Consumer:receive(o)
   o = o or {}
   local list, err = self.conn:receive{ group = self.group, topic = self.topic,
@@ -249,6 +259,58 @@ function Consumer:ack(m)
     for i, x in ipairs(m) do handles[i] = x.handle end
   end
   return self.conn:ack(self.group, handles)
+end
+
+-- A queue id or an offset given to a consumer method: an integer >= 0.
+-- Checked here so that the error names the method and points at the
+-- caller's line.
+local function check_index(v, what, method)
+  if math.type(v) ~= "integer" or v < 0 then
+    error(string.format("txmq: Consumer:%s: %s must be an integer >= 0, not %s",
+      method, what, tostring(v)), 3)
+  end
+  return v
+end
+
+-- offset(qid) -> the group's committed offset on queue qid of the topic
+-- (the first message of that queue it has not acknowledged), or nil,
+-- "ENOTFOUND: ..." when the group never read that queue.
+function Consumer:offset(qid)
+  check_index(qid, "qid", "offset")
+  return self.conn:offset_get(self.group, self.topic, qid)
+end
+
+-- seek(qid, offset) -> true: moves the group on queue qid at once, like
+-- RocketMQ's DefaultLitePullConsumer.seek: the next receive of that queue
+-- starts at offset (back to read messages again, forward to skip them).
+-- Messages of that queue received but not yet acknowledged are forgotten
+-- (their acks count as missed). An offset past the queue's end is refused
+-- (nil, "ERANGE: ...") and moves nothing.
+function Consumer:seek(qid, offset)
+  check_index(qid, "qid", "seek")
+  check_index(offset, "offset", "seek")
+  return self.conn:offset_set(self.group, self.topic, qid, offset)
+end
+
+-- peek{queue=, from=, max=} -> list, next: up to max (default 32, at most
+-- 256) stored messages of queue `queue` of the topic from offset `from`
+-- (default: the first retained) on, without consuming them: no group is
+-- involved, nothing is delivered or made invisible, no offset moves. The
+-- messages are those of receive without handle (no :ack()); next is where
+-- the next peek goes on (an empty list at the end of the queue).
+function Consumer:peek(o)
+  if type(o) ~= "table" then
+    error("txmq: Consumer:peek: expected a table {queue=, from=, max=}", 2)
+  end
+  check_index(o.queue, "queue", "peek")
+  if o.from ~= nil then check_index(o.from, "from", "peek") end
+  local max = o.max
+  if max ~= nil and (math.type(max) ~= "integer" or max < 1 or max > 256) then
+    error("txmq: Consumer:peek: max must be an integer from 1 to 256, not "
+      .. tostring(max), 2)
+  end
+  return self.conn:peek{ topic = self.topic, qid = o.queue, offset = o.from,
+    max = max }
 end
 
 function Consumer:close()

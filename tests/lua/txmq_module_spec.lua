@@ -429,3 +429,236 @@ describe("txmq module against a txmqd with auth on", function()
     p:close()
   end)
 end)
+
+describe("txmq module consumer offsets, seek and peek", function()
+  setup(function() start_txmqd() end)
+  teardown(stop_txmqd)
+
+  -- A topic with one queue (so that every message lands on queue 0)
+  -- holding n messages with bodies "<topic>-0" ... "<topic>-(n-1)".
+  local function fill_queue(topic, n)
+    assert.matches('"queues":1', cli("topic", "create", topic, "1"))
+    local p = assert(txmq.producer{ server = server })
+    for i = 0, n - 1 do
+      local r = assert(p:send{ topic = topic, body = topic .. "-" .. i })
+      assert.are.equal(0, r.qid)
+      assert.are.equal(i, r.qoff)
+    end
+    p:close()
+  end
+
+  local function bodies(list)
+    local t = {}
+    for i, m in ipairs(list) do t[i] = m.body end
+    return t
+  end
+
+  -- Receives until n messages came (or none came for a while); acks none.
+  local function receive_n(c, n)
+    local got = {}
+    while #got < n do
+      local list = assert(c:receive{ max = n - #got, wait_ms = 2000 })
+      if #list == 0 then break end
+      for _, m in ipairs(list) do got[#got + 1] = m end
+    end
+    return got
+  end
+
+  it("offset: ENOTFOUND before the group reads, the acked position after", function()
+    fill_queue("SeekOff", 5)
+    local c = assert(txmq.consumer{ server = server, group = "g-off", topic = "SeekOff" })
+    local off, err = c:offset(0)
+    assert.is_nil(off)
+    assert.matches("^ENOTFOUND: group 'g%-off' has no offset on SeekOff/0", err)
+    local got = receive_n(c, 3)
+    assert.are.same({ "SeekOff-0", "SeekOff-1", "SeekOff-2" }, bodies(got))
+    for i, m in ipairs(got) do
+      assert.are.equal(0, m.qid)
+      assert.are.equal(i - 1, m.qoff)
+    end
+    -- Received, not acked: the committed offset is the first unacked one.
+    assert.are.equal(0, c:offset(0))
+    assert.are.equal(2, c:ack{ got[1], got[2] })
+    assert.are.equal(2, c:offset(0))
+    assert.are.equal(1, got[3]:ack())
+    assert.are.equal(3, c:offset(0))
+    -- Another group never read that queue: no offset for it.
+    local other = assert(txmq.consumer{ server = server, group = "g-off-other",
+      topic = "SeekOff" })
+    off, err = other:offset(0)
+    assert.is_nil(off)
+    assert.matches("^ENOTFOUND: group 'g%-off%-other' has no offset on SeekOff/0", err)
+    -- A queue the topic does not have, and a topic that does not exist.
+    off, err = c:offset(1)
+    assert.is_nil(off)
+    assert.matches("^ERANGE: topic 'SeekOff' has 1 queues", err)
+    off, err = c.conn:offset_get("g-off", "NoSuchTopic", 0)
+    assert.is_nil(off)
+    assert.matches("^ENOTFOUND: ", err)
+    other:close()
+    c:close()
+  end)
+
+  it("seek back to 0: receive gets the same messages again", function()
+    fill_queue("SeekBack", 4)
+    local c = assert(txmq.consumer{ server = server, group = "g-back", topic = "SeekBack" })
+    local first = receive_n(c, 4)
+    assert.are.same({ "SeekBack-0", "SeekBack-1", "SeekBack-2", "SeekBack-3" },
+      bodies(first))
+    assert.are.equal(4, c:ack(first))
+    assert.are.equal(4, c:offset(0))
+    assert.are.equal(0, #assert(c:receive{ wait_ms = 200 }))  -- all consumed
+    assert.is_true(c:seek(0, 0))
+    assert.are.equal(0, c:offset(0))
+    local again = receive_n(c, 4)
+    assert.are.same(bodies(first), bodies(again))
+    for i, m in ipairs(again) do
+      assert.are.equal(first[i].msg_id, m.msg_id)
+      assert.are.equal(first[i].qoff, m.qoff)
+    end
+    assert.are.equal(4, c:ack(again))
+    assert.are.equal(4, c:offset(0))
+    -- Forward: skip to 3 and only the last message comes again.
+    assert.is_true(c:seek(0, 3))
+    local last = receive_n(c, 4)
+    assert.are.same({ "SeekBack-3" }, bodies(last))
+    -- A handle received before a seek no longer matches: not acked.
+    assert.is_true(c:seek(0, 3))
+    assert.are.equal(0, last[1]:ack())
+    assert.are.equal(3, c:offset(0))
+    c:close()
+  end)
+
+  it("seek past the end fails with ERANGE and moves nothing", function()
+    fill_queue("SeekEnd", 3)
+    local c = assert(txmq.consumer{ server = server, group = "g-end", topic = "SeekEnd" })
+    local got = receive_n(c, 2)
+    assert.are.equal(2, c:ack(got))
+    assert.are.equal(2, c:offset(0))
+    local ok, err = c:seek(0, 4)
+    assert.is_nil(ok)
+    assert.matches("^ERANGE: offset not set: offset 4 is past the end of "
+      .. "SeekEnd/0 %(3%)", err)
+    assert.are.equal(2, c:offset(0))
+    -- The group goes on where it was: the third message, then nothing.
+    local rest = receive_n(c, 3)
+    assert.are.same({ "SeekEnd-2" }, bodies(rest))
+    assert.are.equal(1, rest[1]:ack())
+    -- The end itself is a valid offset (nothing left to read); a group that
+    -- never read the queue may be moved too, and then has an offset.
+    assert.is_true(c:seek(0, 3))
+    assert.are.equal(3, c:offset(0))
+    local fresh = assert(txmq.consumer{ server = server, group = "g-end-fresh",
+      topic = "SeekEnd" })
+    ok, err = fresh:seek(0, 9)
+    assert.is_nil(ok)
+    assert.matches("^ERANGE: offset not set: offset 9 is past the end", err)
+    assert.is_nil((fresh:offset(0)))
+    assert.is_true(fresh:seek(0, 1))
+    assert.are.equal(1, fresh:offset(0))
+    assert.are.same({ "SeekEnd-1", "SeekEnd-2" }, bodies(receive_n(fresh, 3)))
+    fresh:close()
+    c:close()
+  end)
+
+  it("peek reads stored messages without consuming them", function()
+    fill_queue("PeekQ", 5)
+    local c = assert(txmq.consumer{ server = server, group = "g-peek", topic = "PeekQ" })
+    local list, nxt = c:peek{ queue = 0 }
+    assert.are.same({ "PeekQ-0", "PeekQ-1", "PeekQ-2", "PeekQ-3", "PeekQ-4" },
+      bodies(list))
+    assert.are.equal(5, nxt)
+    for i, m in ipairs(list) do
+      assert.are.equal(0, m.qid)
+      assert.are.equal(i - 1, m.qoff)
+      assert.are.equal("PeekQ", m.topic)
+      assert.are.equal(32, #m.msg_id)
+      assert.is_nil(m.handle)
+      assert.is_nil(m.ack)  -- not a received message: nothing to ack
+    end
+    -- No group is involved: the group still has no offset ...
+    local off, err = c:offset(0)
+    assert.is_nil(off)
+    assert.matches("^ENOTFOUND: ", err)
+    -- ... and a window from an offset goes on where the last one ended.
+    list, nxt = c:peek{ queue = 0, from = 1, max = 2 }
+    assert.are.same({ "PeekQ-1", "PeekQ-2" }, bodies(list))
+    assert.are.equal(3, nxt)
+    list, nxt = c:peek{ queue = 0, from = nxt, max = 2 }
+    assert.are.same({ "PeekQ-3", "PeekQ-4" }, bodies(list))
+    assert.are.equal(5, nxt)
+    list, nxt = c:peek{ queue = 0, from = nxt }
+    assert.are.same({}, list)
+    assert.are.equal(5, nxt)
+    -- Nothing was made invisible: the group receives all five. Peeking
+    -- while two are in flight and after acks moves nothing either.
+    local got = receive_n(c, 5)
+    assert.are.same(bodies(c:peek{ queue = 0 }), bodies(got))
+    assert.are.equal(3, c:ack{ got[1], got[2], got[3] })
+    assert.are.equal(3, c:offset(0))
+    list, nxt = c:peek{ queue = 0, from = 0 }
+    assert.are.equal(5, #list)
+    assert.are.equal(5, nxt)
+    assert.are.equal(3, c:offset(0))
+    -- The connection-level call, and a topic or queue that does not exist.
+    list, nxt = c.conn:peek{ topic = "PeekQ", qid = 0, offset = 4 }
+    assert.are.same({ "PeekQ-4" }, bodies(list))
+    assert.are.equal(5, nxt)
+    list, err = c.conn:peek{ topic = "NoSuchTopic", qid = 0 }
+    assert.is_nil(list)
+    assert.matches("^ENOTFOUND: topic 'NoSuchTopic' does not exist", err)
+    list, err = c:peek{ queue = 2 }
+    assert.is_nil(list)
+    assert.matches("^ERANGE: topic 'PeekQ' has 1 queues", err)
+    c:close()
+  end)
+
+  it("refuses bad arguments with Lua errors", function()
+    local c = assert(txmq.consumer{ server = server, group = "g-args", topic = "Args" })
+    assert.has_error(function() c:offset() end,
+      "txmq: Consumer:offset: qid must be an integer >= 0, not nil")
+    assert.has_error(function() c:offset("0") end,
+      "txmq: Consumer:offset: qid must be an integer >= 0, not 0")
+    assert.has_error(function() c:seek(0, -1) end,
+      "txmq: Consumer:seek: offset must be an integer >= 0, not -1")
+    assert.has_error(function() c:seek(1.5, 0) end,
+      "txmq: Consumer:seek: qid must be an integer >= 0, not 1.5")
+    assert.has_error(function() c:peek() end,
+      "txmq: Consumer:peek: expected a table {queue=, from=, max=}")
+    assert.has_error(function() c:peek{} end,
+      "txmq: Consumer:peek: queue must be an integer >= 0, not nil")
+    assert.has_error(function() c:peek{ queue = 0, from = -2 } end,
+      "txmq: Consumer:peek: from must be an integer >= 0, not -2")
+    assert.has_error(function() c:peek{ queue = 0, max = 0 } end,
+      "txmq: Consumer:peek: max must be an integer from 1 to 256, not 0")
+    -- The same checks in txmq.core, for callers of the conn itself.
+    local conn = c.conn
+    local ok, err = pcall(conn.offset_get, conn, "g-args", "Args", -1)
+    assert.is_false(ok)
+    assert.matches("qid must be from 0 to 2147483647", err)
+    ok, err = pcall(conn.offset_set, conn, "g-args", "Args", 0, "x")
+    assert.is_false(ok)
+    assert.matches("number expected, got string", err)
+    ok, err = pcall(conn.offset_set, conn, "g-args", "Args", 0, 0.5)
+    assert.is_false(ok)
+    assert.matches("number has no integer representation", err)
+    ok, err = pcall(conn.offset_get, conn, nil, "Args", 0)
+    assert.is_false(ok)
+    assert.matches("string expected, got nil", err)
+    ok, err = pcall(conn.peek, conn, { topic = "Args" })
+    assert.is_false(ok)
+    assert.matches("txmq: qid must be an integer from 0 to 2147483647, not nil", err)
+    ok, err = pcall(conn.peek, conn, { topic = "Args", qid = 0, max = 300 })
+    assert.is_false(ok)
+    assert.matches("txmq: max must be an integer from 1 to 256, not 300", err)
+    ok, err = pcall(conn.peek, conn, { qid = 0 })
+    assert.is_false(ok)
+    assert.matches("txmq: peek needs a topic", err)
+    -- A name the server would refuse is refused by the client.
+    local off
+    off, err = conn:offset_get("bad group", "Args", 0)
+    assert.is_nil(off)
+    assert.matches("^EINVAL: ", err)
+    c:close()
+  end)
+end)

@@ -10,6 +10,8 @@
  *     server never routes checks to it.
  *     conn:send(msg) conn:send_in_transaction(group, msg, execute, arg)
  *     conn:receive(opts) conn:ack(group, handles) conn:close()
+ *     conn:offset_get(group, topic, qid) conn:offset_set(group, topic, qid,
+ *     offset) conn:peek(opts)
  *
  *   core.checker(server, client_id, group, script_or_function, txmq, secret)
  *     A background thread with its own loop, its own connection (announcing
@@ -209,6 +211,7 @@ typedef struct {
   txmq_delivery_t* d;
   size_t n;
   int64_t value;
+  int64_t next;  /* peek: where the next peek goes on */
 } wait_t;
 
 static int run_until(conn_t* k, wait_t* w, int rc) {
@@ -411,6 +414,27 @@ static void on_receive(txmq_client_t* c, int status, txmq_delivery_t* d,
   w->n = n;
 }
 
+/* Pushes the list of w's deliveries and frees them. Each message also has
+ * qid and qoff, the names of send's result and of offset_get/offset_set,
+ * so that a message says where to seek; with_handle: received (a handle to
+ * ack and the delivery count), not peeked. */
+static void push_deliveries(lua_State* L, wait_t* w, int with_handle) {
+  lua_createtable(L, (int)w->n, 0);
+  for (size_t i = 0; i < w->n; i++) {
+    push_msg(L, w->d[i].msg);
+    set_int(L, "qid", txmq_msg_queue_id(w->d[i].msg));
+    set_int(L, "qoff", txmq_msg_queue_offset(w->d[i].msg));
+    if (with_handle) {
+      set_str(L, "handle", w->d[i].handle);
+      set_int(L, "deliveries", w->d[i].deliveries);
+    }
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  txmq_client_free_deliveries(w->d, w->n);
+  w->d = NULL;
+  w->n = 0;
+}
+
 /* conn:receive{group, topic, tags, max, wait_ms} -> list | nil, err */
 static int l_conn_receive(lua_State* L) {
   conn_t* k;
@@ -433,14 +457,7 @@ static int l_conn_receive(lua_State* L) {
     txmq_client_free_deliveries(w.d, w.n);
     return fail(L, k, rc);
   }
-  lua_createtable(L, (int)w.n, 0);
-  for (size_t i = 0; i < w.n; i++) {
-    push_msg(L, w.d[i].msg);
-    set_str(L, "handle", w.d[i].handle);
-    set_int(L, "deliveries", w.d[i].deliveries);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
-  txmq_client_free_deliveries(w.d, w.n);
+  push_deliveries(L, &w, 1);
   return 1;
 }
 
@@ -474,6 +491,109 @@ static int l_conn_ack(lua_State* L) {
   if (rc) return fail(L, k, rc);
   lua_pushinteger(L, w.value);
   return 1;
+}
+
+/* An integer from lo to hi for argument arg (a queue id, an offset): a Lua
+ * error otherwise, since a fraction or a negative number is the caller's
+ * mistake, not the server's answer. */
+static lua_Integer check_range(lua_State* L, int arg, lua_Integer lo,
+                               lua_Integer hi, const char* what) {
+  lua_Integer v = luaL_checkinteger(L, arg);
+  if (v < lo || v > hi)
+    luaL_argerror(L, arg, lua_pushfstring(L, "%s must be from %I to %I", what,
+                                          lo, hi));
+  return v;
+}
+
+/* conn:offset_get(group, topic, qid) -> offset | nil, err ("ENOTFOUND: ..."
+ * when the group never read that queue) */
+static int l_conn_offset_get(lua_State* L) {
+  conn_t* k;
+  const char* group = luaL_checkstring(L, 2);
+  const char* topic = luaL_checkstring(L, 3);
+  int32_t qid = (int32_t)check_range(L, 4, 0, INT32_MAX, "qid");
+  wait_t w = {0};
+  int rc = check_conn(L, &k);
+  if (!rc)
+    rc = run_until(k, &w, txmq_client_offset_get(k->c, group, topic, qid,
+                                                 on_int, &w));
+  if (rc) return fail(L, k, rc);
+  lua_pushinteger(L, w.value);
+  return 1;
+}
+
+static void on_done(txmq_client_t* c, int status, void* arg) {
+  (void)c;
+  wait_t* w = arg;
+  w->status = status;
+  w->done = 1;
+}
+
+/* conn:offset_set(group, topic, qid, offset) -> true | nil, err */
+static int l_conn_offset_set(lua_State* L) {
+  conn_t* k;
+  const char* group = luaL_checkstring(L, 2);
+  const char* topic = luaL_checkstring(L, 3);
+  int32_t qid = (int32_t)check_range(L, 4, 0, INT32_MAX, "qid");
+  int64_t offset = check_range(L, 5, 0, INT64_MAX, "offset");
+  wait_t w = {0};
+  int rc = check_conn(L, &k);
+  if (!rc)
+    rc = run_until(k, &w, txmq_client_offset_set(k->c, group, topic, qid,
+                                                 offset, on_done, &w));
+  if (rc) return fail(L, k, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void on_peek(txmq_client_t* c, int status, txmq_delivery_t* d,
+                    size_t n, int64_t next, void* arg) {
+  wait_t* w = arg;
+  w->next = next;
+  on_receive(c, status, d, n, arg);
+}
+
+/* The field k of the options table at index 2: an integer from lo to hi,
+ * or dflt when absent and not required; a Lua error otherwise (a numeric
+ * string too, as txmq.lua's checks refuse it: an offset is a number). */
+static lua_Integer field_int(lua_State* L, const char* k, int required,
+                             lua_Integer dflt, lua_Integer lo, lua_Integer hi) {
+  int isint = 0;
+  lua_getfield(L, 2, k);
+  lua_Integer v = lua_type(L, -1) == LUA_TNUMBER ? lua_tointegerx(L, -1, &isint)
+                                                 : 0;
+  if (lua_isnil(L, -1) && !required) v = dflt;
+  else if (!isint || v < lo || v > hi)
+    luaL_error(L, "txmq: %s must be an integer from %I to %I, not %s", k, lo,
+               hi, luaL_tolstring(L, -1, NULL));
+  lua_pop(L, 1);
+  return v;
+}
+
+/* conn:peek{topic, qid, offset, max} -> list, next | nil, err. No offset:
+ * from the queue's first retained message. */
+static int l_conn_peek(lua_State* L) {
+  conn_t* k;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_getfield(L, 2, "topic");
+  if (lua_type(L, -1) != LUA_TSTRING)
+    return luaL_error(L, "txmq: peek needs a topic (string)");
+  const char* topic = lua_tostring(L, -1); /* kept on the stack */
+  int32_t qid = (int32_t)field_int(L, "qid", 1, 0, 0, INT32_MAX);
+  int64_t offset = field_int(L, "offset", 0, -1, 0, INT64_MAX);
+  uint32_t max = (uint32_t)field_int(L, "max", 0, 32, 1, 256);
+  wait_t w = {0};
+  int rc = check_conn(L, &k);
+  if (!rc)
+    rc = run_until(k, &w, txmq_client_peek(k->c, topic, qid, offset, max,
+                                           on_peek, &w));
+  if (rc) {
+    txmq_client_free_deliveries(w.d, w.n);
+    return fail(L, k, rc);
+  }
+  push_deliveries(L, &w, 0);
+  lua_pushinteger(L, w.next);
+  return 2;
 }
 
 /* ---- checker: a background thread answering checks ---- */
@@ -946,6 +1066,9 @@ int luaopen_txmq_core(lua_State* L) {
   static const luaL_Reg conn_m[] = {
       {"send", l_conn_send},       {"send_in_transaction", l_conn_send_tx},
       {"receive", l_conn_receive}, {"ack", l_conn_ack},
+      {"offset_get", l_conn_offset_get},
+      {"offset_set", l_conn_offset_set},
+      {"peek", l_conn_peek},
       {"close", l_conn_close},     {"__gc", l_conn_close},
       {"__close", l_conn_close},   {NULL, NULL}};
   static const luaL_Reg checker_m[] = {{"close", l_checker_close},
