@@ -1,8 +1,8 @@
 /*
  * ops.c - the request operations of PROTOCOL.md section 5 (except those of
  * consumers, in consume.c): hello, ping, send, tx.half, tx.end, tx.send,
- * status, tx.list, tx.show, tx.resume, reload, topic.create; the hello's
- * authentication and the roles allowed each operation (txmq/net.h,
+ * status, tx.list, tx.show, tx.resume, tx.decide, reload, topic.create; the
+ * hello's authentication and the roles allowed each operation (txmq/net.h,
  * AUTHENTICATION).
  *
  * Each operation reads its fields with the checked getters of wire.c, calls
@@ -499,7 +499,7 @@ static int tx_refused(txmq_tx_t* tx, const uint8_t* id, int rc, char* err) {
     case TXMQ_EPARKED:
       return net__errf(err, rc,
                        "transaction %s is parked: only an operator's "
-                       "tx.resume changes it", hex);
+                       "tx.resume or tx.decide changes it", hex);
     case TXMQ_EINVAL:
       if (known) {
         return net__errf(err, rc, "transaction %s is %s, not parked", hex,
@@ -973,6 +973,31 @@ static int op_tx_resume(net_conn_t* c, uint64_t id, const msgpack_object* m,
   return 0;
 }
 
+/* An operator's COMMIT or ROLLBACK: for a transaction whose producer will
+ * never answer (gone for good), parked or still pending. Recorded with
+ * source "operator" and the admin's client id. */
+static int op_tx_decide(net_conn_t* c, uint64_t id, const msgpack_object* m,
+                        char* err) {
+  uint8_t tx_id[TXMQ_TX_ID_LEN];
+  txmq_tx_decision_t d = TXMQ_TX_UNKNOWN;
+  int rc = net__get_txid(m, "tx_id", tx_id, err);
+  if (rc == 0) rc = parse_decision(m, &d, err);
+  if (rc != 0) return rc;
+  if (d == TXMQ_TX_UNKNOWN)
+    return net__errf(err, TXMQ_EPROTO,
+                     "tx.decide takes decision \"commit\" or \"rollback\" "
+                     "(tx.resume checks a parked transaction again)");
+  req_t* r = req_new(c, id);
+  if (r == NULL) return no_memory(err);
+  rc = txmq_tx_end(c->srv->tx, tx_id, d, TXMQ_TX_SRC_OPERATOR, NULL, c->client,
+                   on_end, r);
+  if (rc != 0) {
+    req_free(c->srv, r);
+    return tx_refused(c->srv->tx, tx_id, rc, err);
+  }
+  return 0;
+}
+
 /* ---- reload ---- */
 
 static void on_reload(txmq_script_host_t* host, int status, const char* group,
@@ -1122,6 +1147,7 @@ static const struct {
     {"tx.list", op_tx_list, R_P | R_A},
     {"tx.show", op_tx_show, R_P | R_A},
     {"tx.resume", op_tx_resume, R_A},
+    {"tx.decide", op_tx_decide, R_A},
     {"reload", op_reload, R_A},
 };
 

@@ -1956,7 +1956,10 @@ int txmq_tx_end(txmq_tx_t* tx, const uint8_t* tx_id,
     add_waiter(op, w);
     return 0;
   }
-  if (e->state == TXMQ_TX_PARKED) return TXMQ_EPARKED;
+  /* A parked transaction waits for an operator: a resume, or a decision. */
+  if (e->state == TXMQ_TX_PARKED &&
+      (source != TXMQ_TX_SRC_OPERATOR || decision == TXMQ_TX_UNKNOWN))
+    return TXMQ_EPARKED;
   if (decision == TXMQ_TX_UNKNOWN)
     return event_op(tx, i, EVOP_UNKNOWN, TXMQ__EV_UNKNOWN, source, version, who,
                     E(tx, i)->count, NULL, cb, arg);

@@ -32,7 +32,8 @@
  *               with the outcome at once, after a delay, as UNKNOWN, or
  *               never (a producer that died: checks decide; or checks
  *               answer UNKNOWN until it is parked and an operator resumes
- *               it); some with a check immunity;
+ *               it, or decides it with tx.decide); some with a check
+ *               immunity;
  *   hosted-1/-n tx.send to group fault-hosted, whose script decides from
  *               the arg: the outcome, UNKNOWN, or an error (checks decide).
  * Properties: ft (transaction number), fi (index of the message), fw (c
@@ -185,6 +186,8 @@ typedef struct {
   uint8_t resumed;        /* PL_PARK: a resume took effect: checks decide */
   uint8_t resume_done;    /* PL_PARK: a resume is durable (acknowledged) */
   uint8_t resume_busy;    /* PL_PARK: a tx.resume is in flight */
+  uint8_t by_operator;    /* PL_PARK: decided by an operator's tx.decide
+                             instead of resumed */
   uint16_t max_count;     /* highest check count a check carried */
   uint32_t imm_until;     /* no check before (ms after the start); 0 */
   uint32_t resume_at;     /* PL_PARK: next tx.resume (ms after the start) */
@@ -272,7 +275,7 @@ struct harness_s {
   uint64_t t0;         /* the start, on the monotonic clock */
   size_t* parks;       /* PL_PARK seqs without an acknowledged resume */
   size_t nparks, capparks;
-  long parked_resumes, resume_not_parked;
+  long parked_resumes, resume_not_parked, operator_decisions;
   size_t* late;        /* seqs whose decision is repeated in a later epoch */
   size_t nlate, caplate;
   int late_sent;       /* in this epoch */
@@ -634,8 +637,9 @@ static void on_show(txmq_client_t* c, int status, const msgpack_object* rep,
       decisions++;
       const msgpack_object* src = txmq_client_map_get(e, "source");
       if (!str_is(ev, dname)) wrong++;
-      else if (hosted ? !str_is(src, "script")
-                      : !str_is(src, "producer") && !str_is(src, "check"))
+      else if (t->by_operator ? !str_is(src, "operator")
+               : hosted       ? !str_is(src, "script")
+                              : !str_is(src, "producer") && !str_is(src, "check"))
         snprintf(why, sizeof why, "its %s was recorded with source %.*s",
                  dname, src && src->type == MSGPACK_OBJECT_STR
                  ? (int)src->via.str.size : 1,
@@ -918,6 +922,7 @@ static int start_one(harness_t* h, unsigned kind) {
   }
   if (t->plan == PL_PARK) {
     t->resume_at = (uint32_t)(mono_ms() - h->t0) + 5000;
+    t->by_operator = chance(&h->rng, 50);
     park_add(h, seq);
   }
 
@@ -1588,6 +1593,34 @@ static void on_resume(txmq_client_t* c, int status, const msgpack_object* rep,
   op_done(op);
 }
 
+/* The other half of them: once their last check was offered (or a while
+ * after, should its offer have been lost to a kill), an operator decides
+ * them as they should end, with tx.decide. */
+static void on_decide(txmq_client_t* c, int status, txmq_tx_state_t state,
+                      void* arg) {
+  op_t* op = arg;
+  harness_t* h = op->h;
+  tx_t* t = &h->tx[op->seq];
+  t->resume_busy = 0;
+  t->resume_at = (uint32_t)(mono_ms() - h->t0) + 1000;
+  if (status == 0) {
+    if (state != state_of(want_of(t)))
+      violation(h, t, op->seq, "tx.decide %s answered state %s",
+                decision_name(want_of(t)), state_name(state));
+    t->resume_done = 1;
+    h->operator_decisions++;
+    acked(h, t, op->seq, state, op->epoch, op->gen);
+    maybe_repeat(h, op->seq, op->conn);
+  } else if (status == TXMQ_ENOTFOUND && op->epoch != t->half_epoch) {
+    t->resume_done = 1; /* decided and forgotten since */
+  } else if (!lost_error(status)) {
+    violation(h, t, op->seq, "tx.decide %s failed with %s (%s)",
+              decision_name(want_of(t)), txmq_err_name(status),
+              txmq_client_diag(c));
+  }
+  op_done(op);
+}
+
 static void run_resumes(harness_t* h) {
   conn_t* conn = &h->conns[C_H];
   if (h->dstate != D_UP || conn->state != C_UP) return;
@@ -1599,13 +1632,17 @@ static void run_resumes(harness_t* h) {
       continue;
     }
     /* An uncertain half becomes resumable once a check names its id. */
-    if (t->has_id && !t->resume_busy && rel >= t->resume_at) {
+    if (t->has_id && !t->resume_busy && rel >= t->resume_at &&
+        (!t->by_operator || t->max_count >= MAX_CHECKS - 1 ||
+         rel >= t->resume_at + 5000)) {
       op_t* op = op_new(h, h->parks[i], conn, 0);
-      if (op != NULL &&
-          txmq_client_tx_resume(conn->c, t->tx_id, on_resume, op) == 0)
-        t->resume_busy = 1;
-      else if (op != NULL)
-        op_done(op);
+      int rc = op == NULL ? TXMQ_ENOMEM
+               : t->by_operator
+                   ? txmq_client_tx_decide(conn->c, t->tx_id, want_of(t),
+                                           on_decide, op)
+                   : txmq_client_tx_resume(conn->c, t->tx_id, on_resume, op);
+      if (rc == 0) t->resume_busy = 1;
+      else if (op != NULL) op_done(op);
     }
     i++;
   }
@@ -2196,8 +2233,9 @@ int main(int argc, char** argv) {
          " conflicting probes=%ld (refused %ld)\n", h->repeats, h->repeats_ok,
          h->pipelined, h->late_repeats, h->repeats_forgotten, h->probes,
          h->probes_refused);
-  printf("fault: parked and resumed=%ld (a resume too early %ld)\n",
-         h->parked_resumes, h->resume_not_parked);
+  printf("fault: parked and resumed=%ld (a resume too early %ld), decided by"
+         " an operator=%ld\n", h->parked_resumes, h->resume_not_parked,
+         h->operator_decisions);
   printf("fault: audit histories read=%ld (forgotten after a restart %ld)\n",
          h->shows, h->shows_forgotten);
   printf("fault: checks answered by producers=%ld (commit %ld, rollback %ld, "

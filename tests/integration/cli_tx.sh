@@ -3,7 +3,10 @@
 # `txmq` tool against a real txmqd on an ephemeral loopback port:
 #   tx send (commit, rollback, unknown, a failing handler, --arg, --json),
 #   tx list (--group, --json, empty), tx show (plain, --json, unknown id),
-#   tx resume (parked -> pending, refused when not parked), reload (a new
+#   tx resume (parked -> pending, refused when not parked), tx commit and
+#   tx rollback (an operator's decision on a pending or parked transaction:
+#   recorded as the operator's, delivered or not; refused the other way
+#   once decided, and to a producer), reload (a new
 #   version that then decides, a broken script refused), status (plain and
 #   --json), with exit codes and one-line errors.
 #
@@ -147,6 +150,53 @@ expect "tx resume of a committed transaction" 1 \
 run "$txmq" "${S[@]}" tx resume "$boom_tx" --json
 expect "tx resume --json" 0
 same "tx resume --json" "$(jl "$out" 'print(lines[1].tx_id, lines[1].state)')" "$boom_tx	pending"
+
+echo "# tx commit / tx rollback: an operator's decision"
+run "$txmq" "${S[@]}" tx commit "$committed_tx"
+expect "tx commit of a committed transaction: the same decision again" 0
+same "... prints its state" "$(cat "$out")" "tx_id=$committed_tx state=committed"
+run "$txmq" "${S[@]}" tx rollback "$committed_tx"
+expect "tx rollback of a committed transaction" 1 \
+  "txmq: tx rollback: transaction $committed_tx was already decided the other way: it is committed"
+# A pending one (resumed above; its checks still answer UNKNOWN).
+run "$txmq" "${S[@]}" tx rollback "$boom_tx" --json
+expect "tx rollback of a pending transaction" 0
+same "tx rollback --json" "$(jl "$out" 'print(lines[1].tx_id, lines[1].state)')" "$boom_tx	rolled_back"
+run "$txmq" "${S[@]}" tx show "$boom_tx" --json
+same "the rollback is recorded as the operator's, with its client id" "$(jl "$out" '
+local h = lines[1].history
+print(lines[1].tx.state, h[#h].event, h[#h].source, h[#h].who:match("^txmq%-cli:") ~= nil)')" \
+  "rolled_back	rollback	operator	true"
+# A parked one, committed: its message is delivered.
+run "$txmq" "${S[@]}" tx send --group pay orders "order 46" --arg unknown --json
+expect "tx send unknown, to park" 0
+op_tx=$(jl "$out" 'print(lines[1].tx_id)')
+op_parked() {
+  "$txmq" "${S[@]}" tx show "$op_tx" --json >"$work/show.json" 2>/dev/null &&
+    [ "$(jl "$work/show.json" 'print(lines[1].tx.state)')" = parked ]
+}
+check "it parks within 10 s" wait_until 10 op_parked
+run "$txmq" "${S[@]}" tx commit "$op_tx"
+expect "tx commit of a parked transaction" 0
+same "... prints committed" "$(cat "$out")" "tx_id=$op_tx state=committed"
+run "$txmq" "${S[@]}" tx commit "$op_tx"
+expect "tx commit again: the same state" 0
+run "$txmq" "${S[@]}" consume orders --group opcheck --timeout 1 --json
+expect "consume orders" 0
+same "the parked one committed by the operator is delivered, the rolled back ones are not" \
+  "$(jl "$out" 'local t = {}
+for _, o in ipairs(lines) do t[#t + 1] = o.body end
+table.sort(t) print(table.concat(t, ","))')" "order 46,pay order 42"
+run "$txmq" "${S[@]}" --role producer tx commit "$op_tx"
+expect_err_prefix "tx commit needs the admin role" 1 "txmq: tx commit: "
+run "$txmq" "${S[@]}" tx commit
+expect "tx commit without an id" 2 "txmq: tx commit needs one TXID: txmq tx commit TXID"
+run "$txmq" "${S[@]}" tx rollback 12
+expect "tx rollback with a malformed id" 2 "txmq: tx rollback: '12' is not a transaction id (32 hex digits)"
+run "$txmq" "${S[@]}" tx rollback ffffffffffffffffffffffffffffffff
+expect_err_prefix "tx rollback of an unknown transaction" 1 \
+  "txmq: tx rollback: transaction ffffffffffffffffffffffffffffffff is unknown"
+
 # A script whose checks commit: the resumed transaction is decided by it.
 run "$txmq" "${S[@]}" reload pay --json
 expect "reload of an unchanged script" 0
@@ -209,9 +259,9 @@ expect "status takes no arguments" 2 "txmq: status takes no arguments"
 
 echo "# usage"
 run "$txmq" "${S[@]}" tx
-expect "tx needs a subcommand" 2 "txmq: tx needs a subcommand: send, list, show or resume"
+expect "tx needs a subcommand" 2 "txmq: tx needs a subcommand: send, list, show, resume, commit or rollback"
 run "$txmq" "${S[@]}" tx frob
-expect "unknown tx subcommand" 2 "txmq: unknown command 'tx frob' (tx send, list, show or resume)"
+expect "unknown tx subcommand" 2 "txmq: unknown command 'tx frob' (tx send, list, show, resume, commit or rollback)"
 run "$txmq" --server "no-port-here:" status
 expect "a malformed server address" 2 "txmq: invalid server address 'no-port-here:': expected HOST:PORT"
 run "$txmq" --server "127.0.0.1:99999" tx list

@@ -515,6 +515,51 @@ static void multi_message_transaction(void** state) {
   close_now(fx, c, &k);
 }
 
+/* tx.decide: an operator's decision over a pending transaction, the first
+ * decision winning, refused to a producer, UNKNOWN refused at the call. */
+static void operator_decision(void** state) {
+  fx_t* fx = *state;
+  cli_t k, kp;
+  txmq_client_t* c = client(fx, "ops", TXMQ_ROLE_ADMIN, NULL, &k);
+  txmq_client_t* p = client(fx, "prod", TXMQ_ROLE_PRODUCER, NULL, &kp);
+  connect_now(fx, c, &k);
+  connect_now(fx, p, &kp);
+  txmq_msg_t* ms[2] = {mk("orders", "kept"), mk("orders", "dropped")};
+  spy_t h[2] = {{0}, {0}};
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(txmq_client_tx_half(p, "op-g", (const txmq_msg_t* const*)&ms[i],
+                                         1, 60000, on_half, &h[i]), 0);
+    txmq_msg_free(ms[i]);
+    assert_true(tu_run_until(&fx->loop, &h[i].done, 5000));
+    assert_int_equal(h[i].status, 0);
+  }
+  assert_int_equal(txmq_client_tx_decide(c, h[0].id, TXMQ_TX_UNKNOWN, on_end, NULL),
+                   TXMQ_EINVAL);
+  assert_non_null(strstr(txmq_client_diag(c), "COMMIT or ROLLBACK"));
+  spy_t e = {0};
+  assert_int_equal(txmq_client_tx_decide(p, h[0].id, TXMQ_TX_COMMIT, on_end, &e), 0);
+  assert_true(tu_run_until(&fx->loop, &e.done, 5000));
+  assert_int_equal(e.status, TXMQ_EPROTO);
+  txmq_tx_decision_t ds[4] = {TXMQ_TX_COMMIT, TXMQ_TX_ROLLBACK, TXMQ_TX_COMMIT,
+                              TXMQ_TX_ROLLBACK};
+  int which[4] = {0, 1, 1, 0};
+  int want[4] = {0, 0, TXMQ_ECONFLICT, TXMQ_ECONFLICT};
+  for (int i = 0; i < 4; i++) {
+    memset(&e, 0, sizeof e);
+    assert_int_equal(txmq_client_tx_decide(c, h[which[i]].id, ds[i], on_end, &e), 0);
+    assert_true(tu_run_until(&fx->loop, &e.done, 5000));
+    assert_int_equal(e.status, want[i]);
+    if (want[i] == 0)
+      assert_int_equal(e.state, ds[i] == TXMQ_TX_COMMIT ? TXMQ_TX_COMMITTED
+                                                        : TXMQ_TX_ROLLED_BACK);
+  }
+  recv_t r;
+  receive_and_ack(fx, c, "g", "orders", 10, &r);
+  assert_string_equal(r.bodies, "kept");
+  close_now(fx, p, &kp);
+  close_now(fx, c, &k);
+}
+
 /* ---- pipelined sends, receive, ack, offsets ---- */
 
 #define NSEND 200
@@ -968,6 +1013,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(hosted_transaction_checked, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(check_goes_to_another_member, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(multi_message_transaction, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(operator_decision, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(pipelined_sends_and_consume, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(admin_replies, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(close_fails_long_poll, fx_setup, fx_teardown),

@@ -1075,6 +1075,98 @@ static void check_history(const hist_t* h) {
   for (size_t k = 1; k < h->n; k++) assert_true(h->pos[k] > h->pos[k - 1]);
 }
 
+/* An operator decides a parked transaction (or a pending one): recorded
+ * with source "operator" and who, applied once, kept across a restart; a
+ * producer's decision and an operator's UNKNOWN still get EPARKED. */
+static void operator_decides_parked(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-opdecide");
+  env->max_checks = 2;
+  env_open_dir(env);
+  uint8_t a[TXMQ_TX_ID_LEN], b[TXMQ_TX_ID_LEN], c[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, a);
+  begin1(env, "orders", 0, b);
+  begin1(env, "orders", 0, c);
+  env->tg[0].mode = T_UNKNOWN_NOW;
+  for (int k = 0; k < 4; k++) {
+    advance(env, 60000);
+    (void)txmq_tx_tick(env->tx);
+  }
+  env->tg[0].mode = T_TAKE;
+  env_sync(env);
+  assert_int_equal(metrics(env).parked, 3);
+
+  assert_int_equal(txmq_tx_end(env->tx, a, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, NULL, NULL),
+                   TXMQ_EPARKED);
+  assert_int_equal(txmq_tx_end(env->tx, a, TXMQ_TX_COMMIT, TXMQ_TX_SRC_CHECK,
+                               NULL, NULL, NULL, NULL),
+                   TXMQ_EPARKED);
+  assert_int_equal(txmq_tx_end(env->tx, a, TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_OPERATOR,
+                               NULL, "ops", NULL, NULL),
+                   TXMQ_EPARKED);
+  assert_int_equal(visible(env, "orders"), 0);
+
+  txmq_tx_state_t st;
+  end_res_t r = {0};
+  assert_int_equal(txmq_tx_end(env->tx, a, TXMQ_TX_COMMIT, TXMQ_TX_SRC_OPERATOR,
+                               NULL, "ops", on_end, &r), 0);
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+  assert_int_equal(r.status, 0);
+  assert_int_equal(r.state, TXMQ_TX_COMMITTED);
+  assert_int_equal(visible(env, "orders"), 1);
+  assert_int_equal(end_wait(env, b, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_OPERATOR, &st), 0);
+  assert_int_equal(st, TXMQ_TX_ROLLED_BACK);
+  assert_int_equal(metrics(env).parked, 1);
+  /* The first decision wins, an operator's too. */
+  assert_int_equal(txmq_tx_end(env->tx, a, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_OPERATOR,
+                               NULL, "ops", NULL, NULL),
+                   TXMQ_ECONFLICT);
+  assert_int_equal(end_wait(env, a, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, &st), 0);
+  assert_int_equal(st, TXMQ_TX_COMMITTED);
+  assert_int_equal(visible(env, "orders"), 1);
+
+  hist_t h;
+  memset(&h, 0, sizeof h);
+  txmq_tx_info_t info;
+  assert_int_equal(txmq_tx_show(env->tx, a, &info, hist_fn, &h), 0);
+  assert_int_equal(info.state, TXMQ_TX_COMMITTED);
+  assert_string_equal(h.ev[h.n - 2], "park");
+  assert_string_equal(h.ev[h.n - 1], "commit");
+  assert_int_equal(h.src[h.n - 1], TXMQ_TX_SRC_OPERATOR);
+  assert_string_equal(h.who[h.n - 1], "ops");
+
+  /* After a restart: a committed once, b rolled back, c still parked. */
+  env_reopen(env, NULL);
+  assert_int_equal(visible(env, "orders"), 1);
+  assert_int_equal(metrics(env).parked, 1);
+  list_res_t l = list_all(env, NULL);
+  assert_int_equal(l.n, 1);
+  assert_int_equal(l.last.state, TXMQ_TX_PARKED);
+  assert_memory_equal(l.last.tx_id, c, TXMQ_TX_ID_LEN);
+  assert_int_equal(end_wait(env, b, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_PRODUCER, &st), 0);
+  assert_int_equal(st, TXMQ_TX_ROLLED_BACK);
+  assert_int_equal(txmq_tx_end(env->tx, a, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, NULL, NULL),
+                   TXMQ_ECONFLICT);
+  memset(&h, 0, sizeof h);
+  assert_int_equal(txmq_tx_show(env->tx, a, NULL, hist_fn, &h), 0);
+  assert_int_equal(h.src[h.n - 1], TXMQ_TX_SRC_OPERATOR);
+  assert_string_equal(h.who[h.n - 1], "ops");
+
+  /* An operator may decide a pending transaction too; no check follows. */
+  uint8_t d[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, d);
+  assert_int_equal(end_wait(env, d, TXMQ_TX_COMMIT, TXMQ_TX_SRC_OPERATOR, &st), 0);
+  assert_int_equal(st, TXMQ_TX_COMMITTED);
+  assert_int_equal(visible(env, "orders"), 2);
+  size_t offered = env->tg[0].n;
+  advance(env, 3600000);
+  (void)txmq_tx_tick(env->tx);
+  assert_int_equal(env->tg[0].n, offered);
+  env_free(env);
+}
+
 static void show_full_history(void** state) {
   (void)state;
   env_t* env = env_new("tx-show");
@@ -2353,6 +2445,7 @@ int main(void) {
       cmocka_unit_test(producer_group_limit),
       cmocka_unit_test(unknown_check_rollback),
       cmocka_unit_test(park_after_max_then_resume),
+      cmocka_unit_test(operator_decides_parked),
       cmocka_unit_test(repeated_commit_visible_once),
       cmocka_unit_test(conflicting_decisions_refused),
       cmocka_unit_test(late_commit_after_park),

@@ -1,13 +1,14 @@
 /*
  * remote_cmd.c - the `txmq` commands that talk to txmqd (DESIGN §7): send,
- * tx send|list|show|resume, consume, offset get|set, peek, topic
- * create|list, status and reload, on the blocking client (txmq/client.h).
+ * tx send|list|show|resume|commit|rollback, consume, offset get|set, peek,
+ * topic create|list, status and reload, on the blocking client
+ * (txmq/client.h).
  *
  * Every command checks its command line before it connects (a usage error
  * never costs a connection), connects with the least role its operations
  * need (PROTOCOL.md §3: producer for send, tx send|list|show and status,
- * consumer for consume, offset and peek, admin for tx resume, reload and
- * topic create; topic list is status's, as producer), so
+ * consumer for consume, offset and peek, admin for tx resume|commit|rollback,
+ * reload and topic create; topic list is status's, as producer), so
  * that a role's own secret is enough, unless --role or TXMQ_ROLE names
  * another (a holder of the consumer secret asks for status with --role
  * consumer; TXMQ_SECRET is sent as the secret when set), makes its
@@ -769,19 +770,21 @@ static int tx_show(const cli_args_t* a) {
   return rc;
 }
 
-static int tx_resume(const cli_args_t* a) {
-  int rc = cli_check_opts(a, 0, "tx resume");
+/* An operator's action on one transaction (admin): tx resume (op
+ * tx.resume), tx commit and tx rollback (op tx.decide with the decision). */
+static int tx_operator(const cli_args_t* a, const char* cmd, const char* op,
+                       const char* decision) {
+  int rc = cli_check_opts(a, 0, cmd);
   if (rc) return rc;
   uint8_t id[16];
-  if ((rc = parse_tx_id("tx resume", a, id))) return rc;
+  if ((rc = parse_tx_id(cmd, a, id))) return rc;
   fields_t f;
-  fields_init(&f, 1);
+  fields_init(&f, decision != NULL ? 2 : 1);
   fields_bin(&f, "tx_id", id, 16);
+  if (decision != NULL) fields_str(&f, "decision", decision);
   txmq_sync_client_t* s;
   txmq_reply_t* reply;
-  if ((rc = role_call(a, TXMQ_ROLE_ADMIN, "tx.resume", "tx resume", &f, &s,
-                      &reply)))
-    return rc;
+  if ((rc = role_call(a, TXMQ_ROLE_ADMIN, op, cmd, &f, &s, &reply))) return rc;
   char tid[TXMQ_TX_ID_STRLEN + 1];
   txmq_tx_id_str(id, tid);
   put_labelled(a, txmq_reply_object(reply), "tx_id", tid, "state");
@@ -792,15 +795,22 @@ static int tx_resume(const cli_args_t* a) {
 
 int cli_cmd_tx(const cli_args_t* a) {
   if (a->npos < 2) {
-    cli_err("tx needs a subcommand: send, list, show or resume");
+    cli_err("tx needs a subcommand: send, list, show, resume, commit or "
+            "rollback");
     return CLI_EXIT_USAGE;
   }
   const char* sub = a->pos[1];
   if (strcmp(sub, "send") == 0) return tx_send(a);
   if (strcmp(sub, "list") == 0) return tx_list(a);
   if (strcmp(sub, "show") == 0) return tx_show(a);
-  if (strcmp(sub, "resume") == 0) return tx_resume(a);
-  cli_err("unknown command 'tx %s' (tx send, list, show or resume)", sub);
+  if (strcmp(sub, "resume") == 0)
+    return tx_operator(a, "tx resume", "tx.resume", NULL);
+  if (strcmp(sub, "commit") == 0)
+    return tx_operator(a, "tx commit", "tx.decide", "commit");
+  if (strcmp(sub, "rollback") == 0)
+    return tx_operator(a, "tx rollback", "tx.decide", "rollback");
+  cli_err("unknown command 'tx %s' (tx send, list, show, resume, commit or "
+          "rollback)", sub);
   return CLI_EXIT_USAGE;
 }
 

@@ -394,21 +394,37 @@ int txmq_client_tx_half(txmq_client_t* c, const char* group,
   return txmq__req_submit(c, &f, r, rc, 0);
 }
 
-int txmq_client_tx_end(txmq_client_t* c, const uint8_t* tx_id,
-                       txmq_tx_decision_t decision, txmq_client_end_cb cb,
-                       void* arg) {
+/* tx.end and tx.decide: a transaction id and a decision. */
+static int decision_call(txmq_client_t* c, const char* op,
+                         const uint8_t* tx_id, txmq_tx_decision_t decision,
+                         txmq_client_end_cb cb, void* arg) {
   if (!c) return TXMQ_EINVAL;
   int rc = txmq__client_ready(c);
   if (rc) return rc;
   const char* d = decision_name(decision);
   if (!tx_id) return bad_arg(c, "no transaction id");
   if (!d) return bad_arg(c, "invalid decision %d", (int)decision);
-  req_t* r = NEW_REQ(c, "tx.end", done_end, cb, arg);
+  req_t* r = NEW_REQ(c, op, done_end, cb, arg);
   frame_t f;
-  begin(&f, "tx.end", r, 2);
+  begin(&f, op, r, 2);
   txmq__fp_bin(&f, "tx_id", tx_id, TXMQ_TX_ID_LEN);
   txmq__fp_str(&f, "decision", d);
   return txmq__req_submit(c, &f, r, 0, 0);
+}
+
+int txmq_client_tx_end(txmq_client_t* c, const uint8_t* tx_id,
+                       txmq_tx_decision_t decision, txmq_client_end_cb cb,
+                       void* arg) {
+  return decision_call(c, "tx.end", tx_id, decision, cb, arg);
+}
+
+int txmq_client_tx_decide(txmq_client_t* c, const uint8_t* tx_id,
+                          txmq_tx_decision_t decision, txmq_client_end_cb cb,
+                          void* arg) {
+  if (c != NULL && decision != TXMQ_TX_COMMIT && decision != TXMQ_TX_ROLLBACK)
+    return bad_arg(c, "an operator decides COMMIT or ROLLBACK, not %d",
+                   (int)decision);
+  return decision_call(c, "tx.decide", tx_id, decision, cb, arg);
 }
 
 int txmq_client_tx_send(txmq_client_t* c, const char* group,

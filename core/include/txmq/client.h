@@ -343,6 +343,11 @@ int txmq_client_tx_show(txmq_client_t* c, const uint8_t* tx_id,
                         txmq_client_reply_cb cb, void* arg);
 int txmq_client_tx_resume(txmq_client_t* c, const uint8_t* tx_id,
                           txmq_client_reply_cb cb, void* arg);
+/* tx.decide (admin): an operator's COMMIT or ROLLBACK of a parked or pending
+ * transaction, recorded with source "operator"; cb as for tx_end. */
+int txmq_client_tx_decide(txmq_client_t* c, const uint8_t* tx_id,
+                          txmq_tx_decision_t decision, txmq_client_end_cb cb,
+                          void* arg);
 int txmq_client_reload(txmq_client_t* c, const char* group,
                        txmq_client_reply_cb cb, void* arg);
 

@@ -29,8 +29,8 @@
  *
  * AUTHENTICATION is off until a role is given a secret
  * (txmq_server_set_secret). Off, the hello's role is a declaration and its
- * secret is ignored; only the admin operations (tx.resume, reload) check
- * the role. On:
+ * secret is ignored; only the admin operations (tx.resume, tx.decide,
+ * reload, topic.create) check the role. On:
  *   - a hello must carry the secret of the role it claims, or the admin
  *     secret, which is accepted for every role; a role without a secret of
  *     its own can be claimed with the admin secret only;
@@ -39,7 +39,7 @@
  *     counted in status (auth_failures);
  *   - the role limits the operations: producer: ping, send, tx.half,
  *     tx.end, tx.send, status, tx.list, tx.show, and answering checks;
- *     consumer: ping, receive, ack, offset.get, offset.set, status; admin:
+ *     consumer: ping, receive, ack, offset.get, offset.set, peek, status; admin:
  *     everything. Another operation gets EPROTO naming the roles it needs,
  *     and the connection stays open.
  * Secrets are compared in constant time (for a given configured length)

@@ -13,10 +13,11 @@
  *   COMMITTED   visible; a repeated COMMIT succeeds and changes nothing
  *   ROLLED_BACK discarded; a repeated ROLLBACK succeeds and changes nothing
  *   PARKED      the check budget ran out; never delivered; only an operator
- *               resume (back to PENDING with a fresh budget) changes it
+ *               changes it: a resume (back to PENDING with a fresh budget)
+ *               or a COMMIT or ROLLBACK of its own
  * The first decision wins. COMMIT after ROLLBACK (or the reverse) fails with
- * TXMQ_ECONFLICT; any decision on a PARKED transaction fails with
- * TXMQ_EPARKED; UNKNOWN on a decided transaction is a no-op that reports the
+ * TXMQ_ECONFLICT; a decision on a PARKED transaction fails with TXMQ_EPARKED
+ * unless an operator makes it; UNKNOWN on a decided transaction is a no-op that reports the
  * decided state. A transaction the engine does not know (never existed, or
  * decided longer ago than the idempotence window, see
  * TXMQ_TX_OPT_DECIDED_WINDOW) gives TXMQ_ENOTFOUND: nothing becomes visible.
@@ -124,7 +125,7 @@ typedef enum {
   TXMQ_TX_SRC_PRODUCER = 1,   /* the producer's end-transaction */
   TXMQ_TX_SRC_CHECK = 2,      /* a producer's answer to a check */
   TXMQ_TX_SRC_SCRIPT = 3,     /* the runtime's script (execute or check) */
-  TXMQ_TX_SRC_OPERATOR = 4,   /* resume and other admin actions */
+  TXMQ_TX_SRC_OPERATOR = 4,   /* an admin's resume or decision */
   TXMQ_TX_SRC_MAX_CHECKS = 5, /* parked after the maximum */
   TXMQ_TX_SRC_TIMEOUT = 6,    /* a check that got no answer in time */
   TXMQ_TX_SRC_UNREADABLE = 7  /* a check that could not be offered: the
@@ -236,7 +237,9 @@ const char* txmq_tx_diag(const txmq_tx_t* tx);
  * TXMQ_TX_SRC_SCRIPT (may be NULL), who names the client or operator (may be
  * NULL). cb runs when the decision is durable (and, for COMMIT, the messages
  * are visible); a repeat of the same decision waits for the first one's
- * durability. If the call fails, cb is never called. */
+ * durability. If the call fails, cb is never called. A PARKED transaction
+ * takes only an operator's COMMIT or ROLLBACK (source TXMQ_TX_SRC_OPERATOR);
+ * anything else gets TXMQ_EPARKED. */
 int txmq_tx_end(txmq_tx_t* tx, const uint8_t* tx_id,
                 txmq_tx_decision_t decision, txmq_tx_source_t source,
                 const char* version, const char* who, txmq_tx_end_cb cb,
