@@ -510,22 +510,32 @@ static int tx_refused(txmq_tx_t* tx, const uint8_t* id, int rc, char* err) {
   return net__errf(err, rc, "transaction %s: %s", hex, txmq_strerror(rc));
 }
 
-static int op_tx_end(net_conn_t* c, uint64_t id, const msgpack_object* m,
-                     char* err) {
+/* tx.end (a producer's decision) and tx.decide (an operator's, which may
+ * not be UNKNOWN): the transaction id and the decision of the request. */
+static int decision_op(net_conn_t* c, uint64_t id, const msgpack_object* m,
+                       txmq_tx_source_t source, char* err) {
   uint8_t tx_id[TXMQ_TX_ID_LEN];
   txmq_tx_decision_t d = TXMQ_TX_UNKNOWN;
   int rc = net__get_txid(m, "tx_id", tx_id, err);
   if (rc == 0) rc = parse_decision(m, &d, err);
   if (rc != 0) return rc;
+  if (source == TXMQ_TX_SRC_OPERATOR && d == TXMQ_TX_UNKNOWN)
+    return net__errf(err, TXMQ_EPROTO,
+                     "tx.decide takes decision \"commit\" or \"rollback\" "
+                     "(tx.resume checks a parked transaction again)");
   req_t* r = req_new(c, id);
   if (r == NULL) return no_memory(err);
-  rc = txmq_tx_end(c->srv->tx, tx_id, d, TXMQ_TX_SRC_PRODUCER, NULL,
-                   c->client, on_end, r);
+  rc = txmq_tx_end(c->srv->tx, tx_id, d, source, NULL, c->client, on_end, r);
   if (rc != 0) {
     req_free(c->srv, r);
     return tx_refused(c->srv->tx, tx_id, rc, err);
   }
   return 0;
+}
+
+static int op_tx_end(net_conn_t* c, uint64_t id, const msgpack_object* m,
+                     char* err) {
+  return decision_op(c, id, m, TXMQ_TX_SRC_PRODUCER, err);
 }
 
 static void on_hosted(txmq_runtime_t* rt, int status, const uint8_t* tx_id,
@@ -978,24 +988,7 @@ static int op_tx_resume(net_conn_t* c, uint64_t id, const msgpack_object* m,
  * source "operator" and the admin's client id. */
 static int op_tx_decide(net_conn_t* c, uint64_t id, const msgpack_object* m,
                         char* err) {
-  uint8_t tx_id[TXMQ_TX_ID_LEN];
-  txmq_tx_decision_t d = TXMQ_TX_UNKNOWN;
-  int rc = net__get_txid(m, "tx_id", tx_id, err);
-  if (rc == 0) rc = parse_decision(m, &d, err);
-  if (rc != 0) return rc;
-  if (d == TXMQ_TX_UNKNOWN)
-    return net__errf(err, TXMQ_EPROTO,
-                     "tx.decide takes decision \"commit\" or \"rollback\" "
-                     "(tx.resume checks a parked transaction again)");
-  req_t* r = req_new(c, id);
-  if (r == NULL) return no_memory(err);
-  rc = txmq_tx_end(c->srv->tx, tx_id, d, TXMQ_TX_SRC_OPERATOR, NULL, c->client,
-                   on_end, r);
-  if (rc != 0) {
-    req_free(c->srv, r);
-    return tx_refused(c->srv->tx, tx_id, rc, err);
-  }
-  return 0;
+  return decision_op(c, id, m, TXMQ_TX_SRC_OPERATOR, err);
 }
 
 /* ---- reload ---- */
