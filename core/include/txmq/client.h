@@ -314,6 +314,9 @@ int txmq_client_ack(txmq_client_t* c, const char* group,
                     const char* const* handles, size_t n,
                     txmq_client_int_cb cb, void* arg);
 
+/* offset_get: the group's committed offset on queue qid of topic (value);
+ * TXMQ_ENOTFOUND if the group never read that queue. offset_set: moves it
+ * (0 up to the queue's end; past the end: TXMQ_ERANGE). Role consumer. */
 int txmq_client_offset_get(txmq_client_t* c, const char* group,
                            const char* topic, int32_t qid,
                            txmq_client_int_cb cb, void* arg);
