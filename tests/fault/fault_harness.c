@@ -2197,6 +2197,9 @@ int main(int argc, char** argv) {
     consume_all(h);
     h->dstate = D_STOPPING;
     uv_process_kill(&h->proc, SIGTERM);
+    /* consume_all ran without the loop, for minutes after a long run: a
+     * timer counts from the loop's cached time, which must be now. */
+    uv_update_time(&h->loop);
     uv_timer_start(&h->tick, on_stop_timeout, 30000, 0);
   }
   while (h->proc_open) uv_run(&h->loop, UV_RUN_ONCE);
