@@ -966,6 +966,16 @@ static int retire_checkpoint(txmq_store_t* st) {
   return rc;
 }
 
+
+/* Whether a position a checkpoint names is one a replay can start from:
+ * the log's begin or end, or where a valid record starts. Below the begin
+ * is not decided here (retention may have passed it). */
+static int at_record(txmq_log_t* log, uint64_t pos, uint64_t lb, uint64_t le) {
+  if (pos <= lb || pos >= le) return 1;
+  txmq_log_entry_t e;
+  return txmq_log_read(log, pos, &e) == 0;
+}
+
 int txmq_store_open(txmq_store_t* st) {
   if (st->state != TXMQ__ST_NEW) return TXMQ_EBUSY;
   if (st->loop == NULL && !st->read_only) return TXMQ_EINVAL;
@@ -1011,6 +1021,15 @@ int txmq_store_open(txmq_store_t* st) {
     txmq__store_diag_add(st, "checkpoint is ahead of the log (applied %" PRIu64
                          ", log ends at %" PRIu64 "): rebuilding the indexes",
                          applied, le);
+  } else if (!at_record(st->log, applied, lb, le) ||
+             !at_record(st->log, replay_from, lb, le)) {
+    /* Its checksum holds, yet a replay from there would start inside a
+     * record; and a close would write the same positions again. */
+    rebuild = 1;
+    txmq__store_diag_add(st, "checkpoint positions (applied %" PRIu64
+                         ", replay from %" PRIu64 ") are not where records "
+                         "start: rebuilding the indexes", applied,
+                         replay_from);
   } else {
     for (size_t i = 0; i < st->ntopics && !rebuild; i++) {
       txmq__topic_t* t = st->topics[i];
@@ -1050,7 +1069,13 @@ int txmq_store_open(txmq_store_t* st) {
    * (only slower). */
   if (!rebuild && st->snap_ops != NULL) {
     char why[600];
-    int src = txmq__snap_load(st, snap_at, lb, why, sizeof why);
+    int src = TXMQ_ECORRUPT;
+    if (at_record(st->log, snap_at, lb, le))
+      src = txmq__snap_load(st, snap_at, lb, why, sizeof why);
+    else
+      snprintf(why, sizeof why, "snapshot.0 and snapshot.1 not read: the "
+               "checkpoint names a snapshot at %" PRIu64 ", where no record "
+               "starts", snap_at);
     if (src == 0) {
       from = snap_at;
     } else {

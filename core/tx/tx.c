@@ -930,6 +930,15 @@ static void replay_due(txmq_tx_t* tx, uint32_t i, int64_t due_wall) {
   txmq__heap_set(&tx->heap, &tx->txs, i, due_wall > 0 ? (uint64_t)due_wall : 0);
 }
 
+/* A name of len bytes (not terminated) that txmq_name_valid takes. */
+static int name_ok(const char* s, size_t len) {
+  char n[TXMQ_NAME_MAX + 1];
+  if (len == 0 || len > TXMQ_NAME_MAX) return 0;
+  memcpy(n, s, len);
+  n[len] = '\0';
+  return strlen(n) == len && txmq_name_valid(n);
+}
+
 static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   txmq__half_t h;
   if (txmq__half_decode_in(le->data, le->len, &tx->zone, &h) != 0) return;
@@ -969,13 +978,21 @@ static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   char buf[TXMQ_TX_MAX_MSGS * (TXMQ_NAME_MAX + 1)];
   char* p = buf;
   for (size_t j = 0; j < k; j++) {
-    if (tl[j] > TXMQ_NAME_MAX) {
+    if (!name_ok(t[j], tl[j])) {
       txmq__half_done(&h);
       return;
     }
     memcpy(p, t[j], tl[j]);
     p += tl[j];
     *p++ = '\n';
+  }
+  /* What txmq_tx_begin would have taken, and what a snapshot of it takes
+   * back: a half record that says otherwise was not written by txmq. */
+  if (!name_ok(h.group, h.group_len) ||
+      (h.producer != NULL && (h.producer_len > MAX_LABEL ||
+                              memchr(h.producer, '\0', h.producer_len)))) {
+    txmq__half_done(&h);
+    return;
   }
   uint32_t i = txmq__txtab_add(&tx->txs, h.id);
   if (i == TXMQ__NIL) {
@@ -1151,7 +1168,8 @@ static uint64_t replay_floor(txmq_store_t* st, void* arg) {
  * Everything is range-checked at load: positions against applied and the
  * log's begin, half records in increasing order, names, labels and topic
  * sets as the engine would accept them, strings and sizes against the
- * payload's length. */
+ * payload's length. The tags hash and the queue id are written but not
+ * used at load: a loaded entry's COMMIT reads its half record back. */
 
 #define SNAP_VERSION 1
 #define SNAP_HEAD 24
@@ -1340,8 +1358,9 @@ enum { S_GROUP = 1, S_PRODUCER = 2, S_TOPICS = 4 };
  * it is given. */
 static unsigned str_uses(const txmq__istr_t* s) {
   unsigned u = 0;
-  if (strlen(s->s) != s->len || s->len == 0) return 0;
-  if (s->len <= TXMQ__MAX_LABEL) u |= S_PRODUCER;
+  if (strlen(s->s) != s->len) return 0;
+  if (s->len <= TXMQ__MAX_LABEL) u |= S_PRODUCER; /* "" is one too */
+  if (s->len == 0) return u;
   if (s->len <= TXMQ_NAME_MAX && txmq_name_valid(s->s)) u |= S_GROUP;
   /* Distinct valid names, sorted, joined with '\n' (topic_set). */
   const char* p = s->s;
@@ -1469,8 +1488,12 @@ static int snap_load(void* arg, uint64_t applied, const void* buf, size_t len,
     e->born_wall = (int64_t)get64(p + 32);
     e->half_mono = sat_add(tx->replay_skew, e->born_wall);
     e->half_len = half_len;
-    e->pub_tags_hash = get32(p + 52);
-    e->pub_qid = qid;
+    /* The short way at COMMIT skips decoding the half record, which only
+     * a replay or a begin has checked; an entry from a snapshot takes the
+     * long way (read back and decoded), so that a snapshot can never make
+     * a message that does not decode visible. */
+    e->pub_tags_hash = 0;
+    e->pub_qid = -1;
     e->count = count;
     e->nmsgs = nmsgs;
     e->state = state;
@@ -2156,7 +2179,9 @@ int txmq_tx_show(txmq_tx_t* tx, const uint8_t* tx_id, txmq_tx_info_t* info,
     s->ev.pos = pos;
     if (le.type == TXMQ_REC_TX_HALF) {
       txmq__half_t h;
-      rc = txmq__half_decode(le.data, le.len, &h);
+      int drc = txmq__half_decode(le.data, le.len, &h);
+      rc = drc;
+      /* Another transaction's half (a damaged chain): decoded, so freed. */
       if (rc == 0 && memcmp(h.id, tx_id, TXMQ_TX_ID_LEN) != 0) rc = TXMQ_ECORRUPT;
       if (rc == 0) {
         s->ev.event = txmq__ev_name(TXMQ__EV_HALF);
@@ -2171,8 +2196,8 @@ int txmq_tx_show(txmq_tx_t* tx, const uint8_t* tx_id, txmq_tx_info_t* info,
           info->half_pos = pos;
           info->born_wall_ms = h.at;
         }
-        txmq__half_done(&h);
       }
+      if (drc == 0) txmq__half_done(&h);
       break;
     }
     txmq__event_t ev;

@@ -22,6 +22,8 @@
 #include "store/store_int.h"
 #include "tx/tx_int.h"
 #include "txmq/error.h"
+#include "txmq/runtime.h"
+#include "txmq/script.h"
 
 static const char* g_out;
 
@@ -378,6 +380,226 @@ static void records(buf_t* b, int ckpt) {
   }
 }
 
+/* ---- record: the engine's snapshot ---- */
+
+/* The clocks fuzz_record gives its runtimes, so that the due times in a
+ * captured snapshot mean the same there. */
+static uint64_t fixed_mono(void* arg) {
+  (void)arg;
+  return 1000000;
+}
+static int64_t fixed_wall(void* arg) {
+  (void)arg;
+  return T0;
+}
+
+static void on_rt_closed(txmq_runtime_t* rt, void* arg) {
+  (void)rt;
+  *(int*)arg = 1;
+}
+
+/* The engine's snapshot payload, as txmq writes it beside a checkpoint, of
+ * a runtime that replayed recs (fuzz_record records, none of type 0) and
+ * nothing else: taken at the end of their log. */
+static void capture_snapshot(const buf_t* recs, void** payload, size_t* len) {
+  buf_t seg;
+  buf_init(&seg);
+  uint8_t h[TXMQ_LOG_SEGMENT_HEADER_SIZE];
+  txmq__log_seg_header(h, 0, 0);
+  buf_put(&seg, h, sizeof h);
+  const uint8_t* p = (const uint8_t*)recs->sb.data;
+  size_t off = 0;
+  uint64_t end = 0;
+  while (off < recs->sb.size) {
+    FZ_CHECK(off + 3 <= recs->sb.size && p[off] != 0);
+    uint32_t n = (uint32_t)p[off + 1] | (uint32_t)p[off + 2] << 8;
+    FZ_CHECK(n <= recs->sb.size - off - 3);
+    uint8_t* r = malloc(TXMQ_LOG_RECORD_HEADER_SIZE + (size_t)n);
+    FZ_CHECK(r != NULL);
+    txmq_log_rec_t rec = {p[off], p + off + 3, n};
+    txmq__log_rec_encode(r, end, &rec);
+    buf_put(&seg, r, TXMQ_LOG_RECORD_HEADER_SIZE + (size_t)n);
+    free(r);
+    end += TXMQ_LOG_RECORD_HEADER_SIZE + n;
+    off += 3 + n;
+  }
+  char* root = fz_tmpdir("seeds");
+  char* data = fz_path(root, "data");
+  char* logdir = fz_path(data, "log");
+  char* scripts = fz_path(root, "scripts");
+  char* path = fz_path(logdir, "00000000000000000000.log");
+  FZ_CHECK(mkdir(data, 0755) == 0 && mkdir(logdir, 0755) == 0 &&
+           mkdir(scripts, 0755) == 0);
+  fz_write_file(path, seg.sb.data, seg.sb.size);
+  buf_free(&seg);
+
+  uv_loop_t loop;
+  FZ_CHECK(uv_loop_init(&loop) == 0);
+  txmq_runtime_t* rt = NULL;
+  FZ_CHECK(txmq_runtime_new(&rt, &loop, data, scripts) == 0);
+  FZ_CHECK(txmq_store_set(txmq_runtime_store(rt), TXMQ_STORE_OPT_SYNC,
+                          TXMQ_SYNC_NEVER) == 0);
+  txmq_tx_t* tx = txmq_runtime_tx(rt);
+  FZ_CHECK(txmq_tx_set(tx, TXMQ_TX_OPT_MANUAL_CLOCK, 1) == 0);
+  txmq_tx_clock_t clk = {fixed_mono, fixed_wall, NULL};
+  txmq_tx_set_clock(tx, &clk);
+  FZ_CHECK(txmq_script_host_set(txmq_runtime_scripts(rt),
+                                TXMQ_SCRIPT_OPT_WATCH, 0) == 0);
+  FZ_CHECK(txmq_runtime_open(rt) == 0);
+  FZ_CHECK(txmq__tx_snapshot(tx, end, payload, len) == 0);
+  int closed = 0;
+  FZ_CHECK(txmq_runtime_close(rt, on_rt_closed, &closed) == 0);
+  FZ_CHECK(fz_run_until(&loop, &closed, 60000));
+  txmq_runtime_free(rt);
+  fz_loop_close(&loop);
+  fz_rmrf(root);
+  free(path);
+  free(scripts);
+  free(logdir);
+  free(data);
+  free(root);
+}
+
+/* Where the chain of each transaction of snap_records ends. */
+typedef struct {
+  uint64_t checked, parked, two, decided;
+} chains_t;
+
+/* The records before the snapshot: a transaction pending after a counted
+ * check, two parked ones (one of two messages), a pending one of two
+ * messages and a rolled back one (the snapshot keeps it as decided). None
+ * of the store's own records: the checkpoint that names the snapshot says
+ * that no topic is indexed. */
+static void snap_records(buf_t* b, uint64_t* pos, chains_t* c) {
+  uint8_t id[16];
+  uint64_t h = rec_half(b, 0x21, 1, pos);
+  id_n(id, 0x21);
+  c->checked = *pos;
+  rec_event(b, id, TXMQ__EV_CHECK, TXMQ_TX_SRC_TIMEOUT, 1, h, pos);
+  h = rec_half(b, 0x31, 1, pos);
+  id_n(id, 0x31);
+  c->parked = *pos;
+  rec_event(b, id, TXMQ__EV_PARK, TXMQ_TX_SRC_MAX_CHECKS, 15, h, pos);
+  h = rec_half(b, 0x35, 2, pos);
+  id_n(id, 0x35);
+  rec_event(b, id, TXMQ__EV_PARK, TXMQ_TX_SRC_MAX_CHECKS, 15, h, pos);
+  c->two = rec_half(b, 0x41, 2, pos);
+  h = rec_half(b, 0x51, 1, pos);
+  id_n(id, 0x51);
+  c->decided = *pos;
+  rec_event(b, id, TXMQ__EV_ROLLBACK, TXMQ_TX_SRC_PRODUCER, 0, h, pos);
+}
+
+/* The log after the snapshot: the store's topic and a plain message; the
+ * checked transaction committed (a one-message transaction the snapshot
+ * holds: published from what the snapshot says of it), the first parked
+ * one resumed, the pending one of two messages rolled back; a new
+ * transaction of two messages, committed. */
+static void snap_tail(buf_t* b, uint64_t* pos, const chains_t* c) {
+  buf_t t;
+  buf_init(&t);
+  msgpack_pack_array(&t.pk, 2);
+  s(&t.pk, "orders");
+  msgpack_pack_int64(&t.pk, 2);
+  rec(b, TXMQ_REC_TOPIC, t.sb.data, t.sb.size, pos);
+  buf_free(&t);
+  txmq_msg_t* m = msg("orders", "plain", 1, 1);
+  void* enc;
+  size_t len;
+  FZ_CHECK(txmq_msg_encode(m, &enc, &len) == 0);
+  rec(b, TXMQ_REC_MSG, enc, len, pos);
+  free(enc);
+  txmq_msg_free(m);
+  uint8_t id[16];
+  id_n(id, 0x21);
+  rec_event(b, id, TXMQ__EV_COMMIT, TXMQ_TX_SRC_PRODUCER, 1, c->checked, pos);
+  id_n(id, 0x31);
+  rec_event(b, id, TXMQ__EV_RESUME, TXMQ_TX_SRC_OPERATOR, 0, c->parked, pos);
+  id_n(id, 0x41);
+  rec_event(b, id, TXMQ__EV_ROLLBACK, TXMQ_TX_SRC_PRODUCER, 0, c->two, pos);
+  uint64_t h = rec_half(b, 0x61, 2, pos);
+  id_n(id, 0x61);
+  rec_event(b, id, TXMQ__EV_COMMIT, TXMQ_TX_SRC_PRODUCER, 0, h, pos);
+}
+
+/* A snapshot seed: flags; a checkpoint's map (bit 1) or an empty record
+ * of type 0 in its place; the records before the snapshot; the snapshot's
+ * payload (with damage: a byte of the last entry's zero padding set, which
+ * the loader refuses after it took the entries before); the tail. */
+static void snap_seed(const char* name, uint8_t flags, int damage) {
+  buf_t pre;
+  buf_init(&pre);
+  uint64_t pos = 0;
+  chains_t c;
+  snap_records(&pre, &pos, &c);
+  uint64_t at = pos;
+  void* payload;
+  size_t plen;
+  capture_snapshot(&pre, &payload, &plen);
+  uint8_t* pl = payload;
+  if (damage) {
+    /* The layout in core/tx/tx.c: entries of 80 bytes after the 24-byte
+     * header and the strings. */
+    uint64_t sbytes = txmq__get_le64(pl + 16);
+    uint32_t n = txmq__get_le32(pl + 8);
+    FZ_CHECK(n >= 1 && 24 + sbytes + (uint64_t)n * 80 <= plen);
+    pl[24 + sbytes + (uint64_t)(n - 1) * 80 + 74] = 1;
+  }
+  /* With its own checkpoint (bit 1), the snapshot is older than the
+   * checkpoint: between the two lie records of the engine only (a counted
+   * check, a new half record), which the store has nothing to index for. */
+  buf_t mid;
+  buf_init(&mid);
+  if (flags & 2) {
+    uint8_t id[16];
+    id_n(id, 0x41);
+    uint64_t check = pos;
+    rec_event(&mid, id, TXMQ__EV_CHECK, TXMQ_TX_SRC_TIMEOUT, 1, c.two, &pos);
+    c.two = check;
+    rec_half(&mid, 0x71, 1, &pos);
+  }
+  uint64_t applied = pos;
+  buf_t tail;
+  buf_init(&tail);
+  snap_tail(&tail, &pos, &c);
+
+  buf_t b;
+  buf_init(&b);
+  buf_byte(&b, flags);
+  if (flags & 2) {
+    buf_t ck;
+    buf_init(&ck);
+    msgpack_pack_map(&ck.pk, 6);
+    kv_i(&ck.pk, "v", 1);
+    kv_i(&ck.pk, "applied", (int64_t)applied);
+    kv_i(&ck.pk, "replay_from", 0);
+    kv_i(&ck.pk, "snapshot", (int64_t)at);
+    s(&ck.pk, "topics");
+    msgpack_pack_array(&ck.pk, 0);
+    s(&ck.pk, "offsets");
+    msgpack_pack_array(&ck.pk, 1);
+    msgpack_pack_array(&ck.pk, 4);
+    s(&ck.pk, "cg");
+    s(&ck.pk, "orders");
+    msgpack_pack_int64(&ck.pk, 0);
+    msgpack_pack_int64(&ck.pk, 0);
+    rec(&b, 0, ck.sb.data, ck.sb.size, NULL);
+    buf_free(&ck);
+  } else {
+    rec(&b, 0, NULL, 0, NULL);
+  }
+  buf_put(&b, pre.sb.data, pre.sb.size);
+  rec(&b, 0, payload, plen, NULL);
+  buf_put(&b, mid.sb.data, mid.sb.size);
+  buf_put(&b, tail.sb.data, tail.sb.size);
+  seed("record", name, &b);
+  buf_free(&b);
+  buf_free(&tail);
+  buf_free(&mid);
+  buf_free(&pre);
+  free(payload);
+}
+
 static void seeds_record(void) {
   buf_t b;
   buf_init(&b);
@@ -395,6 +617,13 @@ static void seeds_record(void) {
   records(&b, 1);
   seed("record", "replay_checkpoint_reopen", &b);
   buf_free(&b);
+  /* The engine's snapshot (bit 3), loaded, then closed and opened again;
+   * older than its checkpoint, in slot 1; refused; refused with an older
+   * one to fall back to. */
+  snap_seed("snapshot_reopen", 0x0d, 0);
+  snap_seed("snapshot_older_than_checkpoint", 0x1f, 0);
+  snap_seed("snapshot_damaged", 0x0d, 1);
+  snap_seed("snapshot_damaged_fallback", 0x2d, 1);
 }
 
 /* ---- frame (server) ---- */

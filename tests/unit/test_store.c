@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <msgpack.h>
 
 #include "txmq/error.h"
 #include "txmq/log.h"
@@ -955,6 +956,79 @@ static void checkpoint_ahead_of_log_rebuilds(void** state) {
   free(e);
 }
 
+/* Rewrites the checkpoint file at path with "applied" and "replay_from"
+ * set as given (and "snapshot" dropped), its checksum right: a checkpoint
+ * as a damaged or foreign writer could leave it. */
+static void ckpt_rewrite(const char* path, uint64_t applied, uint64_t from) {
+  size_t len;
+  uint8_t* f = tu_read_file(path, &len);
+  assert_non_null(f);
+  assert_true(len > 16);
+  msgpack_unpacked u;
+  msgpack_unpacked_init(&u);
+  assert_int_equal(msgpack_unpack_next(&u, (const char*)f + 16, len - 16, NULL),
+                   MSGPACK_UNPACK_SUCCESS);
+  const msgpack_object_map* m = &u.data.via.map;
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < m->size; i++)
+    n += !(m->ptr[i].key.via.str.size == 8 &&
+           memcmp(m->ptr[i].key.via.str.ptr, "snapshot", 8) == 0);
+  msgpack_pack_map(&pk, n);
+  for (uint32_t i = 0; i < m->size; i++) {
+    const msgpack_object_str* k = &m->ptr[i].key.via.str;
+    if (k->size == 8 && memcmp(k->ptr, "snapshot", 8) == 0) continue;
+    msgpack_pack_object(&pk, m->ptr[i].key);
+    if (k->size == 7 && memcmp(k->ptr, "applied", 7) == 0)
+      msgpack_pack_uint64(&pk, applied);
+    else if (k->size == 11 && memcmp(k->ptr, "replay_from", 11) == 0)
+      msgpack_pack_uint64(&pk, from);
+    else
+      msgpack_pack_object(&pk, m->ptr[i].val);
+  }
+  msgpack_unpacked_destroy(&u);
+  uint8_t* out = malloc(16 + sb.size);
+  memcpy(out, "TXMQCKP1", 8);
+  uint32_t ml = (uint32_t)sb.size;
+  memcpy(out + 12, &ml, 4); /* little-endian, as the machines we run on */
+  memcpy(out + 16, sb.data, sb.size);
+  uint32_t crc = txmq_crc32c(0, out + 12, 4 + sb.size);
+  memcpy(out + 8, &crc, 4);
+  assert_int_equal(tu_write_file(path, out, 16 + sb.size), 0);
+  free(out);
+  free(f);
+  msgpack_sbuffer_destroy(&sb);
+}
+
+/* A checkpoint whose checksum holds but whose position falls inside a
+ * record: the open rebuilds the indexes instead of replaying from there,
+ * and what it then writes opens again. */
+static void checkpoint_inside_a_record_rebuilds(void** state) {
+  fx_t* fx = *state;
+  txmq_store_t* st = open_store(&fx->loop, fx->dir, &DEF);
+  const char* topics[] = {"w"};
+  exp_t* e = put_many(&fx->loop, st, 20, topics, 1, 0, "w");
+  uint64_t last;
+  assert_int_equal(txmq_store_entry(st, "w", 0, 19, &last, NULL), 0);
+  close_store(&fx->loop, st);
+  char* ck = tu_path(fx->dir, "checkpoint");
+  ckpt_rewrite(ck, last + 3, 0);
+  st = open_store(&fx->loop, fx->dir, &DEF);
+  if (strstr(txmq_store_diag(st), "are not where records start") == NULL)
+    fail_msg("diag is \"%s\"", txmq_store_diag(st));
+  check_all(st, e, 20);
+  close_store(&fx->loop, st);
+  st = open_store(&fx->loop, fx->dir, &DEF);
+  assert_null(strstr(txmq_store_diag(st), "rebuilding"));
+  check_all(st, e, 20);
+  close_store(&fx->loop, st);
+  free(ck);
+  free(e);
+}
+
 /* A listing of every file under dir: path, size, mtime and crc. */
 static void snapshot(const char* dir, const char* rel, char** out, size_t* len) {
   char* full = rel[0] ? tu_path(dir, rel) : strdup(dir);
@@ -1409,6 +1483,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(stale_index_entries_are_overwritten, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(corrupt_checkpoint_falls_back_to_full_replay, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(checkpoint_ahead_of_log_rebuilds, fx_setup, fx_teardown),
+      cmocka_unit_test_setup_teardown(checkpoint_inside_a_record_rebuilds, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(read_only_open_changes_nothing, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(close_with_puts_in_flight_and_checkpoint_busy, fx_setup, fx_teardown),
       cmocka_unit_test_setup_teardown(periodic_checkpoint, fx_setup, fx_teardown),

@@ -1382,6 +1382,10 @@ static void begin_take_hands_messages_over(void** state) {
   env_free(env);
 }
 
+static int diag_has(env_t* env, const char* s) {
+  return strstr(txmq_store_diag(env->st), s) != NULL;
+}
+
 /* ---- review: hostile records, lost park records, failed resumes ---- */
 
 static void on_raw_appended(txmq_log_t* log, int status, uint64_t pos, void* arg) {
@@ -1601,6 +1605,125 @@ static void undecodable_message_never_published(void** state) {
   char* img = env_crash_image(env, "tx-undecodable-img");
   env_reopen(env, img);
   free(img);
+  assert_int_equal(visible(env, "orders"), 0);
+  env_free(env);
+}
+
+/* An event whose chain points at another transaction's half record (a
+ * damaged or foreign chain): show stops there with ECORRUPT, after the
+ * events it read, and frees what it decoded (valgrind and ASan check). */
+static void show_chain_into_another_half(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-showchain");
+  env_open_dir(env);
+  uint8_t a[TXMQ_TX_ID_LEN] = {0x5a, 1}, b[TXMQ_TX_ID_LEN] = {0x5b, 1};
+  uint64_t ha = append_half(env, a, "g", 1, 3600000, env->wall);
+  append_half(env, b, "g", 1, 3600000, env->wall);
+  append_event_rec(env, b, "unknown", 1, TXMQ_TX_SRC_PRODUCER, 1, 0, 1,
+                   env->wall, ha);
+  env_sync(env);
+  char* img = env_crash_image(env, "tx-showchain-img");
+  env_reopen(env, img);
+  free(img);
+  hist_t h;
+  memset(&h, 0, sizeof h);
+  txmq_tx_info_t info;
+  assert_int_equal(txmq_tx_show(env->tx, b, &info, hist_fn, &h), TXMQ_ECORRUPT);
+  assert_int_equal(h.n, 1);
+  assert_string_equal(h.ev[0], "unknown");
+  env_free(env);
+}
+
+/* A half record txmq_tx_begin could not have written (its topic is not a
+ * valid name) is skipped by the replay, as one that does not decode: so
+ * the engine never holds what its own snapshot loader refuses, and the
+ * snapshot of a clean close is used by the next open. */
+static void replay_skips_half_with_invalid_topic(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-badtopic");
+  env_open_dir(env);
+  txmq_msg_t* m = mk_msg("orders", "hostile");
+  assert_int_equal(txmq_store_prepare(env->st, m), 0);
+  void* mb = NULL;
+  size_t ml = 0;
+  assert_int_equal(txmq_msg_encode(m, &mb, &ml), 0);
+  txmq_msg_free(m);
+  uint8_t* t = memmem(mb, ml, "orders", 6);
+  assert_non_null(t);
+  t[0] = 0xef; /* "\xefrders": same length, not a name */
+  msgpack_sbuffer sb;
+  msgpack_sbuffer_init(&sb);
+  msgpack_packer pk;
+  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+  uint8_t bad[TXMQ_TX_ID_LEN] = {0x6b, 1}, good[TXMQ_TX_ID_LEN];
+  pk_half_head(&pk, bad, "g", 1, 3600000, env->wall, 1);
+  msgpack_sbuffer_write(&sb, mb, ml);
+  free(mb);
+  append_raw(env, TXMQ_REC_TX_HALF, sb.data, sb.size);
+  msgpack_sbuffer_destroy(&sb);
+  begin1(env, "orders", 3600000, good);
+  env_sync(env);
+  char* img = env_crash_image(env, "tx-badtopic-img");
+  env_reopen(env, img);
+  free(img);
+  list_res_t l = list_all(env, NULL);
+  assert_int_equal(l.n, 1);
+  assert_memory_equal(l.last.tx_id, good, TXMQ_TX_ID_LEN);
+  /* A clean close writes a snapshot; the next open takes it. */
+  env_reopen(env, NULL);
+  if (diag_has(env, "snapshot not used") || diag_has(env, "no snapshot"))
+    fail_msg("diag is \"%s\"", txmq_store_diag(env->st));
+  l = list_all(env, NULL);
+  assert_int_equal(l.n, 1);
+  env_free(env);
+}
+
+/* A snapshot that says a one-message transaction's message decoded (queue
+ * id set) when its half record does not decode: the COMMIT reads the half
+ * back and publishes nothing, as after a replay. */
+static void snapshot_entry_commit_reads_the_half(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-snapqid");
+  env_open_dir(env);
+  txmq_msg_t* good = mk_msg("orders", "fine");
+  assert_int_equal(txmq_store_prepare(env->st, good), 0); /* the topic */
+  txmq_msg_free(good);
+  uint8_t id[TXMQ_TX_ID_LEN] = {0x7d, 1};
+  append_bad_half(env, id, NULL, 0);
+  env_sync(env);
+  char* img = env_crash_image(env, "tx-snapqid-img");
+  env_reopen(env, img); /* the replay takes the half */
+  free(img);
+  assert_int_equal(list_all(env, NULL).n, 1);
+  env_close_engine(env); /* a clean close: a snapshot with it */
+  /* The entry's queue id in the snapshot (-1: its message did not decode)
+   * becomes 0, the checksum made right again. */
+  int patched = 0;
+  for (int slot = 0; slot < 2; slot++) {
+    char name[16];
+    snprintf(name, sizeof name, "snapshot.%d", slot);
+    char* path = tu_path(env->dir, name);
+    size_t len;
+    uint8_t* f = tu_read_file(path, &len);
+    uint8_t* e = f != NULL ? memmem(f + 40, len - 40, id, TXMQ_TX_ID_LEN) : NULL;
+    if (e != NULL && e + 80 <= f + len && e[68] == 0xff && e[69] == 0xff) {
+      e[68] = e[69] = 0;
+      uint32_t crc = txmq_crc32c(0, f + 12, len - 12);
+      memcpy(f + 8, &crc, 4);
+      assert_int_equal(tu_write_file(path, f, len), 0);
+      patched++;
+    }
+    free(f);
+    free(path);
+  }
+  assert_true(patched >= 1);
+  memset(env->tg, 0, sizeof env->tg);
+  env_open_dir(env);
+  if (diag_has(env, "snapshot not used") || diag_has(env, "no snapshot"))
+    fail_msg("diag is \"%s\"", txmq_store_diag(env->st));
+  /* Decided, but its message cannot be published: the caller hears it. */
+  assert_int_equal(end_wait(env, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER, NULL),
+                   TXMQ_EPROTO);
   assert_int_equal(visible(env, "orders"), 0);
   env_free(env);
 }
@@ -1952,10 +2075,6 @@ static void state_equal(const txstate_t* a, const txstate_t* b) {
   assert_int_equal(a->vis_a, b->vis_a);
   assert_int_equal(a->vis_b, b->vis_b);
   assert_int_equal(a->vis_orders, b->vis_orders);
-}
-
-static int diag_has(env_t* env, const char* s) {
-  return strstr(txmq_store_diag(env->st), s) != NULL;
 }
 
 /* The ids of mixed_state, in the order they were begun. */
@@ -2446,6 +2565,9 @@ int main(void) {
       cmocka_unit_test(unknown_check_rollback),
       cmocka_unit_test(park_after_max_then_resume),
       cmocka_unit_test(operator_decides_parked),
+      cmocka_unit_test(show_chain_into_another_half),
+      cmocka_unit_test(replay_skips_half_with_invalid_topic),
+      cmocka_unit_test(snapshot_entry_commit_reads_the_half),
       cmocka_unit_test(repeated_commit_visible_once),
       cmocka_unit_test(conflicting_decisions_refused),
       cmocka_unit_test(late_commit_after_park),
