@@ -989,8 +989,9 @@ static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   /* What txmq_tx_begin would have taken, and what a snapshot of it takes
    * back: a half record that says otherwise was not written by txmq. */
   if (!name_ok(h.group, h.group_len) ||
-      (h.producer != NULL && (h.producer_len > MAX_LABEL ||
-                              memchr(h.producer, '\0', h.producer_len)))) {
+      (h.producer != NULL &&
+       (h.producer_len == 0 || h.producer_len > MAX_LABEL ||
+        memchr(h.producer, '\0', h.producer_len) != NULL))) {
     txmq__half_done(&h);
     return;
   }
@@ -1358,9 +1359,8 @@ enum { S_GROUP = 1, S_PRODUCER = 2, S_TOPICS = 4 };
  * it is given. */
 static unsigned str_uses(const txmq__istr_t* s) {
   unsigned u = 0;
-  if (strlen(s->s) != s->len) return 0;
-  if (s->len <= TXMQ__MAX_LABEL) u |= S_PRODUCER; /* "" is one too */
-  if (s->len == 0) return u;
+  if (strlen(s->s) != s->len || s->len == 0) return 0;
+  if (s->len <= TXMQ__MAX_LABEL) u |= S_PRODUCER;
   if (s->len <= TXMQ_NAME_MAX && txmq_name_valid(s->s)) u |= S_GROUP;
   /* Distinct valid names, sorted, joined with '\n' (topic_set). */
   const char* p = s->s;
