@@ -1431,15 +1431,22 @@ static void pk_half_head(msgpack_packer* pk, const uint8_t* id,
   msgpack_pack_array(pk, nmsgs);
 }
 
-/* A half record as txmq__half_encode writes it, with the fields given. */
-static uint64_t append_half(env_t* env, const uint8_t* id, const char* group,
-                            size_t glen, int64_t immunity, int64_t at) {
+/* A half record as txmq__half_encode writes it, with the fields given;
+ * spoil: its message's topic "orders" becomes "\xefrders", not a name. */
+static uint64_t append_half_spoilt(env_t* env, const uint8_t* id,
+                                   const char* group, size_t glen,
+                                   int64_t immunity, int64_t at, int spoil) {
   txmq_msg_t* m = mk_msg("orders", "hostile");
   assert_int_equal(txmq_store_prepare(env->st, m), 0);
   void* mb = NULL;
   size_t ml = 0;
   assert_int_equal(txmq_msg_encode(m, &mb, &ml), 0);
   txmq_msg_free(m);
+  if (spoil) {
+    uint8_t* t = memmem(mb, ml, "orders", 6);
+    assert_non_null(t);
+    t[0] = 0xef;
+  }
   msgpack_sbuffer sb;
   msgpack_sbuffer_init(&sb);
   msgpack_packer pk;
@@ -1450,6 +1457,11 @@ static uint64_t append_half(env_t* env, const uint8_t* id, const char* group,
   uint64_t pos = append_raw(env, TXMQ_REC_TX_HALF, sb.data, sb.size);
   msgpack_sbuffer_destroy(&sb);
   return pos;
+}
+
+static uint64_t append_half(env_t* env, const uint8_t* id, const char* group,
+                            size_t glen, int64_t immunity, int64_t at) {
+  return append_half_spoilt(env, id, group, glen, immunity, at, 0);
 }
 
 /* An event record; the optional fields are left out when has_* is 0. */
@@ -1642,25 +1654,8 @@ static void replay_skips_half_with_invalid_topic(void** state) {
   (void)state;
   env_t* env = env_new("tx-badtopic");
   env_open_dir(env);
-  txmq_msg_t* m = mk_msg("orders", "hostile");
-  assert_int_equal(txmq_store_prepare(env->st, m), 0);
-  void* mb = NULL;
-  size_t ml = 0;
-  assert_int_equal(txmq_msg_encode(m, &mb, &ml), 0);
-  txmq_msg_free(m);
-  uint8_t* t = memmem(mb, ml, "orders", 6);
-  assert_non_null(t);
-  t[0] = 0xef; /* "\xefrders": same length, not a name */
-  msgpack_sbuffer sb;
-  msgpack_sbuffer_init(&sb);
-  msgpack_packer pk;
-  msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
   uint8_t bad[TXMQ_TX_ID_LEN] = {0x6b, 1}, good[TXMQ_TX_ID_LEN];
-  pk_half_head(&pk, bad, "g", 1, 3600000, env->wall, 1);
-  msgpack_sbuffer_write(&sb, mb, ml);
-  free(mb);
-  append_raw(env, TXMQ_REC_TX_HALF, sb.data, sb.size);
-  msgpack_sbuffer_destroy(&sb);
+  append_half_spoilt(env, bad, "g", 1, 3600000, env->wall, 1);
   begin1(env, "orders", 3600000, good);
   env_sync(env);
   char* img = env_crash_image(env, "tx-badtopic-img");
