@@ -430,9 +430,14 @@ int net__op_offset_set(net_conn_t* c, uint64_t id, const msgpack_object* m,
     rc = txmq_consumers_offset_set(srv->cs, group, topic, qid, off);
   else
     rc = txmq_store_offset_set(srv->st, group, topic, qid, off);
-  if (rc == TXMQ_ERANGE && srv->cs == NULL)
+  if (rc == TXMQ_ERANGE && srv->cs == NULL) {
+    int64_t end = 0;
+    (void)txmq_store_queue_range(srv->st, topic, qid, NULL, &end);
     return net__errf(err, rc, "offset not set: offset %" PRId64
-                     " is past the end of %s/%d", off, topic, qid);
+                     " is past the end of %s/%d (%" PRId64 "): the group "
+                     "would skip messages not yet written", off, topic, qid,
+                     end);
+  }
   if (rc != 0)
     return net__errf(err, rc, "offset not set: %s",
                      rc == TXMQ_ERANGE ? txmq_consumers_diag(srv->cs)

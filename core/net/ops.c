@@ -466,6 +466,14 @@ static void on_end(txmq_tx_t* tx, int status, txmq_tx_state_t state,
                    void* arg) {
   (void)tx;
   req_t* r = arg;
+  if (status != 0 && state == TXMQ_TX_COMMITTED) {
+    /* The COMMIT is durable, but its messages could not be published (a
+     * half record that does not decode): the caller must not read this as
+     * "not recorded" and try again. */
+    req_failf(r, status, "committed, but its messages could not be "
+              "published: %s", txmq_strerror(status));
+    return;
+  }
   if (status != 0) {
     req_failf(r, status, "decision not recorded: %s", txmq_strerror(status));
     return;
@@ -496,6 +504,11 @@ static int tx_refused(txmq_tx_t* tx, const uint8_t* id, int rc, char* err) {
                        "transaction %s was already decided the other way: it "
                        "is %s", hex,
                        known ? txmq_tx_state_name(info.state) : "decided");
+    case TXMQ_ECORRUPT:
+      return net__errf(err, rc,
+                       "transaction %s: its half record cannot be read back, "
+                       "so its messages cannot be published; only a rollback "
+                       "decides it", hex);
     case TXMQ_EPARKED:
       return net__errf(err, rc,
                        "transaction %s is parked: only an operator's "

@@ -968,12 +968,15 @@ static int retire_checkpoint(txmq_store_t* st) {
 
 
 /* Whether a position a checkpoint names is one a replay can start from:
- * the log's begin or end, or where a valid record starts. Below the begin
- * is not decided here (retention may have passed it). */
+ * 0 at the log's begin or end or where a valid record starts,
+ * TXMQ_ECORRUPT where none does, another code when the log could not be
+ * read there (then nothing is decided). Below the begin is not decided
+ * here (retention may have passed it). */
 static int at_record(txmq_log_t* log, uint64_t pos, uint64_t lb, uint64_t le) {
-  if (pos <= lb || pos >= le) return 1;
+  if (pos <= lb || pos >= le) return 0;
   txmq_log_entry_t e;
-  return txmq_log_read(log, pos, &e) == 0;
+  int rc = txmq_log_read(log, pos, &e);
+  return rc == TXMQ_ERANGE ? TXMQ_ECORRUPT : rc;
 }
 
 int txmq_store_open(txmq_store_t* st) {
@@ -1021,10 +1024,15 @@ int txmq_store_open(txmq_store_t* st) {
     txmq__store_diag_add(st, "checkpoint is ahead of the log (applied %" PRIu64
                          ", log ends at %" PRIu64 "): rebuilding the indexes",
                          applied, le);
-  } else if (!at_record(st->log, applied, lb, le) ||
-             !at_record(st->log, replay_from, lb, le)) {
+  } else if ((rc = at_record(st->log, applied, lb, le)) != 0 ||
+             (rc = at_record(st->log, replay_from, lb, le)) != 0) {
     /* Its checksum holds, yet a replay from there would start inside a
-     * record; and a close would write the same positions again. */
+     * record; and a close would write the same positions again. A read
+     * that failed for another reason says nothing of the checkpoint. */
+    if (rc != TXMQ_ECORRUPT) {
+      txmq__store_diag_add(st, "log: %s", txmq_log_diag(st->log));
+      goto fail;
+    }
     rebuild = 1;
     txmq__store_diag_add(st, "checkpoint positions (applied %" PRIu64
                          ", replay from %" PRIu64 ") are not where records "
@@ -1070,7 +1078,7 @@ int txmq_store_open(txmq_store_t* st) {
   if (!rebuild && st->snap_ops != NULL) {
     char why[600];
     int src = TXMQ_ECORRUPT;
-    if (at_record(st->log, snap_at, lb, le))
+    if (at_record(st->log, snap_at, lb, le) == 0)
       src = txmq__snap_load(st, snap_at, lb, why, sizeof why);
     else
       snprintf(why, sizeof why, "snapshot.0 and snapshot.1 not read: the "

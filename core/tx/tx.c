@@ -48,6 +48,7 @@ typedef struct {
   txmq_tx_t* tx;
   uint32_t idx;
   uint8_t state;
+  uint8_t before; /* PENDING, or PARKED for an operator's decision */
   waiter_t* head;
   waiter_t* tail;
 } decide_op_t;
@@ -594,10 +595,11 @@ static int append_event(txmq_tx_t* tx, uint32_t i, txmq__ev_t ev,
 
 /* ---- publishing ---- */
 
-/* Makes every message of entry i's half record visible, in one go: they
- * are all decoded first so that nothing is published if any fails (a
- * message that does not decode would be indexed and never read back). */
-static int publish_all(txmq_tx_t* tx, uint64_t half_pos) {
+/* Makes every message of the half record at half_pos visible, in one go:
+ * they are all decoded first so that nothing is published if any fails (a
+ * message that does not decode would be indexed and never read back).
+ * publish 0: only reads and decodes them, to say whether it could. */
+static int publish_all(txmq_tx_t* tx, uint64_t half_pos, int publish) {
   txmq_log_entry_t le;
   int rc = txmq_log_read(txmq_store_log(tx->st), half_pos, &le);
   if (rc != 0) return rc;
@@ -612,7 +614,8 @@ static int publish_all(txmq_tx_t* tx, uint64_t half_pos) {
   txmq__half_done(&h);
   if (rc != 0) k--;
   for (uint32_t j = 0; j < k; j++) {
-    if (rc == 0) rc = txmq_store_publish(tx->st, half_pos, len, j, msgs[j], NULL);
+    if (rc == 0 && publish)
+      rc = txmq_store_publish(tx->st, half_pos, len, j, msgs[j], NULL);
     txmq_msg_free(msgs[j]);
   }
   return rc;
@@ -626,7 +629,7 @@ static int publish_entry(txmq_tx_t* tx, const txmq__txe_t* e) {
     return txmq__store_publish_hashed(tx->st, e->half_pos, e->half_len, 0,
                                       e->topics->s, e->pub_qid,
                                       e->pub_tags_hash, NULL);
-  return publish_all(tx, e->half_pos);
+  return publish_all(tx, e->half_pos, 1);
 }
 
 /* ---- decisions ---- */
@@ -675,12 +678,13 @@ static void on_decided(txmq_log_t* log, int status, uint64_t pos, void* arg) {
     st = TXMQ_TX_PENDING;
     remove_entry(tx, i);
   } else {
-    /* The decision never became durable: as if it was never made. */
+    /* The decision never became durable: as if it was never made (a
+     * parked transaction stays parked, off the schedule). */
     e->flags &= (uint8_t)~TXE_DECIDING;
-    e->state = TXMQ_TX_PENDING;
+    e->state = op->before;
     gauge(tx, e, +1);
-    st = TXMQ_TX_PENDING;
-    if (!(e->flags & TXE_HALF_PENDING))
+    st = (txmq_tx_state_t)op->before;
+    if (st == TXMQ_TX_PENDING && !(e->flags & TXE_HALF_PENDING))
       txmq__heap_set(&tx->heap, &tx->txs, i, mono_now(tx) + (uint64_t)tx->retry_ms);
     arm(tx);
   }
@@ -710,6 +714,7 @@ static int decide(txmq_tx_t* tx, uint32_t i, txmq_tx_decision_t d,
   op->tx = tx;
   op->idx = i;
   op->state = d == TXMQ_TX_COMMIT ? TXMQ_TX_COMMITTED : TXMQ_TX_ROLLED_BACK;
+  op->before = E(tx, i)->state;
   int rc = append_event(tx, i,
                         d == TXMQ_TX_COMMIT ? TXMQ__EV_COMMIT : TXMQ__EV_ROLLBACK,
                         src, ver, who, NULL, on_decided, op);
@@ -1983,6 +1988,12 @@ int txmq_tx_end(txmq_tx_t* tx, const uint8_t* tx_id,
   if (e->state == TXMQ_TX_PARKED &&
       (source != TXMQ_TX_SRC_OPERATOR || decision == TXMQ_TX_UNKNOWN))
     return TXMQ_EPARKED;
+  /* An operator's COMMIT must be able to publish: a half record that does
+   * not read back (parked by its unreadable checks) can only be rolled
+   * back. Read and decoded here, before anything is recorded. */
+  if (source == TXMQ_TX_SRC_OPERATOR && decision == TXMQ_TX_COMMIT &&
+      !(e->flags & TXE_HALF_PENDING) && publish_all(tx, e->half_pos, 0) != 0)
+    return TXMQ_ECORRUPT;
   if (decision == TXMQ_TX_UNKNOWN)
     return event_op(tx, i, EVOP_UNKNOWN, TXMQ__EV_UNKNOWN, source, version, who,
                     E(tx, i)->count, NULL, cb, arg);

@@ -1889,6 +1889,78 @@ static void failed_resume_keeps_count(void** state) {
   env_free(env);
 }
 
+/* An operator's decision whose record fails leaves a parked transaction
+ * parked (off the schedule, producers still refused), not pending. */
+static void failed_operator_decision_stays_parked(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-decidefail");
+  env->max_checks = 1;
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  begin1(env, "orders", 0, id);
+  advance(env, 6000);
+  assert_int_equal(txmq_tx_tick(env->tx), 1);
+  assert_int_equal(txmq_tx_check_answer(env->tx, id, last_offer(env, 0)->seq,
+                                        TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_CHECK, NULL,
+                                        NULL),
+                   0);
+  env_sync(env);
+  txmq__log_inject_fault(txmq_store_log(env->st), 0, 5 /* EIO */);
+  end_res_t r = {0};
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_OPERATOR,
+                               NULL, "ops", on_end, &r), 0);
+  assert_true(tu_run_until(&env->loop, &r.done, 10000));
+  assert_true(r.status < 0);
+  assert_int_equal(r.state, TXMQ_TX_PARKED);
+  list_res_t l = list_all(env, NULL);
+  assert_int_equal(l.last.state, TXMQ_TX_PARKED);
+  assert_int_equal(metrics(env).parked, 1);
+  assert_int_equal(metrics(env).pending, 0);
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_PRODUCER,
+                               NULL, NULL, NULL, NULL),
+                   TXMQ_EPARKED);
+  advance(env, 3600000);
+  assert_int_equal(txmq_tx_tick(env->tx), 0);
+  assert_int_equal(metrics(env).parks, 1);
+  assert_int_equal(visible(env, "orders"), 0);
+  env_free(env);
+}
+
+/* A transaction parked because its half record does not decode (its checks
+ * were unreadable): an operator's COMMIT is refused before anything is
+ * recorded, since nothing could be published; a ROLLBACK decides it. */
+static void operator_commit_of_unreadable_half_refused(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-opunread");
+  env->max_checks = 1;
+  env_open_dir(env);
+  txmq_msg_t* good = mk_msg("orders", "fine");
+  assert_int_equal(txmq_store_prepare(env->st, good), 0); /* the topic */
+  txmq_msg_free(good);
+  uint8_t id[TXMQ_TX_ID_LEN] = {0x7c, 1};
+  append_bad_half(env, id, NULL, 0);
+  env_sync(env);
+  char* img = env_crash_image(env, "tx-opunread-img");
+  env_reopen(env, img);
+  free(img);
+  advance(env, 600000);
+  for (int k = 0; k < 4 && metrics(env).parked == 0; k++) {
+    (void)txmq_tx_tick(env->tx);
+    advance(env, 60000);
+  }
+  env_sync(env);
+  assert_int_equal(metrics(env).parked, 1);
+  assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_OPERATOR,
+                               NULL, "ops", NULL, NULL),
+                   TXMQ_ECORRUPT);
+  assert_int_equal(metrics(env).parked, 1);
+  txmq_tx_state_t st;
+  assert_int_equal(end_wait(env, id, TXMQ_TX_ROLLBACK, TXMQ_TX_SRC_OPERATOR, &st), 0);
+  assert_int_equal(st, TXMQ_TX_ROLLED_BACK);
+  assert_int_equal(visible(env, "orders"), 0);
+  env_free(env);
+}
+
 typedef struct {
   env_t* env;
   size_t offers;
@@ -2563,6 +2635,8 @@ int main(void) {
       cmocka_unit_test(show_chain_into_another_half),
       cmocka_unit_test(replay_skips_half_with_invalid_topic),
       cmocka_unit_test(snapshot_entry_commit_reads_the_half),
+      cmocka_unit_test(failed_operator_decision_stays_parked),
+      cmocka_unit_test(operator_commit_of_unreadable_half_refused),
       cmocka_unit_test(repeated_commit_visible_once),
       cmocka_unit_test(conflicting_decisions_refused),
       cmocka_unit_test(late_commit_after_park),

@@ -17,7 +17,7 @@
  *               or a COMMIT or ROLLBACK of its own
  * The first decision wins. COMMIT after ROLLBACK (or the reverse) fails with
  * TXMQ_ECONFLICT; a decision on a PARKED transaction fails with TXMQ_EPARKED
- * unless an operator makes it; UNKNOWN on a decided transaction is a no-op that reports the
+ * unless it is an operator's COMMIT or ROLLBACK; UNKNOWN on a decided transaction is a no-op that reports the
  * decided state. A transaction the engine does not know (never existed, or
  * decided longer ago than the idempotence window, see
  * TXMQ_TX_OPT_DECIDED_WINDOW) gives TXMQ_ENOTFOUND: nothing becomes visible.
@@ -239,7 +239,11 @@ const char* txmq_tx_diag(const txmq_tx_t* tx);
  * are visible); a repeat of the same decision waits for the first one's
  * durability. If the call fails, cb is never called. A PARKED transaction
  * takes only an operator's COMMIT or ROLLBACK (source TXMQ_TX_SRC_OPERATOR);
- * anything else gets TXMQ_EPARKED. */
+ * anything else gets TXMQ_EPARKED. An operator's COMMIT reads the half
+ * record back first and fails with TXMQ_ECORRUPT, recording nothing, if its
+ * messages do not decode (only a ROLLBACK can decide it then). If an
+ * operator's decision does not become durable, a parked transaction stays
+ * parked. */
 int txmq_tx_end(txmq_tx_t* tx, const uint8_t* tx_id,
                 txmq_tx_decision_t decision, txmq_tx_source_t source,
                 const char* version, const char* who, txmq_tx_end_cb cb,
