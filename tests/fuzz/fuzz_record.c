@@ -589,6 +589,13 @@ static void on_rt_closed(txmq_runtime_t* rt, void* arg) {
   *(int*)arg = 1;
 }
 
+static void on_flushed(txmq_log_t* log, int status, uint64_t pos, void* arg) {
+  (void)log;
+  (void)pos;
+  FZ_CHECK(status == 0);
+  *(int*)arg = 1;
+}
+
 static void open_sum(const char* what, const char* data, const char* scripts,
                      const ids_t* ids, open_t* o) {
   memset(o, 0, sizeof *o);
@@ -614,6 +621,12 @@ static void open_sum(const char* what, const char* data, const char* scripts,
             txmq_runtime_diag(rt), o->diag);
   if (o->rc != 0) FZ_CHECK(txmq_runtime_diag(rt)[0] != '\0');
   if (o->rc == 0) {
+    /* Records the open itself appended (a transaction parked at start
+     * because its counted checks already reach the maximum) are written
+     * first: a history read before that ends in EAGAIN. */
+    int flushed = 0;
+    FZ_CHECK(txmq_log_flush(txmq_store_log(st), on_flushed, &flushed) == 0);
+    FZ_CHECK(fz_run_until(&g_loop, &flushed, 60000));
     summarize(rt, ids, &o->st);
     if (g_verbose)
       fprintf(stderr,
@@ -674,12 +687,21 @@ static void replay(const rec_t* recs, size_t n, uint8_t flags) {
       fprintf(stderr, "second open: %s\n", txmq_err_name(o[1].rc));
       FZ_CHECK(!"a runtime that opened and closed opens again");
     }
+    /* A snapshot from the input that was loaded is trusted for the half
+     * record positions of its entries (checking them would cost a read
+     * each at every open): one that does not point at a record becomes
+     * the replay floor once it is the oldest, the next checkpoint names
+     * it, and the open after that rebuilds everything from the log. That
+     * open is then the log's truth, not the snapshot's claims. */
+    int rebuilt = f.snap != NULL && o[0].use == SNAP_LOADED &&
+                  strstr(o[1].diag, "are not where records start") != NULL;
     /* What txmq wrote itself at close it must take back. */
-    if (o[0].clean && o[1].use != SNAP_LOADED) {
+    if (o[0].clean && o[1].use != SNAP_LOADED && !rebuilt) {
       fprintf(stderr, "second open: store: %s\n", o[1].diag);
       FZ_CHECK(!"the next open loads the snapshot a clean close wrote");
     }
-    if (!same_state("first open", &o[0].st, "second open", &o[1].st))
+    if (!rebuilt &&
+        !same_state("first open", &o[0].st, "second open", &o[1].st))
       FZ_CHECK(!"close and open again keeps the state");
   }
   /* A snapshot that is not loaded changes nothing: the open replays the
