@@ -1588,6 +1588,19 @@ static void hostile_records_at_replay(void** state) {
   env_free(env);
 }
 
+/* Topic "orders", then a half record of group "g" whose message does not
+ * decode (append_bad_half), taken by the replay of a crash image. */
+static void replay_bad_half(env_t* env, const uint8_t* id, const char* img_tag) {
+  txmq_msg_t* good = mk_msg("orders", "fine");
+  assert_int_equal(txmq_store_prepare(env->st, good), 0); /* the topic */
+  txmq_msg_free(good);
+  append_bad_half(env, id, NULL, 0);
+  env_sync(env);
+  char* img = env_crash_image(env, img_tag);
+  env_reopen(env, img);
+  free(img);
+}
+
 /* A half record (valid checksum, no engine wrote it) whose message has a
  * topic but does not decode as a message, committed after the last
  * checkpoint: the replayed COMMIT must publish nothing, neither for a
@@ -1680,15 +1693,8 @@ static void snapshot_entry_commit_reads_the_half(void** state) {
   (void)state;
   env_t* env = env_new("tx-snapqid");
   env_open_dir(env);
-  txmq_msg_t* good = mk_msg("orders", "fine");
-  assert_int_equal(txmq_store_prepare(env->st, good), 0); /* the topic */
-  txmq_msg_free(good);
   uint8_t id[TXMQ_TX_ID_LEN] = {0x7d, 1};
-  append_bad_half(env, id, NULL, 0);
-  env_sync(env);
-  char* img = env_crash_image(env, "tx-snapqid-img");
-  env_reopen(env, img); /* the replay takes the half */
-  free(img);
+  replay_bad_half(env, id, "tx-snapqid-img");
   assert_int_equal(list_all(env, NULL).n, 1);
   env_close_engine(env); /* a clean close: a snapshot with it */
   /* The entry's queue id in the snapshot (-1: its message did not decode)
@@ -1747,15 +1753,8 @@ static void unreadable_half_parks(void** state) {
   (void)state;
   env_t* env = env_new("tx-unreadable");
   env_open_dir(env);
-  txmq_msg_t* good = mk_msg("orders", "fine");
-  assert_int_equal(txmq_store_prepare(env->st, good), 0); /* the topic */
-  txmq_msg_free(good);
   uint8_t id[TXMQ_TX_ID_LEN] = {0x7f, 1};
-  append_bad_half(env, id, NULL, 0);
-  env_sync(env);
-  char* img = env_crash_image(env, "tx-unreadable-img");
-  env_reopen(env, img);
-  free(img);
+  replay_bad_half(env, id, "tx-unreadable-img");
   list_res_t l = list_all(env, "g");
   assert_int_equal(l.n, 1);
   assert_int_equal(l.last.state, TXMQ_TX_PENDING);
@@ -1858,14 +1857,9 @@ static void lowered_max_checks_parks(void** state) {
 
 void txmq__log_inject_fault(txmq_log_t* log, int what, int err);
 
-/* A resume whose record fails puts the transaction back as it was: parked,
- * with the checks it had. */
-static void failed_resume_keeps_count(void** state) {
-  (void)state;
-  env_t* env = env_new("tx-resumefail");
-  env->max_checks = 1;
-  env_open_dir(env);
-  uint8_t id[TXMQ_TX_ID_LEN];
+/* Begins a transaction in an engine of max_checks 1 and parks it: its one
+ * check answered UNKNOWN, the records durable. */
+static void park_one(env_t* env, uint8_t id[TXMQ_TX_ID_LEN]) {
   begin1(env, "orders", 0, id);
   advance(env, 6000);
   assert_int_equal(txmq_tx_tick(env->tx), 1);
@@ -1874,6 +1868,17 @@ static void failed_resume_keeps_count(void** state) {
                                         NULL),
                    0);
   env_sync(env);
+}
+
+/* A resume whose record fails puts the transaction back as it was: parked,
+ * with the checks it had. */
+static void failed_resume_keeps_count(void** state) {
+  (void)state;
+  env_t* env = env_new("tx-resumefail");
+  env->max_checks = 1;
+  env_open_dir(env);
+  uint8_t id[TXMQ_TX_ID_LEN];
+  park_one(env, id);
   assert_int_equal(list_all(env, NULL).last.check_count, 1);
   txmq__log_inject_fault(txmq_store_log(env->st), 0, 5 /* EIO */);
   end_res_t r = {0};
@@ -1897,14 +1902,7 @@ static void failed_operator_decision_stays_parked(void** state) {
   env->max_checks = 1;
   env_open_dir(env);
   uint8_t id[TXMQ_TX_ID_LEN];
-  begin1(env, "orders", 0, id);
-  advance(env, 6000);
-  assert_int_equal(txmq_tx_tick(env->tx), 1);
-  assert_int_equal(txmq_tx_check_answer(env->tx, id, last_offer(env, 0)->seq,
-                                        TXMQ_TX_UNKNOWN, TXMQ_TX_SRC_CHECK, NULL,
-                                        NULL),
-                   0);
-  env_sync(env);
+  park_one(env, id);
   txmq__log_inject_fault(txmq_store_log(env->st), 0, 5 /* EIO */);
   end_res_t r = {0};
   assert_int_equal(txmq_tx_end(env->tx, id, TXMQ_TX_COMMIT, TXMQ_TX_SRC_OPERATOR,
@@ -1934,15 +1932,8 @@ static void operator_commit_of_unreadable_half_refused(void** state) {
   env_t* env = env_new("tx-opunread");
   env->max_checks = 1;
   env_open_dir(env);
-  txmq_msg_t* good = mk_msg("orders", "fine");
-  assert_int_equal(txmq_store_prepare(env->st, good), 0); /* the topic */
-  txmq_msg_free(good);
   uint8_t id[TXMQ_TX_ID_LEN] = {0x7c, 1};
-  append_bad_half(env, id, NULL, 0);
-  env_sync(env);
-  char* img = env_crash_image(env, "tx-opunread-img");
-  env_reopen(env, img);
-  free(img);
+  replay_bad_half(env, id, "tx-opunread-img");
   advance(env, 600000);
   for (int k = 0; k < 4 && metrics(env).parked == 0; k++) {
     (void)txmq_tx_tick(env->tx);
