@@ -216,15 +216,6 @@ static void check_event(const uint8_t* p, size_t n) {
 
 /* ---- the files of a data directory ---- */
 
-static uint64_t fixed_mono(void* arg) {
-  (void)arg;
-  return 1000000;
-}
-static int64_t fixed_wall(void* arg) {
-  (void)arg;
-  return 1700000000000;
-}
-
 /* The log position write_log gives recs[k] (the log's end for k == n). */
 static uint64_t log_pos(const rec_t* recs, size_t k) {
   uint64_t pos = 0;
@@ -599,16 +590,8 @@ static void on_flushed(txmq_log_t* log, int status, uint64_t pos, void* arg) {
 static void open_sum(const char* what, const char* data, const char* scripts,
                      const ids_t* ids, open_t* o) {
   memset(o, 0, sizeof *o);
-  txmq_runtime_t* rt = NULL;
-  FZ_CHECK(txmq_runtime_new(&rt, &g_loop, data, scripts) == 0);
+  txmq_runtime_t* rt = fz_runtime_fixed(&g_loop, data, scripts);
   txmq_store_t* st = txmq_runtime_store(rt);
-  FZ_CHECK(txmq_store_set(st, TXMQ_STORE_OPT_SYNC, TXMQ_SYNC_NEVER) == 0);
-  txmq_tx_t* tx = txmq_runtime_tx(rt);
-  FZ_CHECK(txmq_tx_set(tx, TXMQ_TX_OPT_MANUAL_CLOCK, 1) == 0);
-  txmq_tx_clock_t clk = {fixed_mono, fixed_wall, NULL};
-  txmq_tx_set_clock(tx, &clk);
-  FZ_CHECK(txmq_script_host_set(txmq_runtime_scripts(rt),
-                                TXMQ_SCRIPT_OPT_WATCH, 0) == 0);
   o->rc = txmq_runtime_open(rt);
   snprintf(o->diag, sizeof o->diag, "%s", txmq_store_diag(st));
   o->use = snap_use(o->diag);

@@ -10,6 +10,10 @@
 #include <unistd.h>
 
 #include "fuzz_util.h"
+#include "txmq/runtime.h"
+#include "txmq/script.h"
+#include "txmq/store.h"
+#include "txmq/tx.h"
 
 void fz_fail(const char* file, int line, const char* what) {
   fprintf(stderr, "fuzz harness: %s:%d: check failed: %s\n", file, line, what);
@@ -176,4 +180,29 @@ int fz_msg_eq(const txmq_msg_t* a, const txmq_msg_t* b) {
     if (!str_eq(txmq_msg_prop_get(b, k), v)) return 0;
   }
   return 1;
+}
+
+static uint64_t fixed_mono(void* arg) {
+  (void)arg;
+  return 1000000;
+}
+
+static int64_t fixed_wall(void* arg) {
+  (void)arg;
+  return 1700000000000;
+}
+
+txmq_runtime_t* fz_runtime_fixed(uv_loop_t* loop, const char* data,
+                                 const char* scripts) {
+  txmq_runtime_t* rt = NULL;
+  FZ_CHECK(txmq_runtime_new(&rt, loop, data, scripts) == 0);
+  FZ_CHECK(txmq_store_set(txmq_runtime_store(rt), TXMQ_STORE_OPT_SYNC,
+                          TXMQ_SYNC_NEVER) == 0);
+  txmq_tx_t* tx = txmq_runtime_tx(rt);
+  FZ_CHECK(txmq_tx_set(tx, TXMQ_TX_OPT_MANUAL_CLOCK, 1) == 0);
+  txmq_tx_clock_t clk = {fixed_mono, fixed_wall, NULL};
+  txmq_tx_set_clock(tx, &clk);
+  FZ_CHECK(txmq_script_host_set(txmq_runtime_scripts(rt),
+                                TXMQ_SCRIPT_OPT_WATCH, 0) == 0);
+  return rt;
 }

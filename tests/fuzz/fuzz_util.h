@@ -48,4 +48,12 @@ int fz_run_until(uv_loop_t* loop, volatile int* flag, uint64_t timeout_ms);
 /* Runs the loop to its end and closes it; aborts if a handle is left. */
 void fz_loop_close(uv_loop_t* loop);
 
+typedef struct txmq_runtime_s txmq_runtime_t;
+/* A runtime on loop over data and scripts, not opened: sync never, the
+ * transaction engine on a fixed manual clock (monotonic 1000000 ms, wall
+ * 1700000000000 ms), no watch of the scripts folder; what the record
+ * target and its seed writer open, so that both see the same times. */
+txmq_runtime_t* fz_runtime_fixed(uv_loop_t* loop, const char* data,
+                                 const char* scripts);
+
 #endif /* TXMQ_FUZZ_UTIL_H */

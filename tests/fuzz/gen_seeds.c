@@ -320,6 +320,28 @@ static uint64_t rec_half(buf_t* out, uint8_t idn, size_t n, uint64_t* pos) {
   return at;
 }
 
+
+/* A checkpoint's map (the target adds header and crc): applied and
+ * replay_from 0 .. applied, the snapshot key when snapshot >= 0, no
+ * topics, and consumer group cg's offset on orders/0. */
+static void pk_ckpt(buf_t* c, int64_t applied, int64_t snapshot,
+                    int64_t offset) {
+  msgpack_pack_map(&c->pk, snapshot >= 0 ? 6 : 5);
+  kv_i(&c->pk, "v", 1);
+  kv_i(&c->pk, "applied", applied);
+  kv_i(&c->pk, "replay_from", 0);
+  if (snapshot >= 0) kv_i(&c->pk, "snapshot", snapshot);
+  s(&c->pk, "topics");
+  msgpack_pack_array(&c->pk, 0);
+  s(&c->pk, "offsets");
+  msgpack_pack_array(&c->pk, 1);
+  msgpack_pack_array(&c->pk, 4);
+  s(&c->pk, "cg");
+  s(&c->pk, "orders");
+  msgpack_pack_int64(&c->pk, 0);
+  msgpack_pack_int64(&c->pk, offset);
+}
+
 static void records(buf_t* b, int ckpt) {
   uint64_t pos = 0;
   /* A topic, and a plain message on it. */
@@ -362,19 +384,7 @@ static void records(buf_t* b, int ckpt) {
      * applied nothing but knows a consumer group's offset. */
     buf_t c;
     buf_init(&c);
-    msgpack_pack_map(&c.pk, 5);
-    kv_i(&c.pk, "v", 1);
-    kv_i(&c.pk, "applied", 0);
-    kv_i(&c.pk, "replay_from", 0);
-    s(&c.pk, "topics");
-    msgpack_pack_array(&c.pk, 0);
-    s(&c.pk, "offsets");
-    msgpack_pack_array(&c.pk, 1);
-    msgpack_pack_array(&c.pk, 4);
-    s(&c.pk, "cg");
-    s(&c.pk, "orders");
-    msgpack_pack_int64(&c.pk, 0);
-    msgpack_pack_int64(&c.pk, 1);
+    pk_ckpt(&c, 0, -1, 1);
     rec(b, 0, c.sb.data, c.sb.size, NULL);
     buf_free(&c);
   }
@@ -384,15 +394,6 @@ static void records(buf_t* b, int ckpt) {
 
 /* The clocks fuzz_record gives its runtimes, so that the due times in a
  * captured snapshot mean the same there. */
-static uint64_t fixed_mono(void* arg) {
-  (void)arg;
-  return 1000000;
-}
-static int64_t fixed_wall(void* arg) {
-  (void)arg;
-  return T0;
-}
-
 static void on_rt_closed(txmq_runtime_t* rt, void* arg) {
   (void)rt;
   *(int*)arg = 1;
@@ -435,16 +436,8 @@ static void capture_snapshot(const buf_t* recs, void** payload, size_t* len) {
 
   uv_loop_t loop;
   FZ_CHECK(uv_loop_init(&loop) == 0);
-  txmq_runtime_t* rt = NULL;
-  FZ_CHECK(txmq_runtime_new(&rt, &loop, data, scripts) == 0);
-  FZ_CHECK(txmq_store_set(txmq_runtime_store(rt), TXMQ_STORE_OPT_SYNC,
-                          TXMQ_SYNC_NEVER) == 0);
+  txmq_runtime_t* rt = fz_runtime_fixed(&loop, data, scripts);
   txmq_tx_t* tx = txmq_runtime_tx(rt);
-  FZ_CHECK(txmq_tx_set(tx, TXMQ_TX_OPT_MANUAL_CLOCK, 1) == 0);
-  txmq_tx_clock_t clk = {fixed_mono, fixed_wall, NULL};
-  txmq_tx_set_clock(tx, &clk);
-  FZ_CHECK(txmq_script_host_set(txmq_runtime_scripts(rt),
-                                TXMQ_SCRIPT_OPT_WATCH, 0) == 0);
   FZ_CHECK(txmq_runtime_open(rt) == 0);
   FZ_CHECK(txmq__tx_snapshot(tx, end, payload, len) == 0);
   int closed = 0;
@@ -569,20 +562,7 @@ static void snap_seed(const char* name, uint8_t flags, int damage) {
   if (flags & 2) {
     buf_t ck;
     buf_init(&ck);
-    msgpack_pack_map(&ck.pk, 6);
-    kv_i(&ck.pk, "v", 1);
-    kv_i(&ck.pk, "applied", (int64_t)applied);
-    kv_i(&ck.pk, "replay_from", 0);
-    kv_i(&ck.pk, "snapshot", (int64_t)at);
-    s(&ck.pk, "topics");
-    msgpack_pack_array(&ck.pk, 0);
-    s(&ck.pk, "offsets");
-    msgpack_pack_array(&ck.pk, 1);
-    msgpack_pack_array(&ck.pk, 4);
-    s(&ck.pk, "cg");
-    s(&ck.pk, "orders");
-    msgpack_pack_int64(&ck.pk, 0);
-    msgpack_pack_int64(&ck.pk, 0);
+    pk_ckpt(&ck, (int64_t)applied, (int64_t)at, 0);
     rec(&b, 0, ck.sb.data, ck.sb.size, NULL);
     buf_free(&ck);
   } else {
