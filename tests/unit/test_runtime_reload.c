@@ -177,6 +177,11 @@ static void reload_under_concurrent_transactions(void** state) {
     while (env->sent < TOTAL && env->sent - env->completed < WINDOW) {
       send_one(env);
       if (env->sent - last_reload_at >= RELOAD_EVERY) {
+        /* The previous reload finishes first (transactions stay in flight
+         * meanwhile), so that every RELOAD_EVERY sends do reload: on a
+         * fast machine the transactions could otherwise all be done
+         * before a handful of reloads had come round. */
+        while (env->reloading) uv_run(&env->loop, UV_RUN_ONCE);
         swap_script(env);
         last_reload_at = env->sent;
       }
