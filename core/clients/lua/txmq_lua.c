@@ -333,6 +333,20 @@ static int l_conn_send(lua_State* L) {
   return 1;
 }
 
+/* Calls execute(msg, arg) (arguments: execute, the message and the
+ * transaction id as light userdata, arg), called protected by on_execute so
+ * that an error while the message table is built (out of memory) is caught
+ * too and never unwinds through the client's loop. */
+static int call_execute(lua_State* L) {
+  push_msg(L, lua_touserdata(L, 2));
+  set_hex(L, "tx_id", lua_touserdata(L, 3));
+  lua_pushvalue(L, 1);
+  lua_insert(L, -2);
+  lua_pushvalue(L, 4);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
 /* Runs the Lua execute function (in the calling state, on its thread: the
  * loop runs inside the Lua call). An error counts as UNKNOWN. */
 static txmq_tx_decision_t on_execute(txmq_client_t* c, const txmq_msg_t* msg,
@@ -341,11 +355,12 @@ static txmq_tx_decision_t on_execute(txmq_client_t* c, const txmq_msg_t* msg,
   wait_t* w = arg;
   lua_State* L = w->L;
   w->executed = 1;
+  lua_pushcfunction(L, call_execute);
   lua_pushvalue(L, w->fn_idx);
-  push_msg(L, msg);
-  set_hex(L, "tx_id", tx_id);
+  lua_pushlightuserdata(L, (void*)msg);
+  lua_pushlightuserdata(L, (void*)tx_id);
   lua_pushvalue(L, w->arg_idx);
-  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+  if (lua_pcall(L, 4, 1, 0) != LUA_OK) {
     const char* e = lua_tostring(L, -1);
     snprintf(w->err, sizeof w->err, "%s", e ? e : "(a non-string error)");
     lua_pop(L, 1);
@@ -414,11 +429,14 @@ static void on_receive(txmq_client_t* c, int status, txmq_delivery_t* d,
   w->n = n;
 }
 
-/* Pushes the list of w's deliveries and frees them. Each message also has
- * qid and qoff, the names of send's result and of offset_get/offset_set,
- * so that a message says where to seek; with_handle: received (a handle to
- * ack and the delivery count), not peeked. */
-static void push_deliveries(lua_State* L, wait_t* w, int with_handle) {
+/* Builds the list of w's deliveries (arguments: w as a light userdata,
+ * with_handle), called protected by push_deliveries. Each message also has
+ * qid and qoff, the names of send's result and of offset_get/offset_set, so
+ * that a message says where to seek; with_handle: received (a handle to ack
+ * and the delivery count), not peeked. */
+static int build_deliveries(lua_State* L) {
+  wait_t* w = lua_touserdata(L, 1);
+  int with_handle = lua_toboolean(L, 2);
   lua_createtable(L, (int)w->n, 0);
   for (size_t i = 0; i < w->n; i++) {
     push_msg(L, w->d[i].msg);
@@ -430,9 +448,20 @@ static void push_deliveries(lua_State* L, wait_t* w, int with_handle) {
     }
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
+  return 1;
+}
+
+/* Pushes the list of w's deliveries and frees them, also when building the
+ * list raises an error (out of memory): the error is raised again after. */
+static void push_deliveries(lua_State* L, wait_t* w, int with_handle) {
+  lua_pushcfunction(L, build_deliveries);
+  lua_pushlightuserdata(L, w);
+  lua_pushboolean(L, with_handle);
+  int rc = lua_pcall(L, 2, 1, 0);
   txmq_client_free_deliveries(w->d, w->n);
   w->d = NULL;
   w->n = 0;
+  if (rc != LUA_OK) lua_error(L);
 }
 
 /* conn:receive{group, topic, tags, max, wait_ms} -> list | nil, err */
@@ -817,13 +846,12 @@ static void checker_maybe_reload(checker_t* k) {
   }
 }
 
-static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
-                     void* arg) {
-  checker_t* k = arg;
-  lua_State* S = k->S;
-  txmq_tx_decision_t d = TXMQ_TX_UNKNOWN;
-  checker_maybe_reload(k);
-  lua_getfield(S, LUA_REGISTRYINDEX, "txmq.check");
+/* Calls checkLocalTransaction(msg) (arguments: the function, the check as
+ * a light userdata), called protected by on_check so that an error while
+ * the message table is built (out of memory) is caught too and never
+ * unwinds through the checker's loop. */
+static int call_check(lua_State* S) {
+  const txmq_client_check_t* chk = lua_touserdata(S, 2);
   if (chk->nmsgs > 0) {
     push_msg(S, chk->msgs[0]);
     lua_createtable(S, (int)chk->nmsgs, 0);
@@ -838,7 +866,22 @@ static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
   set_hex(S, "tx_id", chk->tx_id);
   set_int(S, "check_count", chk->check_count);
   set_str(S, "group", chk->group);
-  if (lua_pcall(S, 1, 1, 0) != LUA_OK) {
+  lua_pushvalue(S, 1);
+  lua_insert(S, -2);
+  lua_call(S, 1, 1);
+  return 1;
+}
+
+static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
+                     void* arg) {
+  checker_t* k = arg;
+  lua_State* S = k->S;
+  txmq_tx_decision_t d = TXMQ_TX_UNKNOWN;
+  checker_maybe_reload(k);
+  lua_pushcfunction(S, call_check);
+  lua_getfield(S, LUA_REGISTRYINDEX, "txmq.check");
+  lua_pushlightuserdata(S, (void*)chk);
+  if (lua_pcall(S, 2, 1, 0) != LUA_OK) {
     const char* e = lua_tostring(S, -1);
     fprintf(stderr, "txmq: checkLocalTransaction failed: %s\n",
             e ? e : "(a non-string error)");
