@@ -1208,19 +1208,12 @@ int txmq_consumers_offset_set(txmq_consumers_t* cs, const char* group,
       !txmq_name_valid(topic))
     return TXMQ_EBADNAME;
   if (offset < 0) return TXMQ_EINVAL;
-  /* A queue that does not exist must not take a place under the limit. */
-  int nq = txmq_store_topic_queues(cs->st, topic);
-  if (qid < 0 || qid >= nq) return TXMQ_ENOTFOUND;
-  int64_t begin, end;
-  int rc = txmq_store_queue_range(cs->st, topic, qid, &begin, &end);
+  /* A queue that does not exist, or an offset the store would refuse, must
+   * not take a place under the group limit. */
+  int rc = txmq__store_offset_settable(cs->st, topic, qid, offset);
+  if (rc == TXMQ_ERANGE)
+    snprintf(cs->diag, sizeof cs->diag, "%s", txmq_store_diag(cs->st));
   if (rc != 0) return rc;
-  if (offset > end) {
-    snprintf(cs->diag, sizeof cs->diag,
-             "offset %" PRId64 " is past the end of %s/%d (%" PRId64
-             "): the group would skip messages not yet written",
-             offset, topic, qid, end);
-    return TXMQ_ERANGE;
-  }
   rc = admit_group(cs, group);
   if (rc != 0) return rc;
   gstate_t* g = gstate_find(cs, group, topic);

@@ -430,18 +430,11 @@ int net__op_offset_set(net_conn_t* c, uint64_t id, const msgpack_object* m,
     rc = txmq_consumers_offset_set(srv->cs, group, topic, qid, off);
   else
     rc = txmq_store_offset_set(srv->st, group, topic, qid, off);
-  if (rc == TXMQ_ERANGE && srv->cs == NULL) {
-    int64_t end = 0;
-    (void)txmq_store_queue_range(srv->st, topic, qid, NULL, &end);
-    return net__errf(err, rc, "offset not set: offset %" PRId64
-                     " is past the end of %s/%d (%" PRId64 "): the group "
-                     "would skip messages not yet written", off, topic, qid,
-                     end);
-  }
   if (rc != 0)
     return net__errf(err, rc, "offset not set: %s",
-                     rc == TXMQ_ERANGE ? txmq_consumers_diag(srv->cs)
-                                       : txmq_strerror(rc));
+                     rc != TXMQ_ERANGE ? txmq_strerror(rc)
+                     : srv->cs != NULL ? txmq_consumers_diag(srv->cs)
+                                       : txmq_store_diag(srv->st));
   net_wbuf_t w;
   net__wb_init(&w);
   net__resp_begin(&w, id, 0);

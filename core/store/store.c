@@ -710,16 +710,28 @@ oom:
   return TXMQ_ENOMEM;
 }
 
+int txmq__store_offset_settable(txmq_store_t* st, const char* topic, int qid,
+                                int64_t offset) {
+  const txmq__queue_t* q = find_queue(st, topic, qid);
+  if (q == NULL) return TXMQ_ENOTFOUND;
+  if (offset > q->count) {
+    txmq__store_diag_set(st,
+                         "offset %" PRId64 " is past the end of %s/%d (%" PRId64
+                         "): the group would skip messages not yet written",
+                         offset, topic, qid, q->count);
+    return TXMQ_ERANGE;
+  }
+  return 0;
+}
+
 int txmq_store_offset_set(txmq_store_t* st, const char* group,
                           const char* topic, int qid, int64_t offset) {
   int rc = writable(st);
   if (rc != 0) return rc;
   if (!txmq_name_valid(group) || !txmq_name_valid(topic)) return TXMQ_EBADNAME;
   if (offset < 0) return TXMQ_EINVAL;
-  const txmq__queue_t* q = find_queue(st, topic, qid);
-  if (q == NULL) return TXMQ_ENOTFOUND;
-  /* Past the end, the group would skip messages not yet written. */
-  if (offset > q->count) return TXMQ_ERANGE;
+  rc = txmq__store_offset_settable(st, topic, qid, offset);
+  if (rc != 0) return rc;
   rc = txmq__store_offset_put(st, group, topic, qid, offset);
   if (rc == 0) st->mutations++;
   return rc;

@@ -139,6 +139,14 @@ int txmq__store_offset_groups(const txmq_store_t* st,
                               int (*fn)(void* arg, const char* group),
                               void* arg);
 
+/* Whether a group may be set to offset in topic/qid: 0; TXMQ_ENOTFOUND for
+ * no such queue; TXMQ_ERANGE past the queue's end, where the group would
+ * skip messages not yet written, and txmq_store_diag() says so with the
+ * end. What txmq_store_offset_set checks, for the consumer engine to check
+ * before it admits a new group. */
+int txmq__store_offset_settable(txmq_store_t* st, const char* topic, int qid,
+                                int64_t offset);
+
 /* ---- a part's snapshot beside each checkpoint ----
  *
  * The store's checkpoint lets the next open skip the log below "applied",

@@ -621,6 +621,9 @@ static void consumer_offsets_survive_restart(void** state) {
   assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 0, -1), TXMQ_EINVAL);
   /* Past the end is refused and changes nothing; the end itself is taken. */
   assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 1, 11), TXMQ_ERANGE);
+  assert_string_equal(txmq_store_diag(st),
+                      "offset 11 is past the end of orders/1 (10): the group "
+                      "would skip messages not yet written");
   assert_int_equal(txmq_store_offset_set(st, "g3", "orders", 0, 11), TXMQ_ERANGE);
   assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 1, 10), 0);
   assert_int_equal(txmq_store_offset_set(st, "g1", "orders", 1, 9), 0);

@@ -180,7 +180,7 @@ int txmq_store_entry(txmq_store_t* st, const char* topic, int qid,
 
 /* Consumer group offsets (the next offset the group will read). Kept in
  * memory and made durable by the next checkpoint. TXMQ_ERANGE for an offset
- * past the queue's end. */
+ * past the queue's end (txmq_store_diag() gives the end). */
 int txmq_store_offset_set(txmq_store_t* st, const char* group,
                           const char* topic, int qid, int64_t offset);
 /* TXMQ_ENOTFOUND if the group never committed an offset for that queue. */
