@@ -193,7 +193,9 @@ end
 -- send_in_transaction(msg, arg) -> {status="SEND_OK", msg_id, tx_id,
 -- tx_state="COMMIT_MESSAGE"|"ROLLBACK_MESSAGE"|"UNKNOW", state=...}.
 -- An error in execute counts as UNKNOW (result.error says why): the checks
--- decide.
+-- decide. execute runs inside this call: it cannot use this producer's
+-- connection (an error says so); a message it sends goes through another
+-- producer.
 function TxProducer:send_in_transaction(msg, arg)
   self:reload_if_changed()
   return self.conn:send_in_transaction(self.group, msg, self.execute, arg)

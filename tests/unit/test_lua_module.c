@@ -12,6 +12,12 @@
  *   - send_in_transaction: an execute function whose message table cannot
  *     be built counts as UNKNOWN (the error is in the result) and never
  *     unwinds through the client's loop: the connection keeps working.
+ * And what a caller can do wrong without running out of memory: a message
+ * table whose fields raise (nothing leaks: the valgrind and ASan builds
+ * run this too), an execute function that uses or closes its own
+ * connection (refused with a clear error, the connection keeps working),
+ * acks with handles that only an __index function holds, with numbers, or
+ * with a length no array can have; a checker given a bad address says why.
  */
 #include <malloc.h>
 #include <setjmp.h>
@@ -280,10 +286,77 @@ static void execute_without_memory_counts_as_unknown(void** state) {
   srv_stop(s);
 }
 
+static const char* MISUSE =
+    "local conn = assert(core.connect(ADDR, 'lua-misuse'))\n"
+    "-- A message whose fields raise: the half-built message is freed.\n"
+    "local raising = setmetatable({topic = 'mis'}, {__index = function(_, k)\n"
+    "  error('no field ' .. k) end})\n"
+    "for i = 1, 200 do\n"
+    "  local ok, err = pcall(conn.send, conn, raising)\n"
+    "  assert(not ok and err:find('no field tags'), err)\n"
+    "  ok, err = pcall(conn.send_in_transaction, conn, 'g', raising,\n"
+    "    function() return 'COMMIT' end)\n"
+    "  assert(not ok and err:find('no field tags'), err)\n"
+    "end\n"
+    "-- execute using or closing its own connection.\n"
+    "local msg = {topic = 'mis', body = 'x'}\n"
+    "local inner\n"
+    "local r = assert(conn:send_in_transaction('g', msg, function()\n"
+    "  local ok, err = pcall(conn.send, conn, msg)\n"
+    "  inner = err\n"
+    "  assert(not ok)\n"
+    "  return 'COMMIT'\n"
+    "end))\n"
+    "assert(inner:find('the connection is in a call'), inner)\n"
+    "assert(r.state == 'COMMITTED', r.state)\n"
+    "r = assert(conn:send_in_transaction('g', msg, function()\n"
+    "  conn:close()\n"
+    "  return 'COMMIT'\n"
+    "end))\n"
+    "assert(r.tx_state == 'UNKNOW' and r.error:find('the connection is in a "
+    "call'), r.error)\n"
+    "assert(conn:send(msg), 'the connection works after both')\n"
+    "for i = 1, 3 do assert(conn:send(msg)) end\n"
+    "-- Acks: handles held only by an __index function (collected at once\n"
+    "-- unless the call keeps them), numbers, an impossible length.\n"
+    "local list = assert(conn:receive{group = 'gm', topic = 'mis', max = 64,\n"
+    "  wait_ms = 1000})\n"
+    "assert(#list >= 3, #list)\n"
+    "local proxy = setmetatable({}, {\n"
+    "  __len = function() return #list end,\n"
+    "  __index = function(_, i)\n"
+    "    collectgarbage()\n"
+    "    return list[i] and (list[i].handle .. '')\n"
+    "  end})\n"
+    "local acked = assert(conn:ack('gm', proxy))\n"
+    "assert(acked == #list, acked .. ' of ' .. #list)\n"
+    "local ok, err = pcall(conn.ack, conn, 'gm', {1, 2})\n"
+    "assert(not ok and err:find('handles are strings'), err)\n"
+    "ok, err = pcall(conn.ack, conn, 'gm', setmetatable({}, {\n"
+    "  __len = function() return math.maxinteger end}))\n"
+    "assert(not ok and err:find('handles'), err)\n"
+    "conn:close()\n"
+    "-- A checker that cannot start says why, not only the code.\n"
+    "local ck, cerr = core.checker('127.0.0.1:99999', 'ck', 'g',\n"
+    "  function() return 'COMMIT' end)\n"
+    "assert(ck == nil and cerr == \"EINVAL: invalid address "
+    "'127.0.0.1:99999': expected HOST:PORT\", cerr)\n";
+
+static void misuse_gets_clear_errors_and_leaks_nothing(void** state) {
+  (void)state;
+  srv_t* s = srv_start();
+  budget_t b;
+  lua_State* L = lua_with_budget(&b, s->addr);
+  run_lua(L, MISUSE);
+  lua_close(L);
+  srv_stop(s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(peek_frees_deliveries_when_the_list_cannot_be_built),
       cmocka_unit_test(execute_without_memory_counts_as_unknown),
+      cmocka_unit_test(misuse_gets_clear_errors_and_leaks_nothing),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

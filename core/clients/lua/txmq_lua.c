@@ -6,8 +6,9 @@
  *     A client on a private libuv loop that runs only during a call (like
  *     the blocking layer of txmq/client.h, but it also drives
  *     txmq_client_send_in_transaction, whose execute callback calls back
- *     into the calling Lua state). It announces no producer group, so the
- *     server never routes checks to it.
+ *     into the calling Lua state; while it runs, the conn refuses to be
+ *     used or closed, as its loop is running). It announces no producer
+ *     group, so the server never routes checks to it.
  *     conn:send(msg) conn:send_in_transaction(group, msg, execute, arg)
  *     conn:receive(opts) conn:ack(group, handles) conn:close()
  *     conn:offset_get(group, topic, qid) conn:offset_set(group, topic, qid,
@@ -91,6 +92,21 @@ static txmq_tx_decision_t to_decision(lua_State* L, int idx) {
   return TXMQ_TX_UNKNOWN;
 }
 
+/* The error object on top of L as text in buf, without converting it (a
+ * conversion allocates, and this runs outside any protected call). */
+static const char* err_text(lua_State* L, char* buf, size_t cap) {
+  int t = lua_type(L, -1);
+  if (t == LUA_TSTRING)
+    snprintf(buf, cap, "%s", lua_tostring(L, -1));
+  else if (t == LUA_TNUMBER && lua_isinteger(L, -1))
+    snprintf(buf, cap, "%lld", (long long)lua_tointeger(L, -1));
+  else if (t == LUA_TNUMBER)
+    snprintf(buf, cap, "%.14g", (double)lua_tonumber(L, -1));
+  else
+    snprintf(buf, cap, "(a %s as the error)", lua_typename(L, t));
+  return buf;
+}
+
 static void set_str(lua_State* L, const char* k, const char* v) {
   if (!v) return;
   lua_pushstring(L, v);
@@ -131,18 +147,19 @@ static void push_msg(lua_State* L, const txmq_msg_t* m) {
   set_int(L, "stored_at", txmq_msg_store_ms(m));
 }
 
-/* Builds a message from the table at idx; raises a Lua error if invalid. */
-static txmq_msg_t* check_msg(lua_State* L, int idx) {
-  luaL_checktype(L, idx, LUA_TTABLE);
-  txmq_msg_t* m = txmq_msg_new();
-  if (!m) luaL_error(L, "txmq: out of memory");
+/* Builds the message of the table at 1 into *(txmq_msg_t**) at 2 (light
+ * userdata), called protected by check_msg: a Lua error half way (a field's
+ * __index raising, out of memory) leaves the message there to be freed. */
+static int build_msg(lua_State* L) {
+  txmq_msg_t** out = lua_touserdata(L, 2);
+  const int idx = 1;
+  txmq_msg_t* m = *out = txmq_msg_new();
+  if (!m) return luaL_error(L, "txmq: out of memory");
   int rc = 0;
   const char* bad = NULL;
   lua_getfield(L, idx, "topic");
-  if (!lua_isstring(L, -1)) {
-    txmq_msg_free(m);
-    luaL_error(L, "txmq: the message needs a topic (string)");
-  }
+  if (!lua_isstring(L, -1))
+    return luaL_error(L, "txmq: the message needs a topic (string)");
   if ((rc = txmq_msg_set_topic(m, lua_tostring(L, -1))) != 0) bad = "topic";
   lua_pop(L, 1);
   lua_getfield(L, idx, "tags");
@@ -182,9 +199,21 @@ static txmq_msg_t* check_msg(lua_State* L, int idx) {
     }
   }
   lua_pop(L, 1);
-  if (rc) {
+  if (rc) return luaL_error(L, "txmq: invalid %s: %s", bad, txmq_strerror(rc));
+  return 0;
+}
+
+/* Builds a message from the table at idx; raises a Lua error if invalid
+ * (and frees what was built). */
+static txmq_msg_t* check_msg(lua_State* L, int idx) {
+  luaL_checktype(L, idx, LUA_TTABLE);
+  txmq_msg_t* m = NULL;
+  lua_pushcfunction(L, build_msg);
+  lua_pushvalue(L, idx);
+  lua_pushlightuserdata(L, &m);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
     txmq_msg_free(m);
-    luaL_error(L, "txmq: invalid %s: %s", bad, txmq_strerror(rc));
+    lua_error(L);
   }
   return m;
 }
@@ -195,6 +224,7 @@ typedef struct {
   uv_loop_t loop;
   txmq_client_t* c;
   int open;
+  int busy;          /* its loop is running (a call is in progress) */
   char server[256];  /* to connect again after a lost connection */
 } conn_t;
 
@@ -216,9 +246,23 @@ typedef struct {
 
 static int run_until(conn_t* k, wait_t* w, int rc) {
   if (rc != 0) return rc;
+  k->busy = 1;
   while (!w->done)
-    if (uv_run(&k->loop, UV_RUN_ONCE) == 0 && !w->done) return TXMQ_EIO;
+    if (uv_run(&k->loop, UV_RUN_ONCE) == 0 && !w->done) {
+      k->busy = 0;
+      return TXMQ_EIO;
+    }
+  k->busy = 0;
   return w->status;
+}
+
+/* An execute function runs while its conn's loop does: the conn cannot be
+ * used (libuv's loop does not run inside itself) nor closed until the call
+ * returns. */
+static void check_not_busy(lua_State* L, const conn_t* k) {
+  if (k->busy)
+    luaL_error(L, "txmq: the connection is in a call (send_in_transaction's "
+                  "execute runs inside it): use another connection there");
 }
 
 /* nil, message: the Lua convention for an expected failure. */
@@ -242,6 +286,7 @@ static void on_connected(txmq_client_t* c, int status, void* arg) {
 static int check_conn(lua_State* L, conn_t** out) {
   conn_t* k = luaL_checkudata(L, 1, CONN_MT);
   if (!k->open) luaL_error(L, "txmq: the connection is closed");
+  check_not_busy(L, k);
   *out = k;
   if (txmq_client_is_connected(k->c)) return 0;
   wait_t w = {0};
@@ -302,6 +347,7 @@ static int l_connect(lua_State* L) {
 
 static int l_conn_close(lua_State* L) {
   conn_t* k = luaL_checkudata(L, 1, CONN_MT);
+  check_not_busy(L, k);
   conn_shutdown(k);
   return 0;
 }
@@ -361,8 +407,7 @@ static txmq_tx_decision_t on_execute(txmq_client_t* c, const txmq_msg_t* msg,
   lua_pushlightuserdata(L, (void*)tx_id);
   lua_pushvalue(L, w->arg_idx);
   if (lua_pcall(L, 4, 1, 0) != LUA_OK) {
-    const char* e = lua_tostring(L, -1);
-    snprintf(w->err, sizeof w->err, "%s", e ? e : "(a non-string error)");
+    err_text(L, w->err, sizeof w->err);
     lua_pop(L, 1);
     return TXMQ_TX_UNKNOWN;
   }
@@ -498,21 +543,32 @@ static void on_int(txmq_client_t* c, int status, int64_t v, void* arg) {
   w->done = 1;
 }
 
-/* conn:ack(group, {handle...}) -> acked | nil, err */
+/* conn:ack(group, {handle...}) -> acked | nil, err. More handles than the
+ * server takes in one ack (1024) get its error; ACK_MAX only keeps the
+ * size of the array of pointers sane. */
+#define ACK_MAX 65536
 static int l_conn_ack(lua_State* L) {
   conn_t* k;
   const char* group = luaL_checkstring(L, 2);
   luaL_checktype(L, 3, LUA_TTABLE);
-  size_t n = (size_t)luaL_len(L, 3);
+  lua_Integer len = luaL_len(L, 3);
+  if (len < 0 || len > ACK_MAX)
+    return luaL_argerror(L, 3, "from 0 to 65536 handles");
+  size_t n = (size_t)len;
   if (n == 0) {
     lua_pushinteger(L, 0);
     return 1;
   }
   const char** hs = lua_newuserdatauv(L, n * sizeof *hs, 0);
+  /* The strings stay referenced by a table of our own until the call
+   * returns (a handle from an __index function is referenced by nothing
+   * else). */
+  lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
-    lua_geti(L, 3, (lua_Integer)i + 1);
-    hs[i] = luaL_checkstring(L, -1);
-    lua_pop(L, 1); /* the table keeps the string alive */
+    if (lua_geti(L, 3, (lua_Integer)i + 1) != LUA_TSTRING)
+      return luaL_argerror(L, 3, "handles are strings");
+    hs[i] = lua_tostring(L, -1);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   wait_t w = {0};
   int rc = check_conn(L, &k);
@@ -837,9 +893,9 @@ static void checker_maybe_reload(checker_t* k) {
     return;
   memcpy(k->stamp, stamp, sizeof stamp);
   if (load_check_script(k->S, k->script) != 0) {
-    const char* e = lua_tostring(k->S, -1);
+    char e[512];
     fprintf(stderr, "txmq: %s changed but does not load, the previous version "
-            "stays: %s\n", k->script, e ? e : "(a non-string error)");
+            "stays: %s\n", k->script, err_text(k->S, e, sizeof e));
     lua_pop(k->S, 1);
   } else {
     atomic_fetch_add(&k->reloads, 1);
@@ -882,9 +938,9 @@ static void on_check(txmq_client_t* c, const txmq_client_check_t* chk,
   lua_getfield(S, LUA_REGISTRYINDEX, "txmq.check");
   lua_pushlightuserdata(S, (void*)chk);
   if (lua_pcall(S, 2, 1, 0) != LUA_OK) {
-    const char* e = lua_tostring(S, -1);
+    char e[512];
     fprintf(stderr, "txmq: checkLocalTransaction failed: %s\n",
-            e ? e : "(a non-string error)");
+            err_text(S, e, sizeof e));
   } else {
     d = to_decision(S, -1);
   }
@@ -1045,6 +1101,10 @@ static int l_checker(lua_State* L) {
   if (!rc && uv_thread_create(&k->thread, checker_main, k) != 0) rc = TXMQ_EIO;
   if (rc) {
     /* Nothing runs the loop yet: tear down here. */
+    char msg[600];
+    const char* d = txmq_client_diag(k->c);
+    snprintf(msg, sizeof msg, "%s: %s", txmq_err_name(rc),
+             d && *d ? d : txmq_strerror(rc));
     uv_close((uv_handle_t*)&k->stop, NULL);
     uv_close((uv_handle_t*)&k->retry, NULL);
     int closed = 0;
@@ -1057,7 +1117,7 @@ static int l_checker(lua_State* L) {
     uv_sem_destroy(&k->ready);
     checker_free_fields(k);
     lua_pushnil(L);
-    lua_pushstring(L, txmq_err_name(rc));
+    lua_pushstring(L, msg);
     return 2;
   }
   k->running = 1;
@@ -1077,6 +1137,9 @@ static int l_checker(lua_State* L) {
 static int l_checker_close(lua_State* L) {
   checker_t* k = luaL_checkudata(L, 1, CHECKER_MT);
   checker_shutdown(k);
+  /* A checker whose creation raised an error half way (out of memory)
+   * never ran: its fields are freed here, by its __gc. */
+  checker_free_fields(k);
   return 0;
 }
 
