@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -1763,6 +1764,48 @@ static void heartbeat(void** state) {
   fx_close(&fx);
 }
 
+/* Answers pings only: a server holding every long poll. */
+static void answer_pings(fs_t* fs, fs_conn_t* c, const msgpack_object* o,
+                         const char* op, uint64_t id, uint64_t re) {
+  (void)fs, (void)o, (void)re;
+  if (!op || strcmp(op, "ping") != 0) return;
+  pkb_t b;
+  resp_begin(&b, id, 1, 1);
+  kv_i(&b.pk, "time", 1);
+  fs_send(c, &b);
+}
+
+static void on_receive_count(txmq_client_t* c, int status, txmq_delivery_t* d,
+                             size_t n, void* arg) {
+  (void)c, (void)status, (void)d, (void)n;
+  (*(int*)arg)++;
+}
+
+static void heartbeat_with_held_polls(void** state) {
+  (void)state;
+  /* A consumer that keeps sending long polls the server holds: it never
+   * stops sending, and hears nothing but the answers to its pings; those
+   * must come, and the connection must stay (3 heartbeats + 1 s = 1.15 s
+   * without hearing anything drops it). */
+  fx_t fx;
+  fx_init(&fx, answer_pings, NULL);
+  fx.fs->hb_ms = 50;
+  fs_run(fx.fs);
+  fx_connect_opts(&fx, NULL);
+  txmq_receive_opts_t ro = {.group = "cg", .topic = "T", .wait_ms = 30000};
+  int failed = 0, done = 0;
+  for (int k = 0; k < 80; k++) {
+    assert_int_equal(txmq_client_receive(fx.c, &ro, on_receive_count, &failed), 0);
+    tu_run_until(&fx.loop, &done, 20);
+  }
+  assert_true(fs_count(fx.fs, "ping") >= 3);
+  assert_true(txmq_client_is_connected(fx.c));
+  assert_int_equal(fx.disc_calls, 0);
+  assert_int_equal(failed, 0);
+  fx_close(&fx);
+  assert_int_equal(failed, 80); /* the held polls fail at close */
+}
+
 static void frame_limit(void** state) {
   (void)state;
   fx_t fx;
@@ -1912,6 +1955,15 @@ static void blocking_layer(void** state) {
   assert_int_equal(txmq_sync_ack(s, "cg", hs, 2, &acked), 0);
   assert_int_equal(acked, 2);
   txmq_client_free_deliveries(d, n);
+  /* More messages than the request's max is the server's fault: refused,
+   * nothing allocated for them. */
+  ro.max = 1;
+  d = NULL;
+  n = 0;
+  assert_int_equal(txmq_sync_receive(s, &ro, &d, &n), TXMQ_EPROTO);
+  assert_null(d);
+  assert_string_equal(txmq_sync_diag(s), "malformed response to 'receive': "
+                      "2 messages for a request of at most 1");
 
   txmq_reply_t* r = NULL;
   assert_int_equal(txmq_sync_call(s, "status", NULL, 0, &r), 0);
@@ -1928,6 +1980,20 @@ static void blocking_layer(void** state) {
   uv_mutex_lock(&fs->mu);
   assert_string_equal(fs->hello_role, "admin");
   uv_mutex_unlock(&fs->mu);
+
+  /* Idle longer than the timeouts between calls: the loop runs only
+   * during calls, and its clock must not make the next call time out at
+   * once (the request would still be sent). */
+  o.connect_timeout_ms = 300;
+  o.request_timeout_ms = 300;
+  assert_int_equal(txmq_sync_new(&s, &o), 0);
+  usleep(450 * 1000);
+  assert_int_equal(txmq_sync_connect(s, addr), 0);
+  usleep(450 * 1000);
+  m = mk_msg("TopicTest", "after a pause");
+  assert_int_equal(txmq_sync_send(s, m, &sr), 0);
+  txmq_msg_free(m);
+  txmq_sync_free(s);
   fs_stop(fs);
 }
 
@@ -1949,6 +2015,7 @@ int main(void) {
       cmocka_unit_test(connection_lost),
       cmocka_unit_test(request_timeout),
       cmocka_unit_test(heartbeat),
+      cmocka_unit_test(heartbeat_with_held_polls),
       cmocka_unit_test(frame_limit),
       cmocka_unit_test(send_in_transaction),
       cmocka_unit_test(blocking_layer),

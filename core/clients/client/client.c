@@ -514,6 +514,10 @@ int txmq__req_submit(txmq_client_t* c, frame_t* f, req_t* r, int rc,
     txmq__pool_put(&c->req_pool, r);
     return rc;
   }
+  /* The loop's clock is as old as its last turn: a blocking client's loop
+   * runs only during calls, so without this a request after an idle
+   * spell would time out at once (and be sent anyway). */
+  uv_update_time(c->loop);
   r->deadline = uv_now(c->loop) + c->request_timeout_ms + extra_ms;
   if (r->deadline == 0) r->deadline = 1;
   pending_add(c, r);
@@ -900,7 +904,12 @@ static void on_hb_timer(uv_timer_t* t) {
          (unsigned long long)(now - c->last_recv));
     return;
   }
-  if (now - c->last_send >= hb && !c->ping_outstanding) {
+  /* A ping when we have sent nothing (the server's idle limit) and when
+   * we have heard nothing (requests held on the server, such as long
+   * polls, keep us sending without answers: the ping's answer shows the
+   * server is alive). */
+  if ((now - c->last_send >= hb || now - c->last_recv >= hb) &&
+      !c->ping_outstanding) {
     req_t* r = txmq__req_new(c, "ping", ping_done, NULL, NULL);
     frame_t f;
     txmq__frame_init(&f, 2);
@@ -1080,6 +1089,7 @@ int txmq_client_connect(txmq_client_t* c, const char* hostport,
   c->lost_status = 0;
   c->server[0] = '\0';
   c->last_uv_err = 0;
+  uv_update_time(c->loop); /* the timeout counts from now (see submit) */
   uv_timer_start(&c->conn_timer, on_conn_timer, c->connect_timeout_ms, 0);
   return 0;
 }

@@ -45,7 +45,8 @@ struct req_s {
   void (*cb)(void);
   void* arg;
   const char* key;        /* the result field of int requests */
-  size_t n;               /* expected msg ids (tx.half, tx.send) */
+  size_t n;               /* expected msg ids (tx.half, tx.send), most
+                           * messages (receive, peek) */
 };
 
 /* A frame being built: 4 length bytes, then one msgpack map. */

@@ -249,9 +249,11 @@ void txmq_client_free_deliveries(txmq_delivery_t* d, size_t n) {
   free_deliveries(d, n);
 }
 
-/* The messages of a receive (with handles) or a peek (without). */
+/* The messages of a receive (with handles) or a peek (without): at most
+ * max, the request's own limit (more is a server fault, and would have the
+ * client allocate for them). */
 static int rd_deliveries(txmq_client_t* c, const char* op,
-                         const msgpack_object* resp, int handles,
+                         const msgpack_object* resp, int handles, size_t max,
                          txmq_delivery_t** out, size_t* nout) {
   const msgpack_object* v = txmq_client_map_get(resp, "msgs");
   *out = NULL;
@@ -263,6 +265,11 @@ static int rd_deliveries(txmq_client_t* c, const char* op,
   }
   size_t n = v->via.array.size;
   if (n == 0) return 0;
+  if (n > max) {
+    txmq__client_set_diag(c, "malformed response to '%s': %zu messages for "
+                          "a request of at most %zu", op, n, max);
+    return TXMQ_EPROTO;
+  }
   txmq_delivery_t* d = calloc(n, sizeof *d);
   if (!d) {
     txmq__client_set_diag(c, "out of memory");
@@ -309,7 +316,7 @@ static void done_receive(txmq_client_t* c, req_t* r, int status,
                          const msgpack_object* resp) {
   txmq_delivery_t* d = NULL;
   size_t n = 0;
-  if (status == 0) status = rd_deliveries(c, "receive", resp, 1, &d, &n);
+  if (status == 0) status = rd_deliveries(c, "receive", resp, 1, r->n, &d, &n);
   txmq_client_receive_cb cb = (txmq_client_receive_cb)r->cb;
   if (cb) cb(c, status, d, n, r->arg);
   free_deliveries(d, n);
@@ -317,11 +324,12 @@ static void done_receive(txmq_client_t* c, req_t* r, int status,
 
 /* A peek's messages: as receive's, without handles, and the next offset. */
 static int rd_peeked(txmq_client_t* c, const msgpack_object* resp,
-                     txmq_delivery_t** out, size_t* nout, int64_t* next) {
+                     size_t max, txmq_delivery_t** out, size_t* nout,
+                     int64_t* next) {
   *out = NULL;
   *nout = 0;
   int rc = txmq__rd_int(c, "peek", resp, "next", 0, INT64_MAX, next);
-  return rc != 0 ? rc : rd_deliveries(c, "peek", resp, 0, out, nout);
+  return rc != 0 ? rc : rd_deliveries(c, "peek", resp, 0, max, out, nout);
 }
 
 static void done_peek(txmq_client_t* c, req_t* r, int status,
@@ -329,7 +337,7 @@ static void done_peek(txmq_client_t* c, req_t* r, int status,
   txmq_delivery_t* d = NULL;
   size_t n = 0;
   int64_t next = 0;
-  if (status == 0) status = rd_peeked(c, resp, &d, &n, &next);
+  if (status == 0) status = rd_peeked(c, resp, r->n, &d, &n, &next);
   txmq_client_peek_cb cb = (txmq_client_peek_cb)r->cb;
   if (cb) cb(c, status, d, n, next, r->arg);
   free_deliveries(d, n);
@@ -476,6 +484,7 @@ int txmq_client_receive(txmq_client_t* c, const txmq_receive_opts_t* o,
   const char* tags = o->tags ? o->tags : "*";
   if (strlen(tags) > TXMQ_MSG_MAX_FIELD) return bad_arg(c, "tag filter too long");
   req_t* r = NEW_REQ(c, "receive", done_receive, cb, arg);
+  if (r) r->n = max;
   frame_t f;
   begin(&f, "receive", r, 6 + (o->visibility_ms > 0));
   txmq__fp_str(&f, "group", o->group);
@@ -548,6 +557,7 @@ int txmq_client_peek(txmq_client_t* c, const char* topic, int32_t qid,
   if (!rc && max > 256) rc = bad_arg(c, "max %u is over 256", max);
   if (rc) return rc;
   req_t* r = NEW_REQ(c, "peek", done_peek, cb, arg);
+  if (r) r->n = max ? max : 32;
   frame_t f;
   begin(&f, "peek", r, 3 + (offset >= 0));
   txmq__fp_str(&f, "topic", topic);

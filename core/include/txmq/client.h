@@ -27,12 +27,15 @@
  * ...). The details (the server's sentence, "connection refused", which
  * field of a response was malformed) are in txmq_client_diag() during the
  * failing callback, or after a failing call.
- * A response that cannot be decoded (a hostile or broken server) fails its
+ * A response that cannot be decoded (a hostile or broken server), or a
+ * receive or peek answered with more messages than it asked for, fails its
  * request with TXMQ_EPROTO; a frame that cannot be trusted (bad length,
- * invalid msgpack, a response to no request) closes the connection: every
- * outstanding request fails with TXMQ_EPROTO and the disconnect callback
- * runs. Nothing a server sends can crash the client or make it allocate
- * more than the frame limit.
+ * invalid msgpack, a response to an id never used) closes the connection:
+ * every outstanding request fails with TXMQ_EPROTO and the disconnect
+ * callback runs. A late response to a request that already ended (timed
+ * out, say) is dropped. Nothing a server sends can crash the client; what
+ * it allocates for one frame is bounded by the frame limit (the decoded
+ * tree of a frame takes up to about 24 bytes per msgpack object in it).
  *
  * LIFETIME
  *   txmq_client_new(&c, loop, &opts);
