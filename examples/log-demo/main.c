@@ -9,7 +9,8 @@
  *   log-demo show   DATA [--topic T]
  *   log-demo writer DATA --acks FILE [--inflight N] [--seconds S]
  *   log-demo check  DATA --acks FILE
- *   log-demo append LOGDIR --type T [--count N] [--size S] [--segment-size B]
+ *   log-demo append LOGDIR --type T [--count N] [--size S | --hex HEX]
+ *                   [--segment-size B]
  *
  * The messages are orders: keys "order-<n>", tags "paid", a JSON body that
  * is a function of n (so a read-back can be checked), property
@@ -44,6 +45,7 @@ typedef struct {
   uint64_t size;
   uint64_t segment_size;
   int type;
+  const char* hex; /* append: the payload itself, in hex */
   int binary;
   int inflight;
   int seconds;
@@ -421,11 +423,17 @@ static int cmd_append(const opts_t* o) {
     txmq_log_free(log);
     return 1;
   }
-  uint8_t* payload = malloc(o->size ? o->size : 1);
+  uint64_t size = o->hex ? strlen(o->hex) / 2 : o->size;
+  uint8_t* payload = malloc(size ? size : 1);
+  for (uint64_t k = 0; o->hex && k < size; k++) {
+    unsigned v = 0;
+    sscanf(o->hex + 2 * k, "%2x", &v); /* checked to be hex digits */
+    payload[k] = (uint8_t)v;
+  }
   raw_t st = {.left = o->count};
   for (uint64_t i = 0; i < o->count && !st.failed; i++) {
-    for (uint64_t k = 0; k < o->size; k++) payload[k] = (uint8_t)(i + k * 13);
-    txmq_log_rec_t rec = {.type = (uint8_t)o->type, .data = payload, .len = (uint32_t)o->size};
+    for (uint64_t k = 0; !o->hex && k < size; k++) payload[k] = (uint8_t)(i + k * 13);
+    txmq_log_rec_t rec = {.type = (uint8_t)o->type, .data = payload, .len = (uint32_t)size};
     uint64_t pos;
     r = txmq_log_append(log, &rec, 1, &pos, raw_cb, &st);
     if (r) {
@@ -434,7 +442,7 @@ static int cmd_append(const opts_t* o) {
       st.left -= o->count - i;
       break;
     }
-    printf("appended type=%d len=%" PRIu64 " pos=%" PRIu64 "\n", o->type, o->size, pos);
+    printf("appended type=%d len=%" PRIu64 " pos=%" PRIu64 "\n", o->type, size, pos);
   }
   if (st.left) run_until(&loop, &st.done);
   int closed = 0;
@@ -454,7 +462,8 @@ static void usage(FILE* f) {
         "       log-demo show   DATA [--topic T]\n"
         "       log-demo writer DATA --acks FILE [--inflight N] [--seconds S]\n"
         "       log-demo check  DATA --acks FILE [--topic T]\n"
-        "       log-demo append LOGDIR --type T [--count N] [--size S] [--segment-size B]\n",
+        "       log-demo append LOGDIR --type T [--count N] [--size S | --hex HEX]\n"
+        "                       [--segment-size B]\n",
         f);
 }
 
@@ -466,7 +475,8 @@ int main(int argc, char** argv) {
       {"binary", no_argument, NULL, 'b'},       {"segment-size", required_argument, NULL, 'S'},
       {"acks", required_argument, NULL, 'a'},   {"inflight", required_argument, NULL, 'i'},
       {"seconds", required_argument, NULL, 's'}, {"type", required_argument, NULL, 'T'},
-      {"size", required_argument, NULL, 'z'},   {"help", no_argument, NULL, 'h'},
+      {"size", required_argument, NULL, 'z'},   {"hex", required_argument, NULL, 'x'},
+      {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   const char* pos[2] = {NULL, NULL};
   int npos = 0, c;
@@ -488,6 +498,14 @@ int main(int argc, char** argv) {
       case 's': o.seconds = atoi(optarg); break;
       case 'T': o.type = atoi(optarg); break;
       case 'z': o.size = strtoull(optarg, NULL, 10); break;
+      case 'x':
+        if (strlen(optarg) % 2 != 0 ||
+            strspn(optarg, "0123456789abcdefABCDEF") != strlen(optarg)) {
+          fprintf(stderr, "log-demo: --hex needs pairs of hex digits\n");
+          return 2;
+        }
+        o.hex = optarg;
+        break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }

@@ -113,6 +113,31 @@ same "tx list --group with nothing says so" "$(cat "$out")" "no pending or parke
 run "$txmq" "${S[@]}" tx list --group other --json
 expect "tx list --json with nothing" 0
 check "tx list --json with nothing prints nothing" test ! -s "$out"
+# -n: the oldest N, and a cut list says so on stderr (the server lists 100
+# by default; an operator must not miss the rest).
+run "$txmq" "${S[@]}" tx list -n 1
+expect "tx list -n 1 of 2" 0 "txmq: tx list: the oldest 1 shown; there are more (-n N, up to 10000)"
+check "tx list -n 1: a header and one row" test "$(out_lines)" = 2
+run "$txmq" "${S[@]}" tx list -n 1 --json
+expect "tx list -n 1 --json of 2" 0 "txmq: tx list: the oldest 1 shown; there are more (-n N, up to 10000)"
+same "tx list -n 1 --json: one object" "$(out_lines)" 1
+run "$txmq" "${S[@]}" tx list -n 2 --json
+expect "tx list -n 2 of 2: nothing cut, nothing said" 0
+same "tx list -n 2 --json: two objects" "$(out_lines)" 2
+run "$txmq" "${S[@]}" tx list -n 0
+expect "tx list -n 0" 2 "txmq: -n 0: expected 1 to 10000 transactions"
+run "$txmq" "${S[@]}" tx list -n 10001
+expect "tx list -n 10001" 2 "txmq: -n 10001: expected 1 to 10000 transactions"
+# An option given twice is refused, not "the last one wins"; an empty
+# --server (an unset variable in a script) is not the local default.
+run "$txmq" "${S[@]}" tx list --group pay --group other
+expect "an option given twice" 2 "txmq: option '--group' given twice"
+run "$txmq" "${S[@]}" tx list -n 1 -n 2
+expect "-n given twice" 2 "txmq: option '-n' given twice"
+run "$txmq" --server "" tx list
+expect "an empty --server" 2 "txmq: option '--server' is empty (HOST:PORT)"
+run "$txmq" "${S[@]}" tx send --group pay orders "x" --prop k=1 --prop k=2
+expect "a property given twice" 2 "txmq: --prop 'k=2': property 'k' given twice"
 
 run "$txmq" "${S[@]}" tx show "$parked_tx"
 expect "tx show" 0

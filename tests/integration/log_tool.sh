@@ -308,6 +308,36 @@ expect_err_prefix "verify: a torn lone record names the newest segment file" 0 \
 check "...and counts both segment files and the 2 complete records" \
   grep -qF "$lone: torn tail, 2 segments, 2 records (0 msg, 0 topic, 0 tx_half, 0 tx_event, 2 other)" "$out"
 
+# --- the newest segment's creation cut short (shorter than its header) -----
+# The log leaves such a file out (a read-write open writes its header again);
+# verify says so instead of "ok".
+tornhdr="$work/tornhdr"
+cp -r "$lone" "$tornhdr"
+truncate -s 10 "$tornhdr/$lone_last"
+run "$txmq" log verify "$tornhdr"
+expect_err_prefix "verify: a newest segment shorter than its header is a torn tail, exit 0" 0 \
+  "txmq: torn tail: $tornhdr/$lone_last: the newest segment holds 10 of its 32 header bytes"
+check "...and the summary says so" \
+  grep -qF "; $lone_last has 10 bytes of its header, written again at the next open" "$out"
+run "$txmq" log verify --json "$tornhdr"
+check "verify --json: torn_tail, 10 bytes, in the newest segment" \
+  test "$(jl "$out" 'local v = kind("verify")[1]; print(v.status, v.torn_bytes, v.segment_file)')" \
+  = "torn_tail	10	$lone_last"
+
+# --- topic records the store would skip: shown as errors, never as names ---
+# ["a\nb", 2] (a line break in the name), ["\e[31m", 2] (a terminal escape),
+# ["", 2^64-1]: valid checksums, payloads the store's replay refuses.
+for hex in 92a3610a6202 92a51b5b33316d02 92a0cfffffffffffffffff; do
+  badtopic="$work/badtopic-$hex"
+  "$demo" append "$badtopic" --type 2 --count 1 --hex "$hex" >/dev/null
+  run "$txmq" log verify "$badtopic"
+  expect_err_prefix "verify: topic record $hex is corrupt" 1 \
+    "txmq: corrupt log: $badtopic/00000000000000000000.log at position 0 (file offset 32): the record's checksum is valid but its payload is not [topic, queues] with a valid name and 1 to 256 queues"
+  run "$txmq" log dump "$badtopic"
+  check "dump: topic record $hex as hex on one line, no name printed" \
+    test "$(grep -c "^record pos=0 type=topic len=[0-9]* next=[0-9]* error=EPROTO payload=hex:$hex\$" "$out")/$(grep -c 'topic=' "$out")/$(grep -c $'\x1b' "$out")/$(wc -l <"$out" | tr -d " ")" = "1/0/0/3"
+done
+
 # --- zeros after the last record: room filled ahead, not a torn tail ------
 zeros="$work/zeros"
 cp -r "$data" "$zeros"
@@ -326,6 +356,9 @@ expect_err_prefix "verify: a flipped byte in $first_seg exits 1 naming file and 
   "txmq: corrupt log: $mid/log/$first_seg at position $mid_pos (file offset $((32 + mid_pos - mid_base))): "
 check "...and says how many records before it are valid" \
   grep -qE "; $mid_i records before it are valid\$" "$err"
+run "$txmq" log dump --from 0 -n 1000000 "$mid"
+check "dump with --from or -n says its count is of the records it read" \
+  grep -qE "; $mid_i records read \(from --from, up to -n\) before it are valid\$" "$err"
 run "$txmq" log verify --json "$mid"
 check "verify --json: status corrupt, segment file and position" \
   test "$rc/$(jl "$out" 'local v = kind("verify")[1]; print(v.status, v.segment_file, v.pos, v.records)')" \

@@ -42,6 +42,8 @@ typedef struct {
   uint64_t bad_pos;     /* corrupt: first invalid position; torn: cut point */
   uint64_t bad_seg;     /* base of the segment holding bad_pos */
   uint64_t torn_bytes;
+  int torn_header;      /* torn: the newest segment's header, not a record */
+  int partial;          /* dump --from or -n: records counts only those read */
   char reason[1024];
 } logcmd_t;
 
@@ -252,16 +254,42 @@ static void classify(logcmd_t* c, int it_rc, uint64_t at, int complete) {
      * only one, so ask the directory. */
     scan_segments(c->dir, &c->bad_seg);
     set_reason(c, c->open_diag);
+  } else {
+    /* A newest segment shorter than its header: its creation was cut short
+     * (the log leaves it out and a read-write open rewrites its header),
+     * which the log does not count as torn bytes. */
+    uint64_t newest;
+    struct stat sb;
+    char* p = NULL;
+    if (scan_segments(c->dir, &newest) > 0 &&
+        (p = join(c->dir, seg_name(newest))) != NULL && stat(p, &sb) == 0 &&
+        (uint64_t)sb.st_size < TXMQ_LOG_SEGMENT_HEADER_SIZE) {
+      c->status = ST_TORN;
+      c->torn_header = 1;
+      c->torn_bytes = (uint64_t)sb.st_size;
+      c->bad_pos = txmq_log_end(c->log);
+      c->bad_seg = newest;
+      snprintf(c->reason, sizeof c->reason,
+               "the newest segment holds %" PRIu64 " of its %d header bytes: "
+               "its creation was cut short (the next read-write open writes "
+               "its header again)",
+               c->torn_bytes, TXMQ_LOG_SEGMENT_HEADER_SIZE);
+    }
+    free(p);
   }
 }
 
 static void report_problem(const logcmd_t* c) {
   if (c->status == ST_CORRUPT) {
     cli_err("corrupt log: %s at position %" PRIu64 " (file offset %" PRIu64
-            "): %s; %" PRIu64 " records before it are valid",
+            "): %s; %" PRIu64 " records %sbefore it are valid",
             seg_path(c, c->bad_seg), c->bad_pos,
             (uint64_t)TXMQ_LOG_SEGMENT_HEADER_SIZE + (c->bad_pos - c->bad_seg),
-            c->reason, c->records);
+            c->reason, c->records,
+            c->partial ? "read (from --from, up to -n) " : "");
+  } else if (c->status == ST_TORN && c->torn_header) {
+    cli_err("torn tail: %s: %s (not corruption)", seg_path(c, c->bad_seg),
+            c->reason);
   } else if (c->status == ST_TORN) {
     cli_err("torn tail: %s: %" PRIu64 " bytes after position %" PRIu64
             " are an incomplete write; the next read-write open cuts them "
@@ -272,7 +300,10 @@ static void report_problem(const logcmd_t* c) {
 
 /* ---- decoding ---- */
 
-/* A topic record: msgpack [name, queue count]. */
+/* A topic record: msgpack [name, queue count], checked as the store's
+ * replay checks it (a valid name, 1 to TXMQ_STORE_MAX_QUEUES queues): what
+ * the store would skip is not shown as a topic (a name from a damaged or
+ * forged log could hold a line break or a terminal escape). */
 static int decode_topic(const txmq_log_entry_t* e, char* name, size_t cap,
                         uint64_t* queues) {
   msgpack_unpacked u;
@@ -285,12 +316,14 @@ static int decode_topic(const txmq_log_entry_t* e, char* name, size_t cap,
       u.data.via.array.size == 2 &&
       u.data.via.array.ptr[0].type == MSGPACK_OBJECT_STR &&
       u.data.via.array.ptr[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+      u.data.via.array.ptr[1].via.u64 >= 1 &&
+      u.data.via.array.ptr[1].via.u64 <= TXMQ_STORE_MAX_QUEUES &&
       u.data.via.array.ptr[0].via.str.size < cap) {
     const msgpack_object_str* s = &u.data.via.array.ptr[0].via.str;
     memcpy(name, s->ptr, s->size);
     name[s->size] = '\0';
     *queues = u.data.via.array.ptr[1].via.u64;
-    ok = 1;
+    ok = strlen(name) == s->size && txmq_name_valid(name);
   }
   msgpack_unpacked_destroy(&u);
   return ok;
@@ -384,7 +417,9 @@ static int check_payload(logcmd_t* c, const txmq_log_entry_t* e) {
     uint64_t q;
     if (decode_topic(e, name, sizeof name, &q)) return 1;
     snprintf(c->reason, sizeof c->reason,
-             "the record's checksum is valid but its payload is not [topic, queues]");
+             "the record's checksum is valid but its payload is not [topic, "
+             "queues] with a valid name and 1 to %d queues",
+             TXMQ_STORE_MAX_QUEUES);
     return 0;
   }
   if (e->type == TXMQ_REC_TX_HALF) {
@@ -704,6 +739,7 @@ static int cmd_dump(logcmd_t* c) {
   uint64_t from = 0, limit = UINT64_MAX;
   if (a->from && cli_parse_u64("--from", a->from, &from)) return CLI_EXIT_USAGE;
   if (a->n && cli_parse_u64("-n", a->n, &limit)) return CLI_EXIT_USAGE;
+  c->partial = a->from != NULL || a->n != NULL;
 
   int rc = open_log(c);
   if (rc) return rc;
@@ -850,7 +886,10 @@ static int cmd_verify(logcmd_t* c) {
            nseg, nseg == 1 ? "" : "s", c->records, c->msgs, c->topics,
            c->tx_halfs, c->tx_events, c->other, c->bytes, begin,
            c->status == ST_CORRUPT ? c->bad_pos : end);
-    if (c->status == ST_TORN)
+    if (c->status == ST_TORN && c->torn_header)
+      printf("; %s has %" PRIu64 " bytes of its header, written again at the "
+             "next open", seg_name(c->bad_seg), c->torn_bytes);
+    else if (c->status == ST_TORN)
       printf("; %" PRIu64 " bytes at %" PRIu64 " in %s are cut at the next open",
              c->torn_bytes, c->bad_pos, seg_name(c->bad_seg));
     if (c->status == ST_CORRUPT)

@@ -159,7 +159,8 @@ static void usage(FILE* f) {
       "                                topic a message creates has\n"
       "                                default_queues)\n"
       "  txmq topic list               topics: queues, messages, pending\n"
-      "  txmq tx list [--group G]      pending and parked transactions\n"
+      "  txmq tx list [--group G] [-n N]  the N oldest pending and parked\n"
+      "                                transactions (100; a cut list says so)\n"
       "  txmq tx show TXID             a transaction and its history\n"
       "  txmq tx resume TXID           a parked transaction checked again\n"
       "  txmq tx commit TXID           an operator's decision, for a parked or\n"
@@ -227,6 +228,24 @@ static const char* long_name(int val) {
   return "?";
 }
 
+/* The CLI_OPT_* bit of an option that takes a value and may be given once
+ * (--prop may repeat), 0 for the others. */
+static unsigned once_bit(int c) {
+  switch (c) {
+    case LONG_SERVER: return CLI_OPT_SERVER;
+    case 'n': return CLI_OPT_N;
+    case LONG_FROM: return CLI_OPT_FROM;
+    case LONG_TAGS: return CLI_OPT_TAGS;
+    case LONG_KEYS: return CLI_OPT_KEYS;
+    case LONG_GROUP: return CLI_OPT_GROUP;
+    case LONG_ARG: return CLI_OPT_ARG;
+    case LONG_TIMEOUT: return CLI_OPT_TIMEOUT;
+    case LONG_QUEUE: return CLI_OPT_QUEUE;
+    case LONG_ROLE: return CLI_OPT_ROLE;
+    default: return 0;
+  }
+}
+
 int main(int argc, char** argv) {
   cli_args_t a;
   memset(&a, 0, sizeof a);
@@ -251,6 +270,16 @@ int main(int argc, char** argv) {
   opterr = 0;
   int c;
   while ((c = getopt_long(argc, argv, "-:hn:", long_opts, NULL)) != -1) {
+    /* Given twice is a mistake (which one was meant?), not "the last one
+     * wins". */
+    unsigned once = once_bit(c);
+    if (once != 0 && (a.seen & once) != 0) {
+      if (c == 'n')
+        cli_err("option '-n' given twice");
+      else
+        cli_err("option '--%s' given twice", long_name(c));
+      goto done;
+    }
     switch (c) {
       case 1: a.pos[a.npos++] = optarg; break;
       case 'h': help = 1; break;
@@ -284,6 +313,12 @@ int main(int argc, char** argv) {
   /* Everything after "--" is positional. */
   while (optind < argc) a.pos[a.npos++] = argv[optind++];
 
+  /* An empty --server is a mistake (an unset variable in a script), not
+   * the local default; an empty TXMQ_SERVER counts as unset. */
+  if (a.server && !*a.server) {
+    cli_err("option '--server' is empty (HOST:PORT)");
+    goto done;
+  }
   if (!a.server) a.server = getenv("TXMQ_SERVER");
   if (!a.server || !*a.server) a.server = DEFAULT_SERVER;
 

@@ -197,6 +197,12 @@ static int build_msg(const cli_args_t* a, size_t ti, txmq_msg_t** out) {
       break;
     }
     char* key = strndup(a->props[i], (size_t)(eq - a->props[i]));
+    if (key && txmq_msg_prop_get(m, key) != NULL) {
+      cli_err("--prop '%s': property '%s' given twice", a->props[i], key);
+      free(key);
+      rc = TXMQ_EINVAL;
+      break;
+    }
     rc = key ? txmq_msg_prop_set(m, key, eq + 1) : TXMQ_ENOMEM;
     if (rc) cli_err("--prop '%s': %s", a->props[i], txmq_strerror(rc));
     free(key);
@@ -607,36 +613,51 @@ static void put_due(int64_t ms) {
     printf("%lldm%02llds", (long long)(ms / 60000), (long long)(ms / 1000 % 60));
 }
 
+/* The most transactions one tx.list answers (PROTOCOL.md). */
+#define TX_LIST_MAX 10000
+
 static int tx_list(const cli_args_t* a) {
-  int rc = cli_check_opts(a, CLI_OPT_GROUP, "tx list");
+  int rc = cli_check_opts(a, CLI_OPT_GROUP | CLI_OPT_N, "tx list");
   if (rc) return rc;
   if (a->npos > 2) {
     cli_err("tx list takes no arguments (use --group G)");
     return CLI_EXIT_USAGE;
   }
   if (a->group && (rc = check_group("--group", a->group))) return rc;
+  uint64_t limit = 100;
+  if (a->n && (rc = cli_parse_u64("-n", a->n, &limit))) return rc;
+  if (limit == 0 || limit > TX_LIST_MAX) {
+    cli_err("-n %s: expected 1 to %d transactions", a->n, TX_LIST_MAX);
+    return CLI_EXIT_USAGE;
+  }
+  /* One more than shown, to know whether the list was cut. */
+  uint64_t ask = limit < TX_LIST_MAX ? limit + 1 : limit;
   fields_t f;
-  fields_init(&f, a->group ? 1 : 0);
+  fields_init(&f, a->group ? 2 : 1);
   if (a->group) fields_str(&f, "group", a->group);
+  fields_int(&f, "limit", (int64_t)ask);
   txmq_sync_client_t* s;
   txmq_reply_t* reply;
   if ((rc = role_call(a, TXMQ_ROLE_PRODUCER, "tx.list", "tx list", &f, &s,
                       &reply)))
     return rc;
   const msgpack_object* txs = get(txmq_reply_object(reply), "txs");
+  uint32_t shown = 0;
+  if (txs && txs->type == MSGPACK_OBJECT_ARRAY)
+    shown = txs->via.array.size < limit ? txs->via.array.size : (uint32_t)limit;
   if (!txs || txs->type != MSGPACK_OBJECT_ARRAY) {
     cli_err("tx list: the server's answer has no list of transactions");
     rc = CLI_EXIT_FAIL;
   } else if (a->json) {
-    for (uint32_t i = 0; i < txs->via.array.size; i++)
+    for (uint32_t i = 0; i < shown; i++)
       cli_json_print(mp_json(&txs->via.array.ptr[i], 0));
-  } else if (txs->via.array.size == 0) {
+  } else if (shown == 0) {
     printf("no pending or parked transactions%s%s\n",
            a->group ? " in group " : "", a->group ? a->group : "");
   } else {
     printf("%-32s  %-7s  %-20s  %-24s  %6s  %4s  %-24s  %s\n", "TX_ID", "STATE",
            "GROUP", "PRODUCER", "CHECKS", "MSGS", "BORN", "NEXT_CHECK");
-    for (uint32_t i = 0; i < txs->via.array.size; i++) {
+    for (uint32_t i = 0; i < shown; i++) {
       const msgpack_object* t = &txs->via.array.ptr[i];
       const msgpack_object* id = get(t, "tx_id");
       if (id && id->type == MSGPACK_OBJECT_BIN)
@@ -667,6 +688,14 @@ static int tx_list(const cli_args_t* a) {
       fputc('\n', stdout);
     }
   }
+  /* A cut list says so (on standard error, so that the listing itself
+   * stays one transaction per line). */
+  if (rc == 0 && txs->via.array.size > limit)
+    cli_err("tx list: the oldest %llu shown; there are more (-n N, up to %d)",
+            (unsigned long long)limit, TX_LIST_MAX);
+  else if (rc == 0 && limit == TX_LIST_MAX && shown == TX_LIST_MAX)
+    cli_err("tx list: the oldest %d shown, the most one list holds; there "
+            "may be more", TX_LIST_MAX);
   txmq_reply_free(reply);
   txmq_sync_free(s);
   return rc;
@@ -764,6 +793,20 @@ static int tx_show(const cli_args_t* a) {
     else
       printf("tx_id: %s\n", a->pos[2]);
     put_history_plain(get(o, "history"));
+    /* A history the server could not read back to the half record
+     * (retention removed it, or damage) says so, as --json does. */
+    const msgpack_object* complete = get(o, "complete");
+    if (complete && complete->type == MSGPACK_OBJECT_BOOLEAN &&
+        !complete->via.boolean) {
+      const msgpack_object* d = get(o, "diag");
+      printf("  (incomplete: ");
+      if (d && d->type == MSGPACK_OBJECT_STR)
+        cli_put_quoted(stdout, d->via.str.ptr, d->via.str.size);
+      else
+        fputs("unknown reason", stdout);
+      printf("; the log no longer holds the older records, so what they "
+             "would tell shows as - or 0)\n");
+    }
   }
   txmq_reply_free(reply);
   txmq_sync_free(s);
