@@ -179,8 +179,13 @@ static lua_State* lua_with_budget(budget_t* b, const char* addr) {
   return L;
 }
 
-static void run_lua(lua_State* L, const char* chunk) {
+/* Runs chunk in a fresh state with budget b against a fresh server. */
+static void run_against_server(const char* chunk, budget_t* b) {
+  srv_t* s = srv_start();
+  lua_State* L = lua_with_budget(b, s->addr);
   if (luaL_dostring(L, chunk) != LUA_OK) fail_msg("%s", lua_tostring(L, -1));
+  lua_close(L);
+  srv_stop(s);
 }
 
 /* ---- tests ---- */
@@ -233,13 +238,9 @@ static const char* PEEK_UNDER_BUDGET =
 
 static void peek_frees_deliveries_when_the_list_cannot_be_built(void** state) {
   (void)state;
-  srv_t* s = srv_start();
   budget_t b;
-  lua_State* L = lua_with_budget(&b, s->addr);
-  run_lua(L, PEEK_UNDER_BUDGET);
+  run_against_server(PEEK_UNDER_BUDGET, &b);
   assert_true(b.refused > 0);
-  lua_close(L);
-  srv_stop(s);
 }
 
 static const char* EXECUTE_UNDER_BUDGET =
@@ -278,12 +279,9 @@ static const char* EXECUTE_UNDER_BUDGET =
 
 static void execute_without_memory_counts_as_unknown(void** state) {
   (void)state;
-  srv_t* s = srv_start();
   budget_t b;
-  lua_State* L = lua_with_budget(&b, s->addr);
-  run_lua(L, EXECUTE_UNDER_BUDGET);
-  lua_close(L);
-  srv_stop(s);
+  run_against_server(EXECUTE_UNDER_BUDGET, &b);
+  assert_true(b.refused > 0);
 }
 
 static const char* MISUSE =
@@ -344,12 +342,8 @@ static const char* MISUSE =
 
 static void misuse_gets_clear_errors_and_leaks_nothing(void** state) {
   (void)state;
-  srv_t* s = srv_start();
   budget_t b;
-  lua_State* L = lua_with_budget(&b, s->addr);
-  run_lua(L, MISUSE);
-  lua_close(L);
-  srv_stop(s);
+  run_against_server(MISUSE, &b);
 }
 
 int main(void) {
