@@ -181,6 +181,14 @@ int txmq_name_valid(const char* name) {
   return 1;
 }
 
+int txmq_name_valid_n(const char* s, size_t len) {
+  if (s == NULL || len == 0 || len > TXMQ_NAME_MAX || s[0] == '.') return 0;
+  const unsigned char* p = (const unsigned char*)s;
+  for (size_t i = 0; i < len; i++)
+    if (!NAME_CHARS[p[i]]) return 0; /* a NUL is not a name byte either */
+  return 1;
+}
+
 /* Replaces *slot (a field of m) with a copy of s (NULL clears). */
 static int set_str(txmq_msg_t* m, char** slot, const char* s, size_t max) {
   if (s == NULL) {

@@ -845,7 +845,8 @@ static int replay_topic(txmq_store_t* st, const txmq_log_entry_t* e) {
   if (ok) {
     ok = a->type == MSGPACK_OBJECT_ARRAY && a->via.array.size == 2 &&
          a->via.array.ptr[0].type == MSGPACK_OBJECT_STR &&
-         a->via.array.ptr[0].via.str.size <= TXMQ_NAME_MAX &&
+         txmq_name_valid_n(a->via.array.ptr[0].via.str.ptr,
+                           a->via.array.ptr[0].via.str.size) &&
          a->via.array.ptr[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
          a->via.array.ptr[1].via.u64 >= 1 &&
          a->via.array.ptr[1].via.u64 <= TXMQ_STORE_MAX_QUEUES;
@@ -854,7 +855,6 @@ static int replay_topic(txmq_store_t* st, const txmq_log_entry_t* e) {
     memcpy(name, a->via.array.ptr[0].via.str.ptr, a->via.array.ptr[0].via.str.size);
     name[a->via.array.ptr[0].via.str.size] = '\0';
     nq = (int64_t)a->via.array.ptr[1].via.u64;
-    ok = strlen(name) == a->via.array.ptr[0].via.str.size && txmq_name_valid(name);
   }
   msgpack_unpacked_destroy(&u);
   if (!ok) {
@@ -977,7 +977,6 @@ static int retire_checkpoint(txmq_store_t* st) {
   free(bad);
   return rc;
 }
-
 
 /* Whether a position a checkpoint names is one a replay can start from:
  * 0 at the log's begin or end or where a valid record starts,

@@ -935,15 +935,6 @@ static void replay_due(txmq_tx_t* tx, uint32_t i, int64_t due_wall) {
   txmq__heap_set(&tx->heap, &tx->txs, i, due_wall > 0 ? (uint64_t)due_wall : 0);
 }
 
-/* A name of len bytes (not terminated) that txmq_name_valid takes. */
-static int name_ok(const char* s, size_t len) {
-  char n[TXMQ_NAME_MAX + 1];
-  if (len == 0 || len > TXMQ_NAME_MAX) return 0;
-  memcpy(n, s, len);
-  n[len] = '\0';
-  return strlen(n) == len && txmq_name_valid(n);
-}
-
 static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   txmq__half_t h;
   if (txmq__half_decode_in(le->data, le->len, &tx->zone, &h) != 0) return;
@@ -983,7 +974,7 @@ static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   char buf[TXMQ_TX_MAX_MSGS * (TXMQ_NAME_MAX + 1)];
   char* p = buf;
   for (size_t j = 0; j < k; j++) {
-    if (!name_ok(t[j], tl[j])) {
+    if (!txmq_name_valid_n(t[j], tl[j])) {
       txmq__half_done(&h);
       return;
     }
@@ -993,7 +984,7 @@ static void replay_half(txmq_tx_t* tx, const txmq_log_entry_t* le) {
   }
   /* What txmq_tx_begin would have taken, and what a snapshot of it takes
    * back: a half record that says otherwise was not written by txmq. */
-  if (!name_ok(h.group, h.group_len) ||
+  if (!txmq_name_valid_n(h.group, h.group_len) ||
       (h.producer != NULL &&
        (h.producer_len == 0 || h.producer_len > MAX_LABEL ||
         memchr(h.producer, '\0', h.producer_len) != NULL))) {

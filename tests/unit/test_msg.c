@@ -346,18 +346,28 @@ static void msg_name_validation(void** state) {
   const char* good[] = {"a", "TopicTest", "order-payment", "a.b_c-d", "0", "x."};
   const char* bad[] = {"", ".", "..", ".a", "a/b", "a b", "a\\b", "ä", "a:b",
                        "a\tb", "a*", "../x"};
-  for (size_t i = 0; i < sizeof good / sizeof *good; i++)
+  /* txmq_name_valid_n gives the same verdicts on the bytes alone. */
+  for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
     assert_true(txmq_name_valid(good[i]));
-  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+    assert_true(txmq_name_valid_n(good[i], strlen(good[i])));
+  }
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     assert_false(txmq_name_valid(bad[i]));
+    assert_false(txmq_name_valid_n(bad[i], strlen(bad[i])));
+  }
   assert_false(txmq_name_valid(NULL));
+  assert_false(txmq_name_valid_n(NULL, 1));
+  assert_false(txmq_name_valid_n("a\0b", 3)); /* a NUL inside */
+  assert_true(txmq_name_valid_n("ab/", 2));   /* only len bytes count */
   char n[TXMQ_NAME_MAX + 2];
   memset(n, 'a', sizeof n);
   n[TXMQ_NAME_MAX] = '\0';
   assert_true(txmq_name_valid(n));
+  assert_true(txmq_name_valid_n(n, TXMQ_NAME_MAX));
   n[TXMQ_NAME_MAX] = 'a';
   n[TXMQ_NAME_MAX + 1] = '\0';
   assert_false(txmq_name_valid(n));
+  assert_false(txmq_name_valid_n(n, TXMQ_NAME_MAX + 1));
 }
 
 static void msg_id_string_and_parse(void** state) {

@@ -318,12 +318,14 @@ static int decode_topic(const txmq_log_entry_t* e, char* name, size_t cap,
       u.data.via.array.ptr[1].type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
       u.data.via.array.ptr[1].via.u64 >= 1 &&
       u.data.via.array.ptr[1].via.u64 <= TXMQ_STORE_MAX_QUEUES &&
-      u.data.via.array.ptr[0].via.str.size < cap) {
+      u.data.via.array.ptr[0].via.str.size < cap &&
+      txmq_name_valid_n(u.data.via.array.ptr[0].via.str.ptr,
+                        u.data.via.array.ptr[0].via.str.size)) {
     const msgpack_object_str* s = &u.data.via.array.ptr[0].via.str;
     memcpy(name, s->ptr, s->size);
     name[s->size] = '\0';
     *queues = u.data.via.array.ptr[1].via.u64;
-    ok = strlen(name) == s->size && txmq_name_valid(name);
+    ok = 1;
   }
   msgpack_unpacked_destroy(&u);
   return ok;

@@ -83,6 +83,9 @@ int txmq_msg_decode(const void* buf, size_t len, txmq_msg_t** out);
 /* Non-zero if name is a valid topic or group name: 1..TXMQ_NAME_MAX bytes of
  * [A-Za-z0-9._-], not starting with '.'. Names become directory names. */
 int txmq_name_valid(const char* name);
+/* The same for the len bytes at s (not terminated; a NUL among them makes
+ * it invalid), e.g. a name straight from a decoded record. */
+int txmq_name_valid_n(const char* s, size_t len);
 
 #ifdef __cplusplus
 }
